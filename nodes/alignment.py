@@ -1,0 +1,425 @@
+"""Prompt <-> token alignment for the tokenizers ComfyUI uses (CLIP-L, CLIP-G, T5-XXL).
+
+Every Leakless method needs to know which rows of an encoded prompt belong to which words. This module answers
+that without importing ComfyUI: it takes ComfyUI's own family tokenizer (``clip.tokenizer``: SD1Tokenizer,
+SDXLTokenizer, FluxTokenizer, ...) by duck typing, lets it tokenize the prompt (so chunking, BOS/EOS/padding,
+weights and ``embedding:`` handling are ComfyUI's, not a re-implementation), and attaches to every token the
+characters of the prompt it came from.
+
+ComfyUI's rules, as this module relies on them (``comfy/sd1_clip.py``):
+- ``(text:1.2)`` / ``(text)`` weight syntax splits the prompt into segments; ``\\(`` and ``\\)`` are literal
+  parentheses. Each segment is tokenized on its own; its tokens share one word id (segment index + 1).
+- ``embedding:name`` starts a segment of its own (one vector per embedding row when the file exists).
+- CLIP: 77-token chunks, each ``BOS ... EOS pad...``; CLIP-L pads with EOS, CLIP-G with id 0. A segment shorter
+  than 8 tokens that does not fit moves whole to the next chunk. ``BREAK`` is an ordinary word in core ComfyUI.
+- T5: no BOS, one chunk, ``... EOS pad...`` padded to at least 256, never truncated. SentencePiece gives each
+  segment its own leading ``\u2581`` (space) piece.
+Positions are indices along the encoded sequence: chunk * chunk_length + index for CLIP, plain index for T5.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass, field
+
+EMBEDDING_PREFIX = "embedding:"
+
+# Encoder keys of ComfyUI's tokenizer output and the attribute that holds the per-encoder tokenizer.
+_ENCODER_ATTRS = {"l": "clip_l", "g": "clip_g", "t5xxl": "t5xxl"}
+ENCODER_NAMES = {"l": "CLIP-L", "g": "CLIP-G", "t5xxl": "T5-XXL"}
+
+
+class PhraseNotFoundError(ValueError):
+    """A phrase (or its n-th occurrence) is not in the prompt. The message lists the prompt's words."""
+
+
+class UnsupportedTokenizerError(ValueError):
+    """The CLIP/tokenizer is not one whose token layout Leakless understands."""
+
+
+@dataclass(frozen=True)
+class Token:
+    position: int  # row index in the encoded sequence
+    chunk: int
+    token_id: int | None  # None for an embedding vector
+    text: str  # as the vocabulary spells it ("cat</w>", "\u2581cat", "<|endoftext|>")
+    kind: str  # "bos" | "eos" | "pad" | "text" | "embedding"
+    weight: float
+    segment: int  # ComfyUI word id: segment index + 1, 0 for BOS/EOS/pad
+    span: tuple[int, int] | None  # characters of the original prompt, None for BOS/EOS/pad
+    word: str  # the prompt word the token belongs to ("" for BOS/EOS/pad)
+
+    @property
+    def is_special(self) -> bool:
+        return self.kind in ("bos", "eos", "pad")
+
+
+@dataclass(frozen=True)
+class EncoderTokens:
+    key: str  # "l", "g", "t5xxl"
+    tokens: tuple[Token, ...]
+    chunk_lengths: tuple[int, ...]
+    exact: bool  # False if spans are only word- or segment-level (tokenizer without offsets, ids disagreed)
+
+    @property
+    def name(self) -> str:
+        return ENCODER_NAMES.get(self.key, self.key)
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    def positions_in(self, start: int, end: int) -> list[int]:
+        """Positions of the tokens whose characters overlap prompt characters [start, end)."""
+        return [t.position for t in self.tokens if t.span is not None and t.span[0] < end and t.span[1] > start]
+
+
+@dataclass(frozen=True)
+class PhraseMatch:
+    phrase: str
+    occurrence: int  # 1-based
+    span: tuple[int, int]  # characters of the original prompt
+    positions: dict[str, list[int]]  # encoder key -> token positions
+
+
+@dataclass
+class PromptAlignment:
+    prompt: str
+    plain: str  # the prompt as the tokenizer reads it: weight syntax removed, escapes resolved
+    plain_to_prompt: list[int]  # index in `prompt` of every character of `plain`
+    encoders: dict[str, EncoderTokens]
+    _words: list[tuple[int, int]] = field(default_factory=list)  # plain-text word spans
+
+    def words(self) -> list[str]:
+        return [self.plain[s:e] for s, e in self._words]
+
+    def find(self, phrase: str, occurrence: int = 1) -> PhraseMatch:
+        """Token positions of the `occurrence`-th match of `phrase` (1-based), in every encoder.
+
+        Matching is case-insensitive, on whole words, across runs of whitespace, and ignores weight syntax:
+        "red cat" is found in "a (red:1.2) cat".
+        """
+        spans = self.find_spans(phrase)
+        if occurrence < 1 or occurrence > len(spans):
+            where = "is not in the prompt" if not spans else f"occurs {len(spans)} time(s), not {occurrence}"
+            raise PhraseNotFoundError(
+                f"'{phrase}' {where}. The prompt's words are: {', '.join(repr(w) for w in self.words()) or '(none)'}"
+            )
+        start, end = spans[occurrence - 1]
+        positions = {k: enc.positions_in(start, end) for k, enc in self.encoders.items()}
+        return PhraseMatch(phrase, occurrence, (start, end), positions)
+
+    def find_spans(self, phrase: str) -> list[tuple[int, int]]:
+        """Every match of `phrase` as a span of the original prompt."""
+        words = phrase.split()
+        if not words:
+            raise PhraseNotFoundError("an empty phrase cannot be matched; give a word of the prompt")
+        pattern = r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)"
+        out = []
+        for m in re.finditer(pattern, self.plain, flags=re.IGNORECASE):
+            out.append((self.plain_to_prompt[m.start()], self.plain_to_prompt[m.end() - 1] + 1))
+        return out
+
+    def table(self) -> list[dict]:
+        """Rows (encoder, position, token, word, weight) for display; BOS/EOS kept, padding summarised."""
+        rows = []
+        for enc in self.encoders.values():
+            pads = [t for t in enc.tokens if t.kind == "pad"]
+            for t in enc.tokens:
+                if t.kind == "pad":
+                    continue
+                rows.append({"encoder": enc.name, "position": t.position, "token": t.text, "word": t.word,
+                             "weight": t.weight, "kind": t.kind})
+            if pads:
+                first, last = pads[0].position, pads[-1].position
+                rows.append({"encoder": enc.name, "position": first, "token": f"<pad x{len(pads)}>",
+                             "word": f"positions {first}-{last}", "weight": 1.0, "kind": "pad"})
+        return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Segmentation with character offsets (mirrors comfy.sd1_clip.parse_parentheses / token_weights)
+
+
+def _parse_parentheses(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """ComfyUI's parse_parentheses on text[start:end], returning item spans instead of strings."""
+    items = []
+    item_start = None
+    level = 0
+    for i in range(start, end):
+        ch = text[i]
+        if ch == "(":
+            if level == 0:
+                if item_start is not None and item_start < i:
+                    items.append((item_start, i))
+                item_start = i
+            level += 1
+        elif ch == ")":
+            level -= 1
+            if level == 0:
+                items.append((item_start if item_start is not None else i, i + 1))
+                item_start = None
+        elif item_start is None:
+            item_start = i
+    if item_start is not None and item_start < end:
+        items.append((item_start, end))
+    return items
+
+
+def _weighted_segments(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """ComfyUI's token_weights on text[start:end]: spans of the segments, in order (weights come from ComfyUI)."""
+    out = []
+    for s, e in _parse_parentheses(text, start, end):
+        if e - s >= 2 and text[s] == "(" and text[e - 1] == ")":
+            s, e = s + 1, e - 1
+            colon = text.rfind(":", s, e)
+            if colon > s:
+                try:
+                    float(text[colon + 1:e])
+                    e = colon
+                except ValueError:
+                    pass
+            out += _weighted_segments(text, s, e)
+        else:
+            out.append((s, e))
+    return out
+
+
+def _escape(text: str) -> str:
+    # Same length as the input, so indices into it are indices into the prompt.
+    return text.replace("\\)", "\0\1").replace("\\(", "\0\2")
+
+
+def _unescape(escaped: str, s: int, e: int) -> tuple[str, list[int]]:
+    """Segment text as ComfyUI tokenizes it, with the prompt index of each character."""
+    chars, index = [], []
+    i = s
+    while i < e:
+        if escaped[i] == "\0" and i + 1 < e and escaped[i + 1] in "\1\2":
+            chars.append(")" if escaped[i + 1] == "\1" else "(")
+            index.append(i + 1)
+            i += 2
+        else:
+            chars.append(escaped[i])
+            index.append(i)
+            i += 1
+    return "".join(chars), index
+
+
+@dataclass
+class _Piece:
+    text: str
+    index: list[int]  # prompt index per character (-1 where ComfyUI inserted a character)
+
+
+def _split_embeddings(text: str, index: list[int]) -> list[_Piece]:
+    """re.split(' embedding:|\\nembedding:') as ComfyUI does it, keeping the prefix on the later pieces."""
+    pieces, last = [], 0
+    for m in re.finditer(r"[ \n]" + re.escape(EMBEDDING_PREFIX), text):
+        pieces.append(_Piece(text[last:m.start()], index[last:m.start()]))
+        last = m.start() + 1
+    pieces.append(_Piece(text[last:], index[last:]))
+    return [p for p in pieces if p.text]
+
+
+def _subsequence_index(target: str, source: _Piece) -> list[int]:
+    """Map each character of `target` (a rewrite of source.text) to a prompt index by greedy subsequence match."""
+    out, j = [], 0
+    for ch in target:
+        k = source.text.find(ch, j)
+        if k < 0 or (ch.isspace() and not source.text[j:k + 1].isspace() and k != j):
+            out.append(-1)
+            continue
+        out.append(source.index[k])
+        j = k + 1
+    return out
+
+
+def _group_texts(prompt: str, disable_weights: bool) -> list[_Piece]:
+    escaped = _escape(prompt)
+    spans = [(0, len(prompt))] if disable_weights else _weighted_segments(escaped, 0, len(escaped))
+    pieces = []
+    for s, e in spans:
+        text, index = _unescape(escaped, s, e)
+        pieces += _split_embeddings(text, index)
+    return pieces
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Alignment
+
+
+def _sub_tokenizer(family_tokenizer, key: str):
+    for attr in (_ENCODER_ATTRS.get(key), key, f"clip_{key}"):
+        sub = getattr(family_tokenizer, attr, None) if attr else None
+        if sub is not None and hasattr(sub, "tokenizer") and hasattr(sub, "tokens_start"):
+            return sub
+    raise UnsupportedTokenizerError(
+        f"the '{key}' text encoder of {type(family_tokenizer).__name__} is not a CLIP/T5 tokenizer Leakless can "
+        "align; supported: SD1.5 (CLIP-L), SDXL (CLIP-L + CLIP-G), FLUX (T5-XXL + CLIP-L)"
+    )
+
+
+def _hf_ids(sub, text: str, offsets: bool = False):
+    """Token ids of `text` exactly as ComfyUI slices them (and their character offsets, if asked)."""
+    end = -1 if sub.tokenizer_adds_end_token else None
+    enc = sub.tokenizer(text, return_offsets_mapping=True) if offsets else sub.tokenizer(text)
+    ids = list(enc["input_ids"])[sub.tokens_start:end]
+    return (ids, [tuple(o) for o in enc["offset_mapping"]][sub.tokens_start:end]) if offsets else ids
+
+
+def _hf_tokens(sub, text: str) -> tuple[list[int], list[tuple[int, int] | None], bool]:
+    """(ids, character offsets, exact). Without offset support (slow tokenizers, transformers 4.x), offsets come
+    from tokenizing word by word when that reproduces the ids (CLIP pre-splits on whitespace), else from the
+    whole text."""
+    try:
+        ids, offsets = _hf_ids(sub, text, offsets=True)
+        return ids, offsets, True
+    except (NotImplementedError, ValueError, TypeError, KeyError):
+        ids = _hf_ids(sub, text)
+    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    per_word = [(s, e, _hf_ids(sub, text[s:e])) for s, e in words]
+    if [i for _, _, w in per_word for i in w] == ids:
+        return ids, [(s, e) for s, e, w in per_word for _ in w], False
+    return ids, [(0, len(text))] * len(ids), False
+
+
+def _same_token(a, b) -> bool:
+    # Embedding rows are tensors: compare by identity, ids by value.
+    return a == b if isinstance(a, int) and isinstance(b, int) else a is b
+
+
+def _token_text(sub, token) -> str:
+    if not isinstance(token, int):
+        return "<embedding>"
+    return sub.inv_vocab.get(token, f"<id {token}>")
+
+
+def _align_encoder(key: str, sub, chunks, groups: list[_Piece], prompt: str) -> EncoderTokens:
+    # 1. Rebuild ComfyUI's list of token groups (one per word id) with character offsets.
+    group_spans: dict[int, list[tuple[int, int] | None]] = {}
+    group_ids: dict[int, list[int]] = {}
+    seen = {}
+    for chunk in chunks:
+        for tok, _w, wid in chunk:
+            if wid:
+                seen.setdefault(wid, []).append(tok)
+    embedding_dir = getattr(sub, "embedding_directory", None)
+    exact = True
+    wid = 0
+    for piece in groups:
+        text, index = piece.text, piece.index
+        if text.startswith(EMBEDDING_PREFIX) and embedding_dir is not None:
+            name_and_rest = text[len(EMBEDDING_PREFIX):].strip("\n").split()
+            rest = " ".join(name_and_rest[1:])
+            found = wid + 1 in seen and not isinstance(seen[wid + 1][0], int)
+            name = name_and_rest[0] if name_and_rest else ""
+            if found:
+                wid += 1
+                span = (index[0], index[0] + len(EMBEDDING_PREFIX) + len(name)) if index else None
+                group_spans[wid] = [span] * len(seen[wid])
+                group_ids[wid] = seen[wid]
+            elif name.strip(",") != name:
+                stripped = name.strip(",")
+                rest = f"{name[len(stripped):]} {rest}"
+            if not rest:
+                continue
+            index = _subsequence_index(rest, piece)
+            text = rest
+        wid += 1
+        ids, offsets, offsets_exact = _hf_tokens(sub, text)
+        exact = exact and offsets_exact
+        spans = []
+        for off in offsets:
+            if off[1] <= off[0]:
+                spans.append(None)
+                continue
+            idx = [index[i] for i in range(off[0], min(off[1], len(index))) if index[i] >= 0]
+            spans.append((min(idx), max(idx) + 1) if idx else None)
+        group_spans[wid] = spans
+        group_ids[wid] = ids
+
+    # 2. Walk ComfyUI's chunks and attach offsets; fall back to the segment span when ids disagree.
+    tokens = []
+    cursor: dict[int, int] = {}
+    position = 0
+    words = _word_spans(prompt)
+    word_starts = [w[0] for w in words]
+    for c, chunk in enumerate(chunks):
+        end_done = False
+        for j, (tok, weight, wid) in enumerate(chunk):
+            span = None
+            if wid:
+                k = cursor.get(wid, 0)
+                cursor[wid] = k + 1
+                ids, spans = group_ids.get(wid, []), group_spans.get(wid, [])
+                same = k < len(ids) and _same_token(ids[k], tok)
+                if same and spans[k] is not None:
+                    span = spans[k]
+                else:
+                    known = [s for s in spans if s is not None]
+                    span = (min(s[0] for s in known), max(s[1] for s in known)) if known else None
+                    exact = exact and same
+                kind = "text" if isinstance(tok, int) else "embedding"
+            elif j == 0 and sub.start_token is not None and tok == sub.start_token:
+                kind = "bos"
+            elif not end_done and sub.end_token is not None and tok == sub.end_token:
+                kind, end_done = "eos", True
+            else:
+                kind = "pad"
+            text = _token_text(sub, tok)
+            word = _word_at(prompt, words, word_starts, span) if span else ""
+            tokens.append(Token(position, c, tok if isinstance(tok, int) else None, text, kind, float(weight),
+                                int(wid), span, word))
+            position += 1
+    return EncoderTokens(key, tuple(tokens), tuple(len(ch) for ch in chunks), exact)
+
+
+def _word_spans(text: str) -> list[tuple[int, int]]:
+    return [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+
+
+def _word_at(prompt: str, words: list[tuple[int, int]], starts: list[int], span: tuple[int, int]) -> str:
+    """The prompt word(s) a token's characters fall in, without weight syntax."""
+    i = max(bisect.bisect_right(starts, span[0]) - 1, 0)
+    hit = []
+    while i < len(words) and words[i][0] < span[1]:
+        if words[i][1] > span[0]:
+            hit.append(words[i])
+        i += 1
+    if not hit:
+        return prompt[span[0]:span[1]]
+    return _strip_syntax(prompt[hit[0][0]:hit[-1][1]])
+
+
+def _strip_syntax(word: str) -> str:
+    """A prompt word as a person reads it: weight syntax and escapes removed ("(cat:1.2)," -> "cat,")."""
+    word = re.sub(r":[-+]?\d*\.?\d+\)", "", word)
+    word = word.replace("\\(", "\0\2").replace("\\)", "\0\1")
+    word = word.replace("(", "").replace(")", "")
+    return word.replace("\0\2", "(").replace("\0\1", ")")
+
+
+def align(prompt: str, family_tokenizer, **tokenize_kwargs) -> PromptAlignment:
+    """Tokenize `prompt` with ComfyUI's tokenizer (``clip.tokenizer``) and align every token to the prompt.
+
+    `tokenize_kwargs` are passed to ComfyUI (e.g. ``disable_weights=True``), so positions always match what
+    ``CLIPTextEncode`` encodes for the same text.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    tokenized = family_tokenizer.tokenize_with_weights(prompt, return_word_ids=True, **tokenize_kwargs)
+    groups = _group_texts(prompt, bool(tokenize_kwargs.get("disable_weights", False)))
+    encoders = {}
+    for key, chunks in tokenized.items():
+        encoders[key] = _align_encoder(key, _sub_tokenizer(family_tokenizer, key), chunks, groups, prompt)
+
+    plain_chars, plain_index = [], []
+    for piece in groups:
+        for ch, i in zip(piece.text, piece.index, strict=True):
+            if i >= 0:
+                plain_chars.append(ch)
+                plain_index.append(i)
+    plain = "".join(plain_chars)
+    return PromptAlignment(prompt, plain, plain_index, encoders, _word_spans(plain))

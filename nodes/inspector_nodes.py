@@ -1,0 +1,62 @@
+"""Leakless Token Inspector: how the text encoders of a CLIP split a prompt, position by position."""
+
+from comfy_api.latest import io
+
+from .alignment import PromptAlignment, UnsupportedTokenizerError, align
+from .errors import LeaklessInputError
+
+NODE_NAME = "Leakless Token Inspector"
+
+
+def format_table(alignment: PromptAlignment) -> str:
+    """A plain-text table (encoder, position, token, word, weight) grouped by encoder."""
+    rows = alignment.table()
+    header = ("encoder", "pos", "token", "word", "weight")
+    cells = [header] + [(r["encoder"], str(r["position"]), r["token"], r["word"],
+                         "" if r["weight"] == 1.0 else f"{r['weight']:g}") for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    lines = []
+    previous = None
+    for c in cells:
+        if previous is not None and c[0] != previous and c is not cells[1]:
+            lines.append("")
+        lines.append("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
+        previous = c[0]
+    return "\n".join(lines)
+
+
+class TokenInspector(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LeaklessTokenInspector",
+            display_name=NODE_NAME,
+            category="Leakless/inspect",
+            description=(
+                "Shows how the text encoders of a CLIP split a prompt into tokens: for every encoder (CLIP-L, "
+                "CLIP-G, T5-XXL) each token's position in the encoded sequence, its vocabulary spelling, the prompt "
+                "word it belongs to and its weight. Use it to see which positions other Leakless nodes will touch."
+            ),
+            inputs=[
+                io.Clip.Input("clip", tooltip=(
+                    "The CLIP from your loader (DualCLIPLoader for FLUX, the checkpoint's CLIP for SDXL/SD1.5). "
+                    "Only its tokenizers are used; nothing is encoded.")),
+                io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
+                    "The prompt, written exactly as you give it to CLIPTextEncode (weights like (cat:1.2) and "
+                    "embedding:name are read the same way).")),
+            ],
+            outputs=[io.String.Output("table", tooltip="The token table as text (also shown on the node).")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, clip, text) -> io.NodeOutput:
+        if clip is None:
+            raise LeaklessInputError(NODE_NAME, "clip", "no CLIP was given (the checkpoint has no text encoder).",
+                                     "connect a CLIP loader output.")
+        try:
+            alignment = align(text, clip.tokenizer)
+        except UnsupportedTokenizerError as e:
+            raise LeaklessInputError(NODE_NAME, "clip", str(e), "use a FLUX, SDXL or SD1.5 text encoder.") from None
+        table = format_table(alignment)
+        return io.NodeOutput(table, ui={"text": [table], "leakless_tokens": alignment.table()})
