@@ -1,0 +1,84 @@
+"""Shared fixtures. ComfyUI is imported once per test process, CPU only, from the cached test environment."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+HARNESS = Path(__file__).resolve().parent / "harness"
+sys.path.insert(0, str(HARNESS))
+
+import comfy_env  # noqa: E402
+
+REPO = comfy_env.REPO
+OUTPUT = REPO / "test-output"
+
+
+def import_pack_as(name="leakless"):
+    """The pack as an importable package (its folder name is whatever the user cloned it as)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """ComfyUI imported headless (the `nodes` module)."""
+    return comfy_env.import_comfy()
+
+
+@pytest.fixture(scope="session")
+def leakless(comfy):
+    import_pack_as("leakless")
+    import leakless.nodes.alignment  # noqa: F401
+
+    return sys.modules["leakless"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(comfy):
+    import tiny_models
+
+    return tiny_models.write_all(str(comfy_env.BASE / "models"))
+
+
+@pytest.fixture(scope="session")
+def comfy_nodes(comfy, tiny_models):
+    """Built-in and custom nodes loaded through ComfyUI's own loader (the pack via base/custom_nodes/leakless)."""
+    failed = comfy_env.load_all_nodes()
+    return comfy, failed
+
+
+@pytest.fixture(scope="session")
+def tokenizers(comfy):
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
+    import comfy.text_encoders.flux
+
+    return {
+        "sd15": comfy.sd1_clip.SD1Tokenizer(),
+        "sdxl": comfy.sdxl_clip.SDXLTokenizer(),
+        "flux": comfy.text_encoders.flux.FluxTokenizer(),
+    }
+
+
+@pytest.fixture(scope="session")
+def output_dir():
+    OUTPUT.mkdir(exist_ok=True)
+    return OUTPUT
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tiny_models):
+    """The real main.py on a free loopback port, with the pack and the tiny-model shim in custom_nodes."""
+    from live_server import ComfyServer
+
+    OUTPUT.mkdir(exist_ok=True)
+    srv = ComfyServer(log_path=OUTPUT / "server.log").start()
+    yield srv
+    srv.stop()

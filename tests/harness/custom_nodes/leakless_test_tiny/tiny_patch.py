@@ -1,0 +1,86 @@
+"""Wraps four ComfyUI loader functions so files marked tiny in their metadata load with their own config."""
+
+import functools
+import json
+
+TINY_KEY = "leakless.tiny"
+
+
+def tiny_from_metadata(metadata):
+    if metadata and TINY_KEY in metadata:
+        return json.loads(metadata[TINY_KEY])
+    return None
+
+
+def tiny_from_file(path):
+    try:
+        import safetensors
+
+        with safetensors.safe_open(path, framework="pt") as f:
+            return tiny_from_metadata(f.metadata())
+    except Exception:  # noqa: BLE001 - not a safetensors file: not ours
+        return None
+
+
+def install():
+    import comfy.model_detection
+    import comfy.sd
+    import comfy.supported_models
+    import comfy.text_encoders.long_clipl
+
+    if getattr(comfy.sd, "_leakless_tiny_installed", False):
+        return
+    comfy.sd._leakless_tiny_installed = True
+
+    orig_config_from_unet = comfy.model_detection.model_config_from_unet
+
+    @functools.wraps(orig_config_from_unet)
+    def model_config_from_unet(state_dict, unet_key_prefix, use_base_if_no_match=False, metadata=None):
+        tiny = tiny_from_metadata(metadata)
+        if not tiny or "supported_model" not in tiny:
+            return orig_config_from_unet(state_dict, unet_key_prefix, use_base_if_no_match, metadata=metadata)
+        unet_config = comfy.model_detection.detect_unet_config(state_dict, unet_key_prefix, metadata=metadata)
+        overrides = tiny.get("unet", {})
+        unet_config.update(overrides)
+        mc = getattr(comfy.supported_models, tiny["supported_model"])(unet_config)
+        mc.unet_config.update(overrides)  # the class merges its own defaults over the config it was given
+        return mc
+
+    comfy.model_detection.model_config_from_unet = model_config_from_unet
+
+    orig_load_clip = comfy.sd.load_clip
+
+    @functools.wraps(orig_load_clip)
+    def load_clip(ckpt_paths, embedding_directory=None, clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION,
+                  model_options={}):  # noqa: B006 - same signature as ComfyUI; never mutated
+        extra = {}
+        for path in ckpt_paths:
+            extra.update((tiny_from_file(path) or {}).get("te_model_options", {}))
+        return orig_load_clip(ckpt_paths, embedding_directory=embedding_directory, clip_type=clip_type,
+                              model_options={**model_options, **extra})
+
+    comfy.sd.load_clip = load_clip
+
+    orig_guess = comfy.sd.load_state_dict_guess_config
+
+    @functools.wraps(orig_guess)
+    def load_state_dict_guess_config(sd, *args, te_model_options={}, metadata=None, **kwargs):  # noqa: B006
+        tiny = tiny_from_metadata(metadata)
+        if tiny:
+            te_model_options = {**te_model_options, **tiny.get("te_model_options", {})}
+        return orig_guess(sd, *args, te_model_options=te_model_options, metadata=metadata, **kwargs)
+
+    comfy.sd.load_state_dict_guess_config = load_state_dict_guess_config
+
+    orig_long = comfy.text_encoders.long_clipl.model_options_long_clip
+
+    @functools.wraps(orig_long)
+    def model_options_long_clip(sd, tokenizer_data, model_options):
+        tokenizer_data, out = orig_long(sd, tokenizer_data, model_options)
+        merged = dict(out)
+        for key in ("clip_l_model_config", "clip_g_model_config"):
+            if key in model_options and out.get(key) is not model_options[key]:
+                merged[key] = {**model_options[key], **out.get(key, {})}
+        return tokenizer_data, merged
+
+    comfy.text_encoders.long_clipl.model_options_long_clip = model_options_long_clip

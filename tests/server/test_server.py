@@ -1,0 +1,45 @@
+"""The real ComfyUI server with Leakless in custom_nodes: /object_info, /extensions, /prompt and /history."""
+
+from expected import EXPECTED_NODE_IDS
+from workflows import graphs
+
+
+def test_object_info_lists_every_leakless_node(comfy_server):
+    info = comfy_server.get("/object_info")
+    ids = sorted(k for k in info if k.startswith("Leakless"))
+    assert ids == EXPECTED_NODE_IDS
+    inspector = info["LeaklessTokenInspector"]
+    assert inspector["category"] == "Leakless/inspect"
+    assert list(inspector["input"]["required"]) == ["clip", "text"]
+    assert inspector["input"]["required"]["text"][1]["tooltip"]
+    assert inspector["output_node"] is True
+
+
+def test_extension_js_is_served(comfy_server):
+    extensions = comfy_server.get("/extensions")
+    assert "/extensions/leakless/leakless.js" in extensions
+
+
+def test_flux_graph_with_inspector_via_prompt_endpoint(comfy_server):
+    graph = graphs.with_token_inspector(graphs.flux_dev(width=64, height=96), ["11", 0], graphs.PROMPT)
+    outputs = comfy_server.run(graph)
+    assert outputs["9"]["images"][0]["type"] == "output"
+    assert "\u2581cow" in outputs["100"]["text"][0]
+
+
+def test_sdxl_graph_with_inspector_via_prompt_endpoint(comfy_server):
+    graph = graphs.with_token_inspector(graphs.sdxl_default(), ["4", 1], "a (red:1.3) bottle")
+    outputs = comfy_server.run(graph)
+    assert outputs["9"]["images"]
+    table = outputs["100"]["text"][0]
+    assert "red</w>" in table and "1.3" in table
+
+
+def test_invalid_graph_is_refused_with_a_message(comfy_server):
+    graph = {"1": {"class_type": "LeaklessTokenInspector", "inputs": {"text": "a cat"}}}
+    try:
+        comfy_server.queue(graph)
+    except AssertionError as e:
+        assert "clip" in str(e)
+    else:
+        raise AssertionError("a graph without its CLIP input was accepted")

@@ -1,0 +1,225 @@
+"""The prompt<->token alignment module, on the real ComfyUI tokenizers (CLIP-L, CLIP-G, T5-XXL) and tests/data."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+PROMPTS = json.loads((Path(__file__).resolve().parents[1] / "data" / "prompts.json").read_text())
+FAMILIES = ("sd15", "sdxl", "flux")
+
+
+@pytest.fixture(scope="module")
+def alignment(leakless):
+    return leakless.nodes.alignment
+
+
+def flat(chunks):
+    return [t for chunk in chunks for t in chunk]
+
+
+def normalized_token(enc_key, text):
+    if enc_key == "t5xxl":
+        return text.replace("\u2581", "")
+    return text.replace("</w>", "")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("prompt", PROMPTS, ids=[f"p{i}" for i in range(len(PROMPTS))])
+def test_tokens_follow_comfyui_layout(alignment, tokenizers, family, prompt):
+    tok = tokenizers[family]
+    a = alignment.align(prompt, tok)
+    reference = tok.tokenize_with_weights(prompt, return_word_ids=True)
+    assert set(a.encoders) == set(reference)
+    for key, chunks in reference.items():
+        enc = a.encoders[key]
+        ref = flat(chunks)
+        assert [t.position for t in enc.tokens] == list(range(len(ref)))
+        assert [(t.token_id, t.weight, t.segment) for t in enc.tokens] == [(i, w, s) for i, w, s in ref]
+        assert enc.exact
+        if key in ("l", "g"):
+            assert all(n == 77 for n in enc.chunk_lengths)
+            for c in range(len(enc.chunk_lengths)):
+                chunk = enc.tokens[77 * c: 77 * (c + 1)]
+                assert chunk[0].kind == "bos" and chunk[0].token_id == 49406
+                assert [t.kind for t in chunk].count("eos") == 1
+                pad_id = 49407 if key == "l" else 0
+                assert all(t.token_id == pad_id for t in chunk if t.kind == "pad")
+        else:
+            assert len(enc.tokens) >= 256 and len(enc.chunk_lengths) == 1
+            assert enc.tokens[0].kind != "bos"
+            assert [t.kind for t in enc.tokens].count("eos") == 1
+            assert all(t.token_id == 0 for t in enc.tokens if t.kind == "pad")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("prompt", PROMPTS, ids=[f"p{i}" for i in range(len(PROMPTS))])
+def test_spans_spell_their_tokens(alignment, tokenizers, family, prompt):
+    """Independent check: each token's vocabulary spelling is the prompt text under its span (ASCII spans)."""
+    a = alignment.align(prompt, tokenizers[family])
+    for key, enc in a.encoders.items():
+        covered = set()
+        for t in enc.tokens:
+            if t.is_special:
+                assert t.span is None and t.word == ""
+                continue
+            assert t.span is not None, (key, t)
+            covered.update(range(*t.span))
+            source = prompt[t.span[0]:t.span[1]]
+            spelled = normalized_token(key, t.text)
+            if source.isascii() and spelled.isascii() and spelled not in ("", "<unk>"):
+                if key == "t5xxl":
+                    assert spelled == source, (key, t)
+                else:
+                    assert spelled == source.lower(), (key, t)
+        # Every character the tokenizer reads is carried by some token (weight syntax and spaces excepted).
+        for i, ch in zip(a.plain_to_prompt, a.plain, strict=True):
+            if not ch.isspace():
+                assert i in covered, (key, repr(ch), i)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("prompt", PROMPTS, ids=[f"p{i}" for i in range(len(PROMPTS))])
+def test_every_word_is_found(alignment, tokenizers, family, prompt):
+    a = alignment.align(prompt, tokenizers[family])
+    for word in {w.strip(".,;:!?'\"") for w in a.words()}:
+        if not re.fullmatch(r"\w+", word):
+            continue
+        for n in range(1, len(a.find_spans(word)) + 1):
+            match = a.find(word, n)
+            for key, positions in match.positions.items():
+                assert positions, (key, word)
+                for p in positions:
+                    s, e = a.encoders[key].tokens[p].span
+                    assert s < match.span[1] and e > match.span[0]
+
+
+def test_phrase_across_weight_syntax(alignment, tokenizers):
+    a = alignment.align("a photo of a (red cat:1.2) sitting", tokenizers["sdxl"])
+    m = a.find("red cat")
+    assert m.positions == {"g": [5, 6], "l": [5, 6]}
+    assert [a.encoders["l"].tokens[p].weight for p in m.positions["l"]] == [1.2, 1.2]
+    assert [a.encoders["l"].tokens[p].word for p in m.positions["l"]] == ["red", "cat"]
+
+
+def test_phrase_case_whitespace_and_word_boundaries(alignment, tokenizers):
+    a = alignment.align("The Cat and the  cat and THE CAT, cats", tokenizers["flux"])
+    assert len(a.find_spans("the cat")) == 3
+    assert len(a.find_spans("cat")) == 3  # "cats" is another word
+    third = a.find("cat", 3)
+    assert [a.encoders["t5xxl"].tokens[p].text for p in third.positions["t5xxl"]] == ["\u2581", "CAT"]
+    assert a.find("cats").positions["l"] == [10]
+
+
+def test_nth_occurrence_and_missing_phrase_errors(alignment, tokenizers):
+    a = alignment.align("cat cat cat dog cat", tokenizers["sdxl"])
+    assert a.find("cat", 4).positions["l"] == [5]
+    with pytest.raises(alignment.PhraseNotFoundError, match=r"'cat' occurs 4 time\(s\), not 5"):
+        a.find("cat", 5)
+    with pytest.raises(alignment.PhraseNotFoundError) as e:
+        a.find("horse")
+    assert "'horse' is not in the prompt" in str(e.value) and "'dog'" in str(e.value)
+    with pytest.raises(alignment.PhraseNotFoundError, match="empty phrase"):
+        a.find("   ")
+
+
+def test_sentencepiece_splits_and_multi_token_items(alignment, tokenizers):
+    a = alignment.align("bats flying at night, a baseball bat", tokenizers["flux"])
+    t5 = a.encoders["t5xxl"]
+    assert [t5.tokens[p].text for p in a.find("bats").positions["t5xxl"]] == ["\u2581bat", "s"]
+    assert [t5.tokens[p].text for p in a.find("a").positions["t5xxl"]] == ["\u2581", "a"]
+    assert a.find("bat").positions["l"] == [8]
+
+
+def test_multi_chunk_positions(alignment, tokenizers):
+    words = " ".join(f"word{i}" for i in range(60))
+    a = alignment.align(words + " " + words + " (final cat:1.2)", tokenizers["sdxl"])
+    l_tokens = a.encoders["l"]
+    assert l_tokens.length % 77 == 0 and l_tokens.length >= 154
+    cat = a.find("final cat").positions["l"]
+    assert all(l_tokens.tokens[p].chunk >= 1 for p in cat)
+    assert a.find("final cat").positions["l"] == a.find("final cat").positions["g"]
+    assert l_tokens.tokens[cat[0] - 1].word.startswith("word59")
+
+
+def test_t5_is_never_truncated(alignment, tokenizers):
+    prompt = "a cat " * 200
+    a = alignment.align(prompt, tokenizers["flux"])
+    assert len(a.find_spans("cat")) == 200
+    last = a.find("cat", 200).positions["t5xxl"]
+    assert last and last[0] > 256
+
+
+def test_disable_weights_reads_parentheses_literally(alignment, tokenizers):
+    a = alignment.align("a (cat:1.2)", tokenizers["sd15"], disable_weights=True)
+    assert "(" in a.plain and ":1.2" in a.plain
+    assert all(t.weight == 1.0 for t in a.encoders["l"].tokens)
+
+
+def test_embeddings(alignment, comfy, tmp_path):
+    import comfy.sd1_clip
+    import safetensors.torch
+    import torch
+
+    safetensors.torch.save_file({"emb_params": torch.randn(2, 768)}, str(tmp_path / "my_embedding.safetensors"))
+    tok = comfy.sd1_clip.SD1Tokenizer(embedding_directory=str(tmp_path))
+    a = alignment.align("a photo of embedding:my_embedding a cat", tok)
+    l_tokens = a.encoders["l"].tokens
+    emb = [t for t in l_tokens if t.kind == "embedding"]
+    assert len(emb) == 2 and all(t.span == (11, 33) and t.token_id is None for t in emb)
+    assert [l_tokens[p].text for p in a.find("cat").positions["l"]] == ["cat</w>"]
+    # A missing embedding is dropped by ComfyUI; the words after it keep their places.
+    b = alignment.align("a photo of embedding:missing_embed, a dog", tok)
+    assert [b.encoders["l"].tokens[p].text for p in b.find("dog").positions["l"]] == ["dog</w>"]
+    assert all(t.kind in ("bos", "eos", "pad", "text") for t in b.encoders["l"].tokens)
+
+
+def test_unsupported_tokenizer(alignment):
+    class OtherTokenizer:
+        def tokenize_with_weights(self, text, return_word_ids=False, **kw):
+            return {"qwen25_7b": [[(1, 1.0, 1)]]}
+
+    with pytest.raises(alignment.UnsupportedTokenizerError, match="qwen25_7b.*supported: SD1.5"):
+        alignment.align("a cat", OtherTokenizer())
+
+
+def test_input_is_not_mutated_and_alignment_is_deterministic(alignment, tokenizers):
+    prompt = "a (red cat:1.2)"
+    first = alignment.align(prompt, tokenizers["flux"])
+    second = alignment.align(prompt, tokenizers["flux"])
+    assert prompt == "a (red cat:1.2)"
+    assert first.encoders == second.encoders
+
+
+class _NoOffsets:
+    """A real HF tokenizer that refuses offsets, as transformers 4.x's slow CLIPTokenizer does."""
+
+    def __init__(self, hf):
+        self.hf = hf
+
+    def __call__(self, text, return_offsets_mapping=False, **kw):
+        if return_offsets_mapping:
+            raise NotImplementedError("return_offset_mapping is not available when using Python tokenizers")
+        return self.hf(text, **kw)
+
+
+def test_tokenizer_without_offsets_falls_back_to_word_spans(alignment, tokenizers):
+    import copy
+
+    family = copy.copy(tokenizers["flux"])
+    family.clip_l = copy.copy(family.clip_l)
+    family.clip_l.tokenizer = _NoOffsets(family.clip_l.tokenizer)
+    family.t5xxl = copy.copy(family.t5xxl)
+    family.t5xxl.tokenizer = _NoOffsets(family.t5xxl.tokenizer)
+    prompt = "a (supercalifragilistic cat:1.2) bats, ok"
+    a = alignment.align(prompt, family)
+    reference = alignment.align(prompt, tokenizers["flux"])
+    for key in ("l", "t5xxl"):
+        assert not a.encoders[key].exact
+        assert a.find("cat").positions[key] == reference.find("cat").positions[key]
+        long_word = a.find("supercalifragilistic").positions[key]
+        assert long_word == reference.find("supercalifragilistic").positions[key] and len(long_word) > 1
+    # "bats," is one whitespace word: without offsets its comma travels with it.
+    bats = reference.find("bats").positions["l"]
+    assert len(bats) == 1 and a.find("bats").positions["l"] == [bats[0], bats[0] + 1]
