@@ -1,0 +1,28 @@
+# Leakless developer commands. Everything installs what it needs into .cache/ (git-ignored) on first use.
+PY := $(or $(LEAKLESS_CACHE),.cache)/venv/bin/python
+
+.PHONY: test run env lint bench workflows clean
+
+## make test: build the cached test environment if needed, then run all four test layers
+test: env
+	$(PY) -m pytest tests
+
+## make run: ComfyUI on 127.0.0.1:8188 with Leakless (COMFYUI_DIR=/path/to/ComfyUI to use your own install)
+run:
+	bash tests/harness/run_comfyui.sh
+
+env:
+	bash tests/harness/setup_env.sh
+
+lint: env
+	$(PY) -m ruff check .
+
+bench: env
+	$(PY) bench/bench_alignment.py
+
+## make workflows: regenerate examples_workflows/ from tests/workflows/examples.py through the real frontend
+workflows: env
+	$(PY) tests/harness/export_workflows.py
+
+clean:
+	rm -rf .cache test-output
