@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 EMBEDDING_PREFIX = "embedding:"
 
@@ -89,10 +89,10 @@ class PromptAlignment:
     plain: str  # the prompt as the tokenizer reads it: weight syntax removed, escapes resolved
     plain_to_prompt: list[int]  # index in `prompt` of every character of `plain`
     encoders: dict[str, EncoderTokens]
-    _words: list[tuple[int, int]] = field(default_factory=list)  # plain-text word spans
+    word_spans: list[tuple[int, int]]  # words of `plain`, as spans of `plain`
 
     def words(self) -> list[str]:
-        return [self.plain[s:e] for s, e in self._words]
+        return [self.plain[s:e] for s, e in self.word_spans]
 
     def find(self, phrase: str, occurrence: int = 1) -> PhraseMatch:
         """Token positions of the `occurrence`-th match of `phrase` (1-based), in every encoder.
@@ -108,6 +108,9 @@ class PromptAlignment:
             )
         start, end = spans[occurrence - 1]
         positions = {k: enc.positions_in(start, end) for k, enc in self.encoders.items()}
+        if not any(positions.values()):
+            raise PhraseNotFoundError(f"'{phrase}' is in the prompt but no text encoder reads it (ComfyUI drops the "
+                                      "name of an embedding it cannot find); choose another word")
         return PhraseMatch(phrase, occurrence, (start, end), positions)
 
     def find_spans(self, phrase: str) -> list[tuple[int, int]]:
@@ -223,17 +226,31 @@ def _split_embeddings(text: str, index: list[int]) -> list[_Piece]:
     return [p for p in pieces if p.text]
 
 
-def _subsequence_index(target: str, source: _Piece) -> list[int]:
-    """Map each character of `target` (a rewrite of source.text) to a prompt index by greedy subsequence match."""
-    out, j = [], 0
-    for ch in target:
-        k = source.text.find(ch, j)
-        if k < 0 or (ch.isspace() and not source.text[j:k + 1].isspace() and k != j):
-            out.append(-1)
-            continue
-        out.append(source.index[k])
-        j = k + 1
-    return out
+def _embedding_leftover(piece: _Piece) -> tuple[str, _Piece]:
+    """Split an ``embedding:name rest`` piece as ComfyUI's _try_get_embedding does: (name, the text it tokenizes
+    after the embedding). Words are re-joined with single spaces; a name with leading/trailing commas gives them
+    back to the text ("embedding:foo, a cat" -> "foo" and ", a cat"), assuming no embedding file is named with
+    the commas."""
+    words = list(re.finditer(r"\S+", piece.text[len(EMBEDDING_PREFIX):]))
+    if not words:
+        return "", _Piece("", [])
+    offset = len(EMBEDDING_PREFIX)
+    name = words[0].group()
+    parts: list[tuple[str, list[int]]] = []
+    stripped = name.strip(",")
+    if stripped != name:
+        start = offset + words[0].start() + len(stripped)
+        parts.append((name[len(stripped):], piece.index[start:start + len(name) - len(stripped)]))
+        if len(words) == 1:
+            parts.append(("", []))
+    for w in words[1:]:
+        parts.append((w.group(), piece.index[offset + w.start():offset + w.end()]))
+    text, index = "", []
+    for i, (t, idx) in enumerate(parts):
+        if i:
+            text, index = text + " ", index + [-1]
+        text, index = text + t, index + idx
+    return stripped if stripped != name else name, _Piece(text, index)
 
 
 def _group_texts(prompt: str, disable_weights: bool) -> list[_Piece]:
@@ -296,7 +313,7 @@ def _token_text(sub, token) -> str:
     return sub.inv_vocab.get(token, f"<id {token}>")
 
 
-def _align_encoder(key: str, sub, chunks, groups: list[_Piece], prompt: str) -> EncoderTokens:
+def _align_encoder(key: str, sub, chunks, groups: list[_Piece], plain: _PlainText) -> EncoderTokens:
     # 1. Rebuild ComfyUI's list of token groups (one per word id) with character offsets.
     group_spans: dict[int, list[tuple[int, int] | None]] = {}
     group_ids: dict[int, list[int]] = {}
@@ -311,22 +328,15 @@ def _align_encoder(key: str, sub, chunks, groups: list[_Piece], prompt: str) -> 
     for piece in groups:
         text, index = piece.text, piece.index
         if text.startswith(EMBEDDING_PREFIX) and embedding_dir is not None:
-            name_and_rest = text[len(EMBEDDING_PREFIX):].strip("\n").split()
-            rest = " ".join(name_and_rest[1:])
-            found = wid + 1 in seen and not isinstance(seen[wid + 1][0], int)
-            name = name_and_rest[0] if name_and_rest else ""
-            if found:
+            name, rest = _embedding_leftover(piece)
+            if wid + 1 in seen and not isinstance(seen[wid + 1][0], int):  # ComfyUI found the embedding
                 wid += 1
                 span = (index[0], index[0] + len(EMBEDDING_PREFIX) + len(name)) if index else None
                 group_spans[wid] = [span] * len(seen[wid])
                 group_ids[wid] = seen[wid]
-            elif name.strip(",") != name:
-                stripped = name.strip(",")
-                rest = f"{name[len(stripped):]} {rest}"
-            if not rest:
+            if not rest.text:
                 continue
-            index = _subsequence_index(rest, piece)
-            text = rest
+            text, index = rest.text, rest.index
         wid += 1
         ids, offsets, offsets_exact = _hf_tokens(sub, text)
         exact = exact and offsets_exact
@@ -344,8 +354,6 @@ def _align_encoder(key: str, sub, chunks, groups: list[_Piece], prompt: str) -> 
     tokens = []
     cursor: dict[int, int] = {}
     position = 0
-    words = _word_spans(prompt)
-    word_starts = [w[0] for w in words]
     for c, chunk in enumerate(chunks):
         end_done = False
         for j, (tok, weight, wid) in enumerate(chunk):
@@ -369,36 +377,33 @@ def _align_encoder(key: str, sub, chunks, groups: list[_Piece], prompt: str) -> 
             else:
                 kind = "pad"
             text = _token_text(sub, tok)
-            word = _word_at(prompt, words, word_starts, span) if span else ""
+            word = plain.word_at(span) if span else ""
             tokens.append(Token(position, c, tok if isinstance(tok, int) else None, text, kind, float(weight),
                                 int(wid), span, word))
             position += 1
     return EncoderTokens(key, tuple(tokens), tuple(len(ch) for ch in chunks), exact)
 
 
-def _word_spans(text: str) -> list[tuple[int, int]]:
-    return [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+class _PlainText:
+    """The prompt as the tokenizer reads it (weight syntax removed, escapes resolved), and its words."""
 
+    def __init__(self, groups: list[_Piece]):
+        pairs = [(ch, i) for piece in groups for ch, i in zip(piece.text, piece.index, strict=True) if i >= 0]
+        self.text = "".join(ch for ch, _ in pairs)
+        self.to_prompt = [i for _, i in pairs]  # increasing: segments keep the prompt's order
+        self.words = [(m.start(), m.end()) for m in re.finditer(r"\S+", self.text)]
+        self._word_starts = [s for s, _ in self.words]
 
-def _word_at(prompt: str, words: list[tuple[int, int]], starts: list[int], span: tuple[int, int]) -> str:
-    """The prompt word(s) a token's characters fall in, without weight syntax."""
-    i = max(bisect.bisect_right(starts, span[0]) - 1, 0)
-    hit = []
-    while i < len(words) and words[i][0] < span[1]:
-        if words[i][1] > span[0]:
-            hit.append(words[i])
-        i += 1
-    if not hit:
-        return prompt[span[0]:span[1]]
-    return _strip_syntax(prompt[hit[0][0]:hit[-1][1]])
-
-
-def _strip_syntax(word: str) -> str:
-    """A prompt word as a person reads it: weight syntax and escapes removed ("(cat:1.2)," -> "cat,")."""
-    word = re.sub(r":[-+]?\d*\.?\d+\)", "", word)
-    word = word.replace("\\(", "\0\2").replace("\\)", "\0\1")
-    word = word.replace("(", "").replace(")", "")
-    return word.replace("\0\2", "(").replace("\0\1", ")")
+    def word_at(self, span: tuple[int, int]) -> str:
+        """The word(s) holding the prompt characters [span[0], span[1])."""
+        lo, hi = bisect.bisect_left(self.to_prompt, span[0]), bisect.bisect_left(self.to_prompt, span[1])
+        i = max(bisect.bisect_right(self._word_starts, lo) - 1, 0)
+        hit = []
+        while i < len(self.words) and self.words[i][0] < max(hi, lo + 1):
+            if self.words[i][1] > lo:
+                hit.append(self.words[i])
+            i += 1
+        return self.text[hit[0][0]:hit[-1][1]] if hit else ""
 
 
 def align(prompt: str, family_tokenizer, **tokenize_kwargs) -> PromptAlignment:
@@ -411,15 +416,7 @@ def align(prompt: str, family_tokenizer, **tokenize_kwargs) -> PromptAlignment:
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
     tokenized = family_tokenizer.tokenize_with_weights(prompt, return_word_ids=True, **tokenize_kwargs)
     groups = _group_texts(prompt, bool(tokenize_kwargs.get("disable_weights", False)))
-    encoders = {}
-    for key, chunks in tokenized.items():
-        encoders[key] = _align_encoder(key, _sub_tokenizer(family_tokenizer, key), chunks, groups, prompt)
-
-    plain_chars, plain_index = [], []
-    for piece in groups:
-        for ch, i in zip(piece.text, piece.index, strict=True):
-            if i >= 0:
-                plain_chars.append(ch)
-                plain_index.append(i)
-    plain = "".join(plain_chars)
-    return PromptAlignment(prompt, plain, plain_index, encoders, _word_spans(plain))
+    plain = _PlainText(groups)
+    encoders = {key: _align_encoder(key, _sub_tokenizer(family_tokenizer, key), chunks, groups, plain)
+                for key, chunks in tokenized.items()}
+    return PromptAlignment(prompt, plain.text, plain.to_prompt, encoders, plain.words)

@@ -64,7 +64,7 @@ def test_spans_spell_their_tokens(alignment, tokenizers, family, prompt):
             if t.is_special:
                 assert t.span is None and t.word == ""
                 continue
-            assert t.span is not None, (key, t)
+            assert t.span is not None and t.word, (key, t)
             covered.update(range(*t.span))
             source = prompt[t.span[0]:t.span[1]]
             spelled = normalized_token(key, t.text)
@@ -173,6 +173,15 @@ def test_embeddings(alignment, comfy, tmp_path):
     b = alignment.align("a photo of embedding:missing_embed, a dog", tok)
     assert [b.encoders["l"].tokens[p].text for p in b.find("dog").positions["l"]] == ["dog</w>"]
     assert all(t.kind in ("bos", "eos", "pad", "text") for t in b.encoders["l"].tokens)
+    assert [b.encoders["l"].tokens[p].text for p in b.find("a", 2).positions["l"]] == ["a</w>"]
+    with pytest.raises(alignment.PhraseNotFoundError, match="no text encoder reads it"):
+        b.find("missing_embed")
+    # Commas stuck to a name go back to the text, as ComfyUI does it; a found embedding keeps its span.
+    c = alignment.align("embedding:my_embedding, a cat", tok)
+    assert [t.span for t in c.encoders["l"].tokens if t.kind == "embedding"] == [(0, 22), (0, 22)]
+    assert [c.encoders["l"].tokens[p].text for p in c.find("cat").positions["l"]] == ["cat</w>"]
+    comma = [t for t in c.encoders["l"].tokens if t.text == ",</w>"]
+    assert len(comma) == 1 and comma[0].span == (22, 23)
 
 
 def test_unsupported_tokenizer(alignment):
