@@ -4,7 +4,12 @@
 class LeaklessInputError(ValueError):
     def __init__(self, node: str, input_name: str, problem: str, fix: str = ""):
         self.node, self.input_name, self.problem, self.fix = node, input_name, problem, fix
-        message = f"{node}: input '{input_name}': {problem}"
+        problem = problem.rstrip()
+        message = f"{node}: input '{input_name}': {problem}" + ("" if problem.endswith((".", "!", "?")) else ".")
         if fix:
             message += f" Fix: {fix}"
         super().__init__(message)
+
+
+# ComfyUI shows the exception's module-qualified type; the loader's module name is a file path.
+LeaklessInputError.__module__ = "leakless"

@@ -2,9 +2,11 @@
 
 from comfy_api.latest import ComfyExtension, io
 
+from .flow_nodes import LeakPatch, RedundantTokenMask, TokenTrace, TraceGrid, register_model_folder
 from .inspector_nodes import TokenInspector
 
 
 class LeaklessExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [TokenInspector]
+        register_model_folder()
+        return [TokenInspector, TokenTrace, TraceGrid, RedundantTokenMask, LeakPatch]

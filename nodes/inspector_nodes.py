@@ -2,8 +2,8 @@
 
 from comfy_api.latest import io
 
-from .alignment import PromptAlignment, UnsupportedTokenizerError, align
-from .errors import LeaklessInputError
+from .alignment import PromptAlignment
+from .clip_glue import align_clip
 
 NODE_NAME = "Leakless Token Inspector"
 
@@ -45,18 +45,13 @@ class TokenInspector(io.ComfyNode):
                     "The prompt, written exactly as you give it to CLIPTextEncode (weights like (cat:1.2) and "
                     "embedding:name are read the same way).")),
             ],
-            outputs=[io.String.Output("table", tooltip="The token table as text (also shown on the node).")],
+            outputs=[io.String.Output("table", display_name="table",
+                                      tooltip="The token table as text (also shown on the node).")],
             is_output_node=True,
         )
 
     @classmethod
     def execute(cls, clip, text) -> io.NodeOutput:
-        if clip is None:
-            raise LeaklessInputError(NODE_NAME, "clip", "no CLIP was given (the checkpoint has no text encoder).",
-                                     "connect a CLIP loader output.")
-        try:
-            alignment = align(text, clip.tokenizer)
-        except UnsupportedTokenizerError as e:
-            raise LeaklessInputError(NODE_NAME, "clip", str(e), "use a FLUX, SDXL or SD1.5 text encoder.") from None
+        alignment = align_clip(NODE_NAME, clip, text)
         table = format_table(alignment)
         return io.NodeOutput(table, ui={"text": [table], "leakless_tokens": alignment.table()})

@@ -1,0 +1,103 @@
+"""ComfyUI glue shared by the nodes that read prompts: align, encode and the empty-prompt encoding.
+
+Everything goes through the CLIP object's public methods (tokenize, encode_from_tokens_scheduled), so the
+conditioning is exactly what CLIPTextEncode produces, LoRA-patched CLIPs, clip-skip and CLIP hooks included.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from .alignment import PromptAlignment, UnsupportedTokenizerError, align
+from .errors import LeaklessInputError
+
+# The encoder whose token rows form the CONDITIONING tensor the diffusion model reads, per model family.
+COND_ENCODER = {"flux": "t5xxl", "sdxl": "l", "sd15": "l"}
+FAMILY_NAMES = {"flux": "FLUX", "sdxl": "SDXL", "sd15": "SD1.5"}
+_FAMILIES = {frozenset({"l", "t5xxl"}): "flux", frozenset({"l", "g"}): "sdxl", frozenset({"l"}): "sd15"}
+
+
+def check_clip(node: str, clip, input_name: str = "clip"):
+    if clip is None:
+        raise LeaklessInputError(node, input_name, "no CLIP was given (the checkpoint has no text encoder).",
+                                 "connect a CLIP loader output.")
+
+
+def align_clip(node: str, clip, text: str, input_name: str = "clip") -> PromptAlignment:
+    """Align `text` with the CLIP's own tokenizers and options (positions match CLIPTextEncode's rows)."""
+    check_clip(node, clip, input_name)
+    kwargs = {"tokenizer_options": dict(clip.tokenizer_options)} if getattr(clip, "tokenizer_options", None) else {}
+    try:
+        return align(text, clip.tokenizer, **kwargs)
+    except UnsupportedTokenizerError as e:
+        raise LeaklessInputError(node, input_name, str(e), "use a FLUX, SDXL or SD1.5 text encoder.") from None
+
+
+def family_of(node: str, alignment: PromptAlignment, input_name: str = "clip") -> str:
+    family = _FAMILIES.get(frozenset(alignment.encoders))
+    if family is None:
+        raise LeaklessInputError(node, input_name, f"text encoders {sorted(alignment.encoders)} are not a FLUX, "
+                                 "SDXL or SD1.5 set.", "load the CLIP with DualCLIPLoader (flux or sdxl) or from an "
+                                 "SDXL/SD1.5 checkpoint.")
+    return family
+
+
+def empty_tokens_like(clip, tokens: dict) -> dict:
+    """Tokens of the empty prompt for `tokens`' layout: one CLIP chunk (chunks are encoded independently, so
+    longer CLIP prompts tile its rows; see EmptyPromptCache), T5 padded to the prompt's length (what ComfyUI's
+    min_length padding gives; T5 attends to its padding, so the length matters)."""
+    empty = clip.tokenize("")
+    out = {}
+    for key, chunks in tokens.items():
+        chunk = list(empty[key][0])
+        missing = len(chunks[0]) - len(chunk) if len(chunks) == 1 else 0
+        if missing > 0:
+            pad = getattr(_sub_tokenizer(clip, key), "pad_token", 0)
+            chunk += [(pad, 1.0)] * missing
+        out[key] = [chunk]
+    return out
+
+
+def _sub_tokenizer(clip, key):
+    for attr in ({"l": "clip_l", "g": "clip_g"}.get(key, key), key):
+        sub = getattr(clip.tokenizer, attr, None)
+        if sub is not None:
+            return sub
+    return None
+
+
+class EmptyPromptCache:
+    """Encodings of the empty prompt per text encoder, patch state, clip-skip and token layout.
+
+    Held weakly by the encoder model, so it goes away with the CLIP; CLIPs with scheduled hooks are not cached.
+    """
+
+    MAX_PER_ENCODER = 4
+
+    def __init__(self):
+        self._store: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get(self, clip, tokens: dict, rows: int):
+        """The empty prompt's CONDITIONING with `rows` token rows, for a prompt tokenized as `tokens`."""
+        layout = tuple(sorted((k, len(v), len(v[0])) for k, v in tokens.items()))
+        key = (getattr(clip.patcher, "patches_uuid", None), clip.layer_idx,
+               tuple(sorted(clip.tokenizer_options.items())), layout, rows)
+        cacheable = getattr(clip.patcher, "forced_hooks", None) is None
+        per_model = self._store.setdefault(clip.cond_stage_model, {}) if cacheable else {}
+        if key not in per_model:
+            if len(per_model) >= self.MAX_PER_ENCODER:  # bounded: drop the oldest layout
+                per_model.pop(next(iter(per_model)))
+            per_model[key] = [[_tile_rows(cond, rows), meta]
+                              for cond, meta in clip.encode_from_tokens_scheduled(empty_tokens_like(clip, tokens))]
+        return per_model[key]
+
+
+def _tile_rows(cond, rows: int):
+    if cond.shape[1] == rows:
+        return cond
+    if rows % cond.shape[1]:
+        raise ValueError(f"cannot lay a {cond.shape[1]}-row empty prompt over {rows} rows")
+    return cond.repeat(1, rows // cond.shape[1], 1)
+
+
+EMPTY_PROMPT = EmptyPromptCache()

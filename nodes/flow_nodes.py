@@ -1,0 +1,415 @@
+"""Follow the Flow nodes: Token Trace, Trace Grid, Redundant Token Mask, Leak Patch (conditioning edits only)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from comfy_api.latest import io
+
+from . import flow, redundancy
+from .alignment import PhraseNotFoundError
+from .clip_glue import COND_ENCODER, EMPTY_PROMPT, align_clip, family_of
+from .errors import LeaklessInputError
+from .grid import labelled_grid
+
+MODEL_FOLDER = "leakless"
+POOLED_OPTIONS = ["reference", "prompt", "empty prompt"]
+POOLED_TOOLTIP = (
+    "Which pooled vector goes with edited conditionings. 'reference' does what the paper's code does: FLUX keeps "
+    "the full prompt's pooled CLIP-L vector; SDXL uses the empty prompt's pooled vector whenever a token is "
+    "replaced; SD1.5 has no pooled input. 'prompt' / 'empty prompt' force one or the other.")
+TRACE_MODES = ["each word", "each token", "selection", "all but selection"]
+REDUNDANCY_MODES = ["causal rule", "manual", "classifier"]
+
+
+def register_model_folder():
+    """models/leakless/ holds redundancy classifiers (registered through folder_paths, ComfyUI's API for it)."""
+    import folder_paths
+
+    folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.models_dir, MODEL_FOLDER))
+
+
+def classifier_files() -> list[str]:
+    import folder_paths
+
+    try:
+        files = folder_paths.get_filename_list(MODEL_FOLDER)
+    except KeyError:
+        files = []
+    return ["none"] + [f for f in files if f.endswith(".safetensors")]
+
+
+class _Encoded:
+    """A prompt's alignment, its conditioning, and the empty prompt's conditioning at the same length."""
+
+    def __init__(self, node: str, clip, text: str, conditioning=None):
+        self.alignment = align_clip(node, clip, text)
+        self.family = family_of(node, self.alignment)
+        self.key = COND_ENCODER[self.family]
+        self.encoder = self.alignment.encoders[self.key]
+        tokens = clip.tokenize(text)
+        self.conds = conditioning if conditioning is not None else clip.encode_from_tokens_scheduled(tokens)
+        for cond, _ in self.conds:
+            if cond.shape[1] != self.encoder.length:
+                raise LeaklessInputError(
+                    node, "conditioning", f"it has {cond.shape[1]} token rows but the text encodes to "
+                    f"{self.encoder.length} {self.encoder.name} rows, so it is not this text's encoding.",
+                    "connect the conditioning of the same prompt, or leave it unconnected.")
+        self._clip, self._tokens = clip, tokens
+
+    @property
+    def empties(self):
+        """The empty prompt's CONDITIONING at the prompt's token layout, one entry per prompt entry (cached)."""
+        empties = EMPTY_PROMPT.get(self._clip, self._tokens, self.encoder.length)
+        return empties if len(empties) == len(self.conds) else [empties[0]] * len(self.conds)
+
+    def pooled(self, mode: str, own: dict, empty: dict, replaced_any: bool):
+        use_empty = mode == "empty prompt" or (mode == "reference" and self.family == "sdxl" and replaced_any)
+        return (empty if use_empty else own).get("pooled_output")
+
+    def conditioning(self, variants, pooled_mode: str):
+        """Batch one edited conditioning per variant ``(edit(cond, empty_cond), replaced_any)``, for every
+        entry of the prompt's CONDITIONING; every other key of an entry (guidance, hooks, masks...) is kept."""
+        out = []
+        for (cond, own), (empty_cond, empty) in zip(self.conds, self.empties, strict=True):
+            meta = dict(own)
+            pooled = [self.pooled(pooled_mode, own, empty, replaced) for _, replaced in variants]
+            if pooled[0] is not None:
+                meta["pooled_output"] = torch.cat(pooled)
+            out.append([torch.cat([edit(cond, empty_cond) for edit, _ in variants]), meta])
+        return out
+
+
+def _fail(node: str, input_name: str, error: Exception, fix: str):
+    raise LeaklessInputError(node, input_name, str(error), fix) from None
+
+
+def _pooled_input():
+    return io.Combo.Input("pooled_output", options=POOLED_OPTIONS, default="reference", tooltip=POOLED_TOOLTIP)
+
+
+def _clip_input():
+    return io.Clip.Input("clip", tooltip="The CLIP that encodes the prompt (DualCLIPLoader for FLUX, the "
+                         "checkpoint's CLIP for SDXL/SD1.5); LoRA-patched and clip-skip CLIPs work as usual.")
+
+
+def _text_input(what: str = "The prompt"):
+    return io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
+        f"{what}, written exactly as for CLIPTextEncode; this node encodes it itself."))
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+class TokenTrace(io.ComfyNode):
+    NAME = "Leakless Token Trace"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LeaklessTokenTrace",
+            display_name=cls.NAME,
+            category="Leakless/follow the flow",
+            description=(
+                "Token tracing (Follow the Flow): generate from a subset of the prompt's encoded tokens. Every "
+                "token outside the subset, EOS and padding included, gets the row at the same position of the "
+                "encoded empty prompt. One conditioning per subset, batched: set the latent batch size to 'count' "
+                "and one sampler run renders every subset. Feed the images and 'labels' to Leakless Trace Grid."),
+            inputs=[
+                _clip_input(),
+                _text_input(),
+                io.Combo.Input("mode", options=TRACE_MODES, default="each word", tooltip=(
+                    "'each word': one image per word of the prompt. 'each token': one per token (see Leakless "
+                    "Token Inspector). 'selection': one per line of 'selection'. 'all but selection': each line "
+                    "of 'selection' removed from the full prompt.")),
+                io.String.Input("selection", multiline=True, default="", tooltip=(
+                    "Used by the two selection modes. One subset per line (or ';'); join parts with ','. A part is "
+                    "a phrase of the prompt ('cow', 'golden gate', 'cat#2' for the 2nd cat) or token positions "
+                    "('12', '5-7') as the Token Inspector numbers them (T5 for FLUX, CLIP for SDXL).")),
+                io.Boolean.Input("include_full_prompt", default=True, tooltip=(
+                    "Add the untouched prompt as the first image, to compare against. On by default.")),
+                _pooled_input(),
+            ],
+            outputs=[
+                io.Conditioning.Output("conditioning", display_name="conditioning",
+                                       tooltip="One conditioning per traced subset, batched."),
+                io.String.Output("labels", display_name="labels", tooltip="One line per subset: what was kept."),
+                io.Int.Output("count", display_name="count",
+                              tooltip="Number of subsets: connect it to the latent's batch_size."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip, text, mode, selection, include_full_prompt, pooled_output) -> io.NodeOutput:
+        enc = _Encoded(cls.NAME, clip, text)
+        a, key = enc.alignment, enc.key
+        everything = list(range(enc.encoder.length))
+        subsets: list[tuple[str, list[int]]] = []
+        try:
+            if mode == "each word":
+                subsets = [(f"{it.label}: {flow.token_label(a, key, it.positions)}", list(it.positions))
+                           for it in flow.lexical_items(a, key)]
+            elif mode == "each token":
+                subsets = [(f"{t.position}: {flow.token_label(a, key, [t.position])}", [t.position])
+                           for t in enc.encoder.tokens if not t.is_special]
+            else:
+                for refs in flow.parse_refs(selection):
+                    keep = flow.resolve_refs(a, key, refs)
+                    label = flow.token_label(a, key, keep)
+                    if mode == "all but selection":
+                        removed = set(keep)
+                        keep = [p for p in everything if p not in removed]
+                        label = f"without {label}"
+                    subsets.append((label, keep))
+        except (PhraseNotFoundError, flow.SelectionError) as e:
+            _fail(cls.NAME, "selection", e, "use words of the prompt or positions shown by Leakless Token "
+                                           "Inspector.")
+        if not subsets and mode in ("selection", "all but selection"):
+            raise LeaklessInputError(cls.NAME, "selection", "it is empty.", "write the phrases or token positions "
+                                     "to trace, one subset per line.")
+        if not subsets:
+            raise LeaklessInputError(cls.NAME, "text", "the prompt has no tokens to trace.", "write a prompt.")
+        if include_full_prompt:
+            subsets.insert(0, ("full prompt", everything))
+
+        n = len(everything)
+        out = enc.conditioning([(lambda c, e, keep=keep: flow.keep_rows(c, e, keep), len(keep) < n)
+                                for _, keep in subsets], pooled_output)
+        labels = "\n".join(label for label, _ in subsets)
+        return io.NodeOutput(out, labels, len(subsets))
+
+
+class TraceGrid(io.ComfyNode):
+    NAME = "Leakless Trace Grid"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LeaklessTraceGrid",
+            display_name=cls.NAME,
+            category="Leakless/follow the flow",
+            description=("Lays out the decoded images of a Leakless Token Trace run as one grid, each image labelled "
+                         "with the tokens it was generated from."),
+            inputs=[
+                io.Image.Input("images", tooltip="The decoded batch from the sampler that used Token Trace's "
+                               "conditioning."),
+                io.String.Input("labels", multiline=True, default="", force_input=True, tooltip=(
+                    "Token Trace's 'labels' output: one line per image. A batch that is a whole multiple of the "
+                    "labels (several images per subset) repeats each label.")),
+                io.Int.Input("columns", default=0, min=0, max=64, tooltip="Images per row; 0 picks a near-square "
+                             "grid."),
+                io.Int.Input("font_size", default=20, min=8, max=128, tooltip="Label text size in pixels; raise "
+                             "it for large images."),
+            ],
+            outputs=[io.Image.Output("grid", display_name="grid", tooltip="One labelled grid image.")],
+        )
+
+    @classmethod
+    def execute(cls, images, labels, columns, font_size) -> io.NodeOutput:
+        lines = [ln for ln in (labels or "").splitlines() if ln.strip()]
+        n = images.shape[0]
+        if not lines:
+            raise LeaklessInputError(cls.NAME, "labels", "no labels were given.", "connect Token Trace's 'labels'.")
+        if n % len(lines):
+            raise LeaklessInputError(cls.NAME, "images", f"{n} images do not divide among {len(lines)} labels.",
+                                     "set the latent batch size to Token Trace's 'count' (or a multiple of it).")
+        per = n // len(lines)
+        expanded = [lines[i // per] for i in range(n)]
+        return io.NodeOutput(labelled_grid(images, expanded, columns, font_size))
+
+
+class RedundantTokenMask(io.ComfyNode):
+    NAME = "Leakless Redundant Token Mask"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LeaklessRedundantTokenMask",
+            display_name=cls.NAME,
+            category="Leakless/follow the flow",
+            description=(
+                "Redundant-token masking (Follow the Flow): in multi-token items, the tokens that carry nothing get "
+                "the empty prompt's rows at their positions; the representative tokens, single-token items, EOS "
+                "and padding keep theirs. The paper reports 21% fewer generation errors with it."),
+            inputs=[
+                _clip_input(),
+                _text_input(),
+                io.Combo.Input("mode", options=REDUNDANCY_MODES, default="causal rule", tooltip=(
+                    "'causal rule': keep the last token of each item (the paper's finding for causal encoders, "
+                    "i.e. SDXL/SD1.5 CLIP; not for FLUX's T5). 'manual': keep the tokens you name in 'items'. "
+                    "'classifier': a k-NN or linear classifier file from models/leakless/.")),
+                io.String.Input("items", multiline=True, default="", tooltip=(
+                    "Items to consider, one per line (or ';'), e.g. 'golden gate bridge' or 'bats#2'; empty = "
+                    "every word. In manual mode write 'item: tokens to keep', e.g. 'pelican: lic' or "
+                    "'pelican: 2' (1-based index in the item).")),
+                io.Combo.Input("classifier", options=classifier_files(), default="none", tooltip=(
+                    "Classifier for 'classifier' mode, from models/leakless/. Train one on your text encoder with "
+                    "'python -m leakless.nodes.redundancy_cli --help' (run from custom_nodes/).")),
+                io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01, tooltip=(
+                    "Classifier mode: a token is redundant when its score is above this. Raise it to remove "
+                    "fewer tokens.")),
+                _pooled_input(),
+            ],
+            outputs=[
+                io.Conditioning.Output("conditioning", display_name="conditioning",
+                                       tooltip="The prompt's conditioning with redundant tokens "
+                                       "replaced."),
+                io.String.Output("report", display_name="report", tooltip="What was kept and removed, item by item."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip, text, mode, items, classifier, threshold, pooled_output) -> io.NodeOutput:
+        enc = _Encoded(cls.NAME, clip, text)
+        a, key = enc.alignment, enc.key
+        tokens = enc.encoder.tokens
+        try:
+            if mode == "manual":
+                spec = redundancy.parse_manual(items)
+                if not spec:
+                    raise redundancy.RedundancyError("manual mode needs 'item: tokens to keep' entries")
+                decisions = []
+                for phrase, keeps in spec:
+                    (item,) = flow.named_items(a, key, phrase)
+                    decisions.append(redundancy.manual_rule(item, keeps, [tokens[p].text for p in item.positions]))
+            elif mode == "causal rule":
+                if enc.family == "flux":
+                    raise LeaklessInputError(cls.NAME, "mode", "the causal rule (keep each item's last token) holds "
+                                             "for causal encoders (CLIP); FLUX conditions on T5, which is "
+                                             "bidirectional.", "use 'manual' or 'classifier' mode for FLUX.")
+                decisions = redundancy.causal_rule(flow.named_items(a, key, items))
+            else:
+                if classifier == "none":
+                    raise LeaklessInputError(
+                        cls.NAME, "classifier", "classifier mode needs a classifier file and none is selected.",
+                        "train one with 'python -m leakless.nodes.redundancy_cli --help' (from ComfyUI/custom_nodes)"
+                        ", put the .safetensors in models/leakless/, and select it.")
+                import folder_paths
+
+                clf = redundancy.load(folder_paths.get_full_path_or_raise(MODEL_FOLDER, classifier))
+                features = enc.conds[0][0][0]
+                decisions = clf.decide(flow.named_items(a, key, items), features, threshold)
+        except (PhraseNotFoundError, flow.SelectionError, redundancy.RedundancyError) as e:
+            _fail(cls.NAME, "classifier" if "trained on" in str(e) else "items", e,
+                  "match the classifier to this text encoder." if "trained on" in str(e)
+                  else "use words of the prompt (see Leakless Token Inspector for their tokens).")
+        remove = sorted({p for d in decisions for p in d.remove})
+        cond = enc.conditioning([(lambda c, e: flow.replace_rows(c, e, remove), bool(remove))], pooled_output)
+        return io.NodeOutput(cond, _report(a, key, decisions))
+
+
+def _report(a, key, decisions) -> str:
+    tokens = a.encoders[key].tokens
+    lines = []
+    for d in decisions:
+        if not d.remove:
+            continue
+        kept = ", ".join(repr(tokens[p].text) for p in d.keep)
+        removed = ", ".join(repr(tokens[p].text) for p in d.remove)
+        lines.append(f"{d.item.label}: kept {kept}; removed {removed}" + (f" ({d.note})" if d.note else ""))
+    return "\n".join(lines) or "nothing removed (no multi-token item had a redundant token)"
+
+
+class LeakPatch(io.ComfyNode):
+    NAME = "Leakless Leak Patch"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LeaklessLeakPatch",
+            display_name=cls.NAME,
+            category="Leakless/follow the flow",
+            description=(
+                "Leak patching (Follow the Flow): each item is encoded alone and its token rows replace the item's "
+                "rows in the prompt's encoding, so context can no longer leak into it ('bats' next to 'baseball' "
+                "stays an animal). The paper reports leakage falling from 79% to 20% on FLUX-dev."),
+            inputs=[
+                _clip_input(),
+                _text_input("The full prompt"),
+                io.String.Input("items", multiline=True, default="", tooltip=(
+                    "Items to patch, one per line (or ';'), each as it appears in the prompt, with its modifiers "
+                    "if they belong to it ('standing zebra'); 'bats#2' picks the 2nd occurrence.")),
+                io.Conditioning.Input("conditioning", optional=True, tooltip=(
+                    "Optional: patch this conditioning (it must be the encoding of 'text' with this CLIP, e.g. "
+                    "from Redundant Token Mask) instead of encoding 'text' here. Its other settings (guidance, "
+                    "areas, masks) are kept.")),
+            ],
+            outputs=[
+                io.Conditioning.Output("patched", display_name="conditioning",
+                                       tooltip="The prompt's conditioning with the items patched."),
+                io.String.Output("report", display_name="report", tooltip="Which rows were patched, item by item."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip, text, items, conditioning=None) -> io.NodeOutput:
+        enc = _Encoded(cls.NAME, clip, text, conditioning)
+        a, key = enc.alignment, enc.key
+        try:
+            refs = [r for subset in flow.parse_refs(items) for r in subset]
+            if not refs:
+                raise flow.SelectionError("no item was given")
+            if any(isinstance(r, flow.PositionRef) for r in refs):
+                raise flow.SelectionError("items are phrases of the prompt, not token positions")
+            patches = [_isolated(cls.NAME, clip, a, key, ref) for ref in refs]
+        except (PhraseNotFoundError, flow.SelectionError) as e:
+            _fail(cls.NAME, "items", e, "name words of the prompt, one item per line.")
+        conds = []
+        for i, (cond, own) in enumerate(enc.conds):
+            for _ref, iso_conds, source_rows, target_rows in patches:
+                iso = iso_conds[min(i, len(iso_conds) - 1)][0]
+                cond = flow.paste_rows(cond, iso, source_rows, target_rows)
+            conds.append([cond if patches else cond.clone(), dict(own)])
+        report = "\n".join(f"{ref}: pasted {len(t)} {enc.encoder.name} row(s) at {_ranges(t)} from its isolated "
+                           "encoding" for ref, _, _, t in patches)
+        return io.NodeOutput(conds, report)
+
+
+def _isolated(node, clip, a, key, ref):
+    """Encode an item alone with the weights it has in the prompt; return its rows and where they go."""
+    target = a.find(ref.phrase, ref.occurrence).positions[key]
+    alone = align_clip(node, clip, ref.phrase)
+    source = [t.position for t in alone.encoders[key].tokens if not t.is_special]
+    ids_in_prompt = [a.encoders[key].tokens[p].token_id for p in target]
+    ids_alone = [alone.encoders[key].tokens[p].token_id for p in source]
+    if ids_in_prompt != ids_alone:
+        texts = [a.encoders[key].tokens[p].text for p in target]
+        raise flow.SelectionError(
+            f"'{ref}' is tokenized differently alone {[alone.encoders[key].tokens[p].text for p in source]} than "
+            f"in the prompt {texts}, so its rows cannot be matched; name the item with the characters around it "
+            "as they stand in the prompt")
+    tokens = clip.tokenize(ref.phrase)
+    for k, enc_tokens in a.encoders.items():
+        if k not in tokens or k not in alone.encoders:
+            continue
+        prompt_pos = a.find(ref.phrase, ref.occurrence).positions[k]
+        alone_pos = [t.position for t in alone.encoders[k].tokens if not t.is_special]
+        weights = {q: enc_tokens.tokens[p].weight for p, q in zip(prompt_pos, alone_pos, strict=False)}
+        tokens[k] = _reweighted(tokens[k], weights)
+    return ref, clip.encode_from_tokens_scheduled(tokens), source, target
+
+
+def _reweighted(chunks, weights: dict[int, float]):
+    out, position = [], 0
+    for chunk in chunks:
+        row = []
+        for entry in chunk:
+            w = weights.get(position)
+            row.append((entry[0], w, *entry[2:]) if w is not None else tuple(entry))
+            position += 1
+        out.append(row)
+    return out
+
+
+def _ranges(positions) -> str:
+    positions = sorted(positions)
+    parts, start = [], None
+    for i, p in enumerate(positions):
+        if start is None:
+            start = p
+        if i + 1 == len(positions) or positions[i + 1] != p + 1:
+            parts.append(str(start) if start == p else f"{start}-{p}")
+            start = None
+    return ", ".join(parts)
+
