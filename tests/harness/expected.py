@@ -3,5 +3,9 @@ so a released id or input order never changes (add new inputs at the end, as opt
 
 SCHEMAS = {
     "LeaklessTokenInspector": ["clip", "text"],
+    "LeaklessTokenTrace": ["clip", "text", "mode", "selection", "include_full_prompt", "pooled_output"],
+    "LeaklessTraceGrid": ["images", "labels", "columns", "font_size"],
+    "LeaklessRedundantTokenMask": ["clip", "text", "mode", "items", "classifier", "threshold", "pooled_output"],
+    "LeaklessLeakPatch": ["clip", "text", "items", "conditioning"],
 }
 EXPECTED_NODE_IDS = sorted(SCHEMAS)

@@ -1,7 +1,9 @@
 """The real ComfyUI server with Leakless in custom_nodes: /object_info, /extensions, /prompt and /history."""
 
+import pytest
 from expected import EXPECTED_NODE_IDS
 from workflows import graphs
+from workflows.examples import EXAMPLES, shrink
 
 
 def test_object_info_lists_every_leakless_node(comfy_server):
@@ -43,3 +45,9 @@ def test_invalid_graph_is_refused_with_a_message(comfy_server):
         assert "clip" in str(e)
     else:
         raise AssertionError("a graph without its CLIP input was accepted")
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_every_example_graph_runs_via_the_server(comfy_server, name):
+    outputs = comfy_server.run(shrink(EXAMPLES[name]()))
+    assert outputs

@@ -30,9 +30,88 @@ def token_inspector_sdxl():
                           title="Positive prompt")
 
 
+def _flux_prompt_graph(text, width=1024, height=1024):
+    g = graphs.flux_dev(width=width, height=height, steps=20)
+    return _shared_prompt(g, ["6"], text)
+
+
+def flux_leak_patch():
+    """'bat' next to 'baseball': the animal is patched in from its isolated encoding."""
+    text = "a bat flying over a baseball stadium at night"
+    g = _flux_prompt_graph(text)
+    g["60"] = {"class_type": "LeaklessLeakPatch", "inputs": {"clip": ["11", 0], "text": [PROMPT_NODE, 0],
+                                                             "items": "bat"}, "_meta": {"title": "Leak Patch"}}
+    g["26"]["inputs"]["conditioning"] = ["60", 0]
+    del g["6"]
+    return g
+
+
+def flux_token_trace_grid():
+    """One image per word of the prompt, laid out as a labelled grid (512 px: one image per subset)."""
+    g = _flux_prompt_graph(graphs.PROMPT, 512, 512)
+    g["60"] = {"class_type": "LeaklessTokenTrace", "inputs": {
+        "clip": ["11", 0], "text": [PROMPT_NODE, 0], "mode": "each word", "selection": "",
+        "include_full_prompt": True, "pooled_output": "reference"}, "_meta": {"title": "Token Trace"}}
+    g["26"]["inputs"]["conditioning"] = ["60", 0]
+    g["27"]["inputs"]["batch_size"] = ["60", 2]
+    g["61"] = {"class_type": "LeaklessTraceGrid", "inputs": {"images": ["8", 0], "labels": ["60", 1],
+                                                             "columns": 0, "font_size": 20}}
+    g["9"]["inputs"]["images"] = ["61", 0]
+    del g["6"]
+    return g
+
+
+def sdxl_token_trace_grid():
+    text = "a red cube on top of a blue sphere"
+    g = graphs.sdxl_default(prompt=text, width=1024, height=1024, steps=20)
+    g["60"] = {"class_type": "LeaklessTokenTrace", "inputs": {
+        "clip": ["4", 1], "text": [PROMPT_NODE, 0], "mode": "selection",
+        "selection": "red cube\nblue sphere\ncube, sphere", "include_full_prompt": True,
+        "pooled_output": "reference"}, "_meta": {"title": "Token Trace"}}
+    _shared_prompt(g, [], text, title="Positive prompt")
+    g["3"]["inputs"]["positive"] = ["60", 0]
+    g["5"]["inputs"]["batch_size"] = ["60", 2]
+    g["61"] = {"class_type": "LeaklessTraceGrid", "inputs": {"images": ["8", 0], "labels": ["60", 1],
+                                                             "columns": 0, "font_size": 28}}
+    g["9"]["inputs"]["images"] = ["61", 0]
+    del g["6"]
+    return g
+
+
+def flux_redundant_token_mask():
+    """FLUX (T5 is bidirectional): manual mode keeps the token named for each item."""
+    text = "a pelican standing on the golden gate bridge"
+    g = _flux_prompt_graph(text)
+    g["60"] = {"class_type": "LeaklessRedundantTokenMask", "inputs": {
+        "clip": ["11", 0], "text": [PROMPT_NODE, 0], "mode": "manual",
+        "items": "pelican: lic\ngolden gate bridge: gate", "classifier": "none", "threshold": 0.5,
+        "pooled_output": "reference"}, "_meta": {"title": "Redundant Token Mask"}}
+    g["26"]["inputs"]["conditioning"] = ["60", 0]
+    del g["6"]
+    return g
+
+
+def sdxl_redundant_token_mask():
+    """SDXL (causal CLIP): keep the last token of every multi-token word."""
+    text = "an axolotl and a quokka having a picnic, watercolor"
+    g = graphs.sdxl_default(prompt=text, width=1024, height=1024, steps=20)
+    g["60"] = {"class_type": "LeaklessRedundantTokenMask", "inputs": {
+        "clip": ["4", 1], "text": [PROMPT_NODE, 0], "mode": "causal rule", "items": "", "classifier": "none",
+        "threshold": 0.5, "pooled_output": "reference"}, "_meta": {"title": "Redundant Token Mask"}}
+    _shared_prompt(g, [], text, title="Positive prompt")
+    g["3"]["inputs"]["positive"] = ["60", 0]
+    del g["6"]
+    return g
+
+
 EXAMPLES = {
     "token_inspector_flux": token_inspector_flux,
     "token_inspector_sdxl": token_inspector_sdxl,
+    "flux_leak_patch": flux_leak_patch,
+    "flux_token_trace_grid": flux_token_trace_grid,
+    "sdxl_token_trace_grid": sdxl_token_trace_grid,
+    "flux_redundant_token_mask": flux_redundant_token_mask,
+    "sdxl_redundant_token_mask": sdxl_redundant_token_mask,
 }
 
 

@@ -1,0 +1,144 @@
+"""Pure Follow the Flow code: row edits against a dense reference, selection parsing, the redundancy rules and
+classifiers on synthetic data with a known answer."""
+
+import math
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def flow(leakless):
+    import leakless.nodes.flow as flow
+
+    return flow
+
+
+@pytest.fixture(scope="module")
+def red(leakless):
+    import leakless.nodes.redundancy as red
+
+    return red
+
+
+def dense(cond, empty, take_from_empty):
+    out = torch.empty_like(cond)
+    for i in range(cond.shape[1]):
+        out[:, i] = empty[:, i] if i in take_from_empty else cond[:, i]
+    return out
+
+
+def test_row_edits_match_dense_reference(flow):
+    g = torch.Generator().manual_seed(0)
+    cond, empty = torch.randn(2, 77, 48, generator=g), torch.randn(2, 77, 48, generator=g)
+    c0, e0 = cond.clone(), empty.clone()
+    assert torch.equal(flow.replace_rows(cond, empty, [3, 5, 5, 76]), dense(cond, empty, {3, 5, 76}))
+    assert torch.equal(flow.keep_rows(cond, empty, [0, 4]), dense(cond, empty, set(range(77)) - {0, 4}))
+    assert torch.equal(flow.keep_rows(cond, empty, range(77)), cond)
+    assert torch.equal(flow.replace_rows(cond, empty, []), cond)
+    src = torch.randn(2, 10, 48, generator=g)
+    pasted = flow.paste_rows(cond, src, [1, 2], [40, 41])
+    expected = cond.clone()
+    expected[:, 40], expected[:, 41] = src[:, 1], src[:, 2]
+    assert torch.equal(pasted, expected)
+    assert torch.equal(cond, c0) and torch.equal(empty, e0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        flow.replace_rows(cond, empty[:, :70], [1])
+
+
+def test_parse_refs(flow):
+    P, R = flow.PhraseRef, flow.PositionRef
+    assert flow.parse_refs("cow; horse\ncow, horse , 3, 5-7\n\n cat#2 ") == [
+        [P("cow")], [P("horse")], [P("cow"), P("horse"), R(3, 3), R(5, 7)], [P("cat", 2)]]
+    assert flow.parse_refs("  ;\n ") == []
+    assert str(P("cat", 2)) == "cat#2" and str(R(5, 7)) == "5-7"
+    with pytest.raises(flow.SelectionError, match="empty range"):
+        flow.parse_refs("9-3")
+    with pytest.raises(flow.SelectionError, match="count from 1"):
+        flow.parse_refs("cat#0")
+
+
+def test_lexical_items_skip_punctuation_and_keep_hyphens(flow, tokenizers):
+    from leakless.nodes.alignment import align
+
+    a = align("a red-haired woman, (golden:1.2) gate; don't!", tokenizers["flux"])
+    assert [it.label for it in flow.lexical_items(a, "t5xxl")] == ["a", "red-haired", "woman", "golden", "gate",
+                                                                    "don't"]
+    named = flow.named_items(a, "t5xxl", "gate; golden gate")
+    assert [it.label for it in named] == ["golden gate", "gate"]  # prompt order
+
+
+def synthetic(n_items=60, tokens=3, width=16, seed=0):
+    """Items whose redundant tokens lie near one direction and representative ones near another."""
+    g = torch.Generator().manual_seed(seed)
+    red_dir, rep_dir = torch.zeros(width), torch.zeros(width)
+    red_dir[0], rep_dir[1] = 1.0, 1.0
+    x, y, items = [], [], []
+    for i in range(n_items):
+        for t in range(tokens):
+            label = 0.0 if t == i % tokens else 1.0
+            x.append((red_dir if label else rep_dir) * 3 + torch.randn(width, generator=g) * 0.3)
+            y.append(label)
+            items.append(f"item{i}")
+    return torch.stack(x), torch.tensor(y), items
+
+
+@pytest.mark.parametrize("kind", ["knn", "linear"])
+def test_fit_recovers_a_known_answer(red, kind, tmp_path):
+    x, y, items = synthetic()
+    train, test = red.split_by_item(items, 0.75, seed=1)
+    assert not {items[i] for i in train} & {items[i] for i in test}
+    clf = red.fit_knn(x[train], y[train], 5) if kind == "knn" else red.fit_linear(x[train], y[train])
+    predicted = clf.scores(x[test]) > 0.5
+    assert red.redundant_precision(predicted, y[test]) == 1.0
+    assert bool((predicted == y[test].bool()).all())
+    red.save(clf, str(tmp_path / "c.safetensors"))
+    again = red.load(str(tmp_path / "c.safetensors"))
+    assert again.kind == kind and again.width == 16
+    assert torch.equal(again.scores(x[test]), clf.scores(x[test]))
+
+
+def test_precision_definition(red):
+    assert red.redundant_precision(torch.tensor([1, 1, 0, 1]), torch.tensor([1, 0, 0, 1])) == pytest.approx(2 / 3)
+    assert math.isnan(red.redundant_precision(torch.tensor([0, 0]), torch.tensor([1, 0])))
+
+
+def test_decisions_never_touch_single_tokens_or_empty_an_item(red, flow):
+    Item = flow.Item
+    items = [Item("cat", (0, 3), (1,)), Item("pelican", (4, 11), (2, 3, 4))]
+    feats = torch.zeros(6, 4)
+    feats[2, 0], feats[3, 1], feats[4, 0], feats[1, 0] = 1, 1, 1, 1
+    clf = red.RedundancyClassifier("linear", 4, {"weight": torch.tensor([9.0, -9.0, 0, 0]),
+                                                 "bias": torch.tensor([0.0])})
+    cat, pelican = clf.decide(items, feats)
+    assert cat.remove == () and cat.note == "single token"
+    assert pelican.keep == (3,) and pelican.remove == (2, 4)
+    everything = red.RedundancyClassifier("linear", 4, {"weight": torch.tensor([9.0, 5.0, 0, 0]),
+                                                        "bias": torch.tensor([0.0])})
+    (_, pelican) = everything.decide(items, feats)
+    assert len(pelican.keep) == 1 and "least redundant" in pelican.note
+    assert [d.keep for d in red.causal_rule(items)] == [(1,), (4,)]
+
+
+def test_manual_spec(red, flow):
+    assert red.parse_manual("pelican: lic; golden gate bridge: gate, 1") == [
+        ("pelican", ["lic"]), ("golden gate bridge", ["gate", "1"])]
+    item = flow.Item("pelican", (0, 7), (5, 6, 7))
+    d = red.manual_rule(item, ["LIC"], ["\u2581pe", "lic", "an"])
+    assert d.keep == (6,) and d.remove == (5, 7)
+    assert red.manual_rule(item, ["3"], ["a", "b", "c"]).keep == (7,)
+    with pytest.raises(red.RedundancyError, match="no token 'x'; its tokens are"):
+        red.manual_rule(item, ["x"], ["a", "b", "c"])
+    with pytest.raises(red.RedundancyError, match="does not say which tokens"):
+        red.parse_manual("pelican")
+
+
+def test_classifier_width_and_file_checks(red, tmp_path):
+    clf = red.fit_knn(torch.randn(5, 8), torch.tensor([0, 1, 0, 1, 1]), 3, {"family": "sdxl", "encoder": "l"})
+    with pytest.raises(red.RedundancyError, match="8-wide token features .*sdxl l.* gives 4-wide"):
+        clf.scores(torch.randn(2, 4))
+    import safetensors.torch
+
+    safetensors.torch.save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(red.RedundancyError, match="not a Leakless redundancy classifier"):
+        red.load(str(tmp_path / "other.safetensors"))
