@@ -6,26 +6,12 @@ Writes bench/results/alignment.md. CPU only; no model weights (tokenizers only).
 alignment time against ComfyUI's own tokenize call on the same prompt, which the alignment includes.
 """
 
-import importlib.util
 import platform
-import statistics
-import sys
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "harness"))
+from common import REPO, median_time
 
-import comfy_env  # noqa: E402
-
-
-def timed(fn, repeat):
-    samples = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
+import comfy_env  # noqa: E402 - on the path set up by common
+from conftest import import_pack_as  # noqa: E402
 
 
 def main():
@@ -34,10 +20,7 @@ def main():
     import comfy.sdxl_clip
     import comfy.text_encoders.flux
 
-    spec = importlib.util.spec_from_file_location("leakless", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    sys.modules["leakless"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sys.modules["leakless"])
+    import_pack_as("leakless")
     from leakless.nodes.alignment import align
 
     families = {"SD1.5": comfy.sd1_clip.SD1Tokenizer(), "SDXL": comfy.sdxl_clip.SDXLTokenizer(),
@@ -50,8 +33,8 @@ def main():
     rows = []
     for fname, tok in families.items():
         for pname, prompt in prompts.items():
-            base = timed(lambda t=tok, p=prompt: t.tokenize_with_weights(p, return_word_ids=True), 20)
-            ours = timed(lambda t=tok, p=prompt: align(p, t), 20)
+            base = median_time(lambda t=tok, p=prompt: t.tokenize_with_weights(p, return_word_ids=True), 20)
+            ours = median_time(lambda t=tok, p=prompt: align(p, t), 20)
             rows.append((fname, pname, base * 1e3, ours * 1e3, ours / base))
 
     lines = [

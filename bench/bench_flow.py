@@ -9,24 +9,10 @@ Writes bench/results/flow.md.
 """
 
 import platform
-import statistics
-import sys
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests" / "harness"), str(REPO / "tests")]
+from common import REPO, median_time
 
-import comfy_env  # noqa: E402
-
-
-def median_time(fn, repeat=3):
-    samples = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
+import comfy_env  # noqa: E402 - on the path set up by common
 
 
 def main():

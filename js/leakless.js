@@ -1,10 +1,15 @@
-// Leakless frontend extension: shows the token table on the Token Inspector node after it runs.
+// Leakless frontend extension: shows a node's text result (token table, report) on the node after it runs.
 // Uses only the stable extension API (registerExtension, beforeRegisterNodeDef, onExecuted).
 import { app } from "../../scripts/app.js";
 
-const TABLE_NODES = new Set(["LeaklessTokenInspector"]);
+// Node id -> minimum size of the node once its text is shown.
+const TEXT_NODES = new Map([
+  ["LeaklessTokenInspector", [520, 320]],
+  ["LeaklessRedundantTokenMask", [420, 0]],
+  ["LeaklessLeakPatch", [420, 0]],
+]);
 
-function showTable(node, text) {
+function showText(node, text, [minWidth, minHeight]) {
   let widget = node.widgets?.find((w) => w.name === "leakless_table");
   if (!widget) {
     const pre = document.createElement("textarea");
@@ -14,7 +19,7 @@ function showTable(node, text) {
     widget = node.addDOMWidget("leakless_table", "leakless_table", pre, { serialize: false, getValue: () => pre.value, setValue: () => {} });
   }
   widget.element.value = text;
-  node.setSize([Math.max(node.size[0], 520), Math.max(node.size[1], 320)]);
+  node.setSize([Math.max(node.size[0], minWidth), Math.max(node.size[1], minHeight)]);
   node.setDirtyCanvas?.(true, true);
 }
 
@@ -24,12 +29,13 @@ app.registerExtension({
     window.__leakless_loaded = true;
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (!TABLE_NODES.has(nodeData.name)) return;
+    const minSize = TEXT_NODES.get(nodeData.name);
+    if (!minSize) return;
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
       const text = message?.text?.[0];
-      if (typeof text === "string") showTable(this, text);
+      if (typeof text === "string") showText(this, text, minSize);
     };
   },
 });

@@ -11,7 +11,7 @@ from . import flow, redundancy
 from .alignment import PhraseNotFoundError
 from .clip_glue import COND_ENCODER, EMPTY_PROMPT, align_clip, family_of
 from .errors import LeaklessInputError
-from .grid import labelled_grid
+from .grid import labelled_grid, labels_for_batch
 
 MODEL_FOLDER = "leakless"
 POOLED_OPTIONS = ["reference", "prompt", "empty prompt"]
@@ -195,8 +195,8 @@ class TraceGrid(io.ComfyNode):
                 io.Image.Input("images", tooltip="The decoded batch from the sampler that used Token Trace's "
                                "conditioning."),
                 io.String.Input("labels", multiline=True, default="", force_input=True, tooltip=(
-                    "Token Trace's 'labels' output: one line per image. A batch that is a whole multiple of the "
-                    "labels (several images per subset) repeats each label.")),
+                    "Token Trace's 'labels' output: one line per image. With a latent batch that is a multiple of "
+                    "'count', ComfyUI repeats the whole conditioning batch, and the labels repeat the same way.")),
                 io.Int.Input("columns", default=0, min=0, max=64, tooltip="Images per row; 0 picks a near-square "
                              "grid."),
                 io.Int.Input("font_size", default=20, min=8, max=128, tooltip="Label text size in pixels; raise "
@@ -208,14 +208,12 @@ class TraceGrid(io.ComfyNode):
     @classmethod
     def execute(cls, images, labels, columns, font_size) -> io.NodeOutput:
         lines = [ln for ln in (labels or "").splitlines() if ln.strip()]
-        n = images.shape[0]
         if not lines:
             raise LeaklessInputError(cls.NAME, "labels", "no labels were given.", "connect Token Trace's 'labels'.")
-        if n % len(lines):
-            raise LeaklessInputError(cls.NAME, "images", f"{n} images do not divide among {len(lines)} labels.",
-                                     "set the latent batch size to Token Trace's 'count' (or a multiple of it).")
-        per = n // len(lines)
-        expanded = [lines[i // per] for i in range(n)]
+        try:
+            expanded = labels_for_batch(lines, images.shape[0])
+        except ValueError as e:
+            _fail(cls.NAME, "images", e, "set the latent batch size to Token Trace's 'count' (or a multiple of it).")
         return io.NodeOutput(labelled_grid(images, expanded, columns, font_size))
 
 
@@ -271,7 +269,10 @@ class RedundantTokenMask(io.ComfyNode):
                     raise redundancy.RedundancyError("manual mode needs 'item: tokens to keep' entries")
                 decisions = []
                 for phrase, keeps in spec:
-                    (item,) = flow.named_items(a, key, phrase)
+                    found = flow.named_items(a, key, phrase)
+                    if len(found) != 1:
+                        raise redundancy.RedundancyError(f"'{phrase}' names {len(found)} items; give one per entry")
+                    item = found[0]
                     decisions.append(redundancy.manual_rule(item, keeps, [tokens[p].text for p in item.positions]))
             elif mode == "causal rule":
                 if enc.family == "flux":
@@ -285,18 +286,26 @@ class RedundantTokenMask(io.ComfyNode):
                         cls.NAME, "classifier", "classifier mode needs a classifier file and none is selected.",
                         "train one with 'python -m leakless.nodes.redundancy_cli --help' (from ComfyUI/custom_nodes)"
                         ", put the .safetensors in models/leakless/, and select it.")
-                import folder_paths
-
-                clf = redundancy.load(folder_paths.get_full_path_or_raise(MODEL_FOLDER, classifier))
+                clf = _load_classifier(cls.NAME, classifier)
                 features = enc.conds[0][0][0]
                 decisions = clf.decide(flow.named_items(a, key, items), features, threshold)
+        except redundancy.ClassifierMismatchError as e:
+            _fail(cls.NAME, "classifier", e, "select a classifier trained on this text encoder.")
         except (PhraseNotFoundError, flow.SelectionError, redundancy.RedundancyError) as e:
-            _fail(cls.NAME, "classifier" if "trained on" in str(e) else "items", e,
-                  "match the classifier to this text encoder." if "trained on" in str(e)
-                  else "use words of the prompt (see Leakless Token Inspector for their tokens).")
+            _fail(cls.NAME, "items", e, "use words of the prompt (see Leakless Token Inspector for their tokens).")
         remove = sorted({p for d in decisions for p in d.remove})
         cond = enc.conditioning([(lambda c, e: flow.replace_rows(c, e, remove), bool(remove))], pooled_output)
-        return io.NodeOutput(cond, _report(a, key, decisions))
+        report = _report(a, key, decisions)
+        return io.NodeOutput(cond, report, ui={"text": [report]})
+
+
+def _load_classifier(node: str, name: str):
+    import folder_paths
+
+    try:
+        return redundancy.load(folder_paths.get_full_path_or_raise(MODEL_FOLDER, name))
+    except (redundancy.RedundancyError, OSError, FileNotFoundError) as e:
+        _fail(node, "classifier", e, "select a file written by 'python -m leakless.nodes.redundancy_cli'.")
 
 
 def _report(a, key, decisions) -> str:
@@ -363,7 +372,7 @@ class LeakPatch(io.ComfyNode):
             conds.append([cond if patches else cond.clone(), dict(own)])
         report = "\n".join(f"{ref}: pasted {len(t)} {enc.encoder.name} row(s) at {_ranges(t)} from its isolated "
                            "encoding" for ref, _, _, t in patches)
-        return io.NodeOutput(conds, report)
+        return io.NodeOutput(conds, report, ui={"text": [report]})
 
 
 def _isolated(node, clip, a, key, ref):

@@ -28,6 +28,14 @@ def _wrap(draw, text: str, font, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
+def labels_for_batch(labels: list[str], n: int) -> list[str]:
+    """One label per image of a batch of `n` made from len(labels) conditionings: ComfyUI tiles a smaller
+    conditioning batch over the latent batch (c1..cN, c1..cN), so the labels cycle the same way."""
+    if not labels or n % len(labels):
+        raise ValueError(f"{n} images do not divide among {len(labels)} labels")
+    return [labels[i % len(labels)] for i in range(n)]
+
+
 def labelled_grid(images: torch.Tensor, labels: list[str], columns: int = 0, font_size: int = 20,
                   gap: int = 4) -> torch.Tensor:
     """`images` [N, H, W, C] in [0, 1] -> one grid image [1, H', W', C] with each label under its image."""

@@ -29,6 +29,10 @@ class RedundancyError(ValueError):
     pass
 
 
+class ClassifierMismatchError(RedundancyError):
+    """The classifier was trained on another text encoder (feature width)."""
+
+
 def _norm_token(text: str) -> str:
     return text.replace("\u2581", "").replace("</w>", "").lower()
 
@@ -101,7 +105,7 @@ class RedundancyClassifier:
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """Redundancy score in [0, 1] per row of `features` ([N, width])."""
         if features.shape[-1] != self.width:
-            raise RedundancyError(f"the classifier was trained on {self.width}-wide token features "
+            raise ClassifierMismatchError(f"the classifier was trained on {self.width}-wide token features "
                                   f"({self.meta.get('family', '?')} {self.meta.get('encoder', '?')}) but this "
                                   f"text encoder gives {features.shape[-1]}-wide ones")
         x = torch.nn.functional.normalize(features.float(), dim=-1)

@@ -18,7 +18,7 @@ def clips(comfy_nodes, leakless):
 
 
 @pytest.fixture(scope="module")
-def node(comfy_nodes):
+def node(comfy_nodes, leakless):
     nodes, _ = comfy_nodes
     return lambda node_id, **kw: nodes.NODE_CLASS_MAPPINGS[node_id].execute(**kw).args
 
@@ -222,6 +222,10 @@ def test_redundant_classifier_file(clips, node, tmp_path, comfy_nodes):
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "test_linear.safetensors")
     redundancy.save(clf, path)
+    import safetensors.torch
+
+    not_ours = os.path.join(folder, "test_not_a_classifier.safetensors")
+    safetensors.torch.save_file({"x": torch.zeros(1)}, not_ours)
     wrong = os.path.join(folder, "test_wrong_width.safetensors")
     redundancy.save(redundancy.fit_knn(torch.randn(4, 32), torch.tensor([0, 1, 0, 1]), 3), wrong)
     try:
@@ -234,9 +238,12 @@ def test_redundant_classifier_file(clips, node, tmp_path, comfy_nodes):
         with pytest.raises(ValueError, match="input 'classifier'.*32-wide"):
             node("LeaklessRedundantTokenMask", clip=clip, text=text, mode="classifier", items="",
                  classifier="test_wrong_width.safetensors", threshold=0.5, pooled_output="reference")
+        with pytest.raises(ValueError, match="input 'classifier'.*not a Leakless redundancy classifier"):
+            node("LeaklessRedundantTokenMask", clip=clip, text=text, mode="classifier", items="",
+                 classifier="test_not_a_classifier.safetensors", threshold=0.5, pooled_output="reference")
     finally:
-        os.remove(path)
-        os.remove(wrong)
+        for p in (path, wrong, not_ours):
+            os.remove(p)
 
 
 @pytest.mark.parametrize("node_id,kwargs,input_name,pattern", [
@@ -254,6 +261,8 @@ def test_redundant_classifier_file(clips, node, tmp_path, comfy_nodes):
                                         pooled_output="reference"), "classifier", "redundancy_cli"),
     ("LeaklessRedundantTokenMask", dict(mode="manual", items="cat", classifier="none", threshold=0.5,
                                         pooled_output="reference"), "items", "does not say which tokens"),
+    ("LeaklessRedundantTokenMask", dict(mode="manual", items="cat, cat#2: 1", classifier="none", threshold=0.5,
+                                        pooled_output="reference"), "items", "names 2 items"),
 ])
 def test_bad_input_is_a_clear_error(clips, node, node_id, kwargs, input_name, pattern):
     with pytest.raises(ValueError, match=rf"^Leakless .*: input '{input_name}': .*{pattern}") as e:
@@ -273,6 +282,15 @@ def test_trace_grid_labels_every_image(comfy_nodes, node):
                    font_size=10)
     assert grid.shape[0] == 1 and grid.shape[-1] == 3 and grid.shape[2] == 3 * 56 + 2 * 4
     assert torch.equal(grid[0, :40, :56], (images[0] * 255).round() / 255)
+    import comfy.utils
+
+    # A latent batch of 2N gets the N conditionings tiled (c1..cN, c1..cN); labels must follow that order.
+    tiled = comfy.utils.repeat_to_batch_size(torch.arange(3), 6).tolist()
+    assert tiled == [0, 1, 2, 0, 1, 2]
+    from leakless.nodes.grid import labels_for_batch
+
+    labels = ["a", "b", "c"]
+    assert labels_for_batch(labels, 6) == [labels[i] for i in tiled]
     with pytest.raises(ValueError, match="input 'images': 6 images do not divide among 4 labels"):
         node("LeaklessTraceGrid", images=images, labels="a\nb\nc\nd", columns=0, font_size=10)
 
@@ -334,3 +352,37 @@ def test_bypassed_nodes_give_bit_identical_conditioning(clips, node):
                                 classifier="none", threshold=0.5, pooled_output="reference")
     assert report.startswith("nothing removed")
     assert torch.equal(cond, base_cond) and torch.equal(meta["pooled_output"], base_meta["pooled_output"])
+
+
+def test_img2img_with_patched_conditioning(comfy_nodes):
+    """Conditioning edits with a partially denoised latent from an encoded image (non-square, batch 2)."""
+    import comfy_env
+
+    g = graphs.sdxl_default(prompt="bats near a baseball", negative="blurry", width=96, height=64)
+    g["220"] = {"class_type": "EmptyImage", "inputs": {"width": 96, "height": 64, "batch_size": 2,
+                                                       "color": 8421504}}
+    g["221"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["220", 0], "vae": ["4", 2]}}
+    g["222"] = {"class_type": "LeaklessLeakPatch", "inputs": {"clip": ["4", 1], "text": "bats near a baseball",
+                                                              "items": "bats"}}
+    g["3"]["inputs"].update({"latent_image": ["221", 0], "denoise": 0.6, "positive": ["222", 0]})
+    outputs = comfy_env.run_prompt(g)
+    assert len(outputs["9"]["images"]) == 2
+    assert outputs["222"]["text"][0].startswith("bats: pasted")
+
+
+def test_clip_skip_and_lora_state_are_respected(clips, node):
+    """The empty prompt is encoded with the same clip-skip as the prompt, and the cache tells them apart."""
+    import nodes as core
+
+    clip = clips[SDXL]
+    skipped = core.CLIPSetLastLayer().set_last_layer(clip, -1)[0]
+    for c in (clip, skipped, clip):
+        base_cond, _ = clip_text_encode(c, "a cat")[0]
+        empty, _ = reference_empty(c, SDXL, 77)
+        (cond, _), = node("LeaklessTokenTrace", clip=c, text="a cat", mode="selection", selection="cat",
+                          include_full_prompt=False, pooled_output="prompt")[0]
+        from leakless.nodes.alignment import align
+
+        keep = set(align("a cat", c.tokenizer).find("cat").positions["l"])
+        assert torch.equal(cond, dense_keep(base_cond, empty, keep))
+    assert not torch.equal(clip_text_encode(clip, "")[0][0], clip_text_encode(skipped, "")[0][0])

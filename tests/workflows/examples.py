@@ -104,10 +104,23 @@ def sdxl_redundant_token_mask():
     return g
 
 
+def sdxl_leak_patch():
+    """SDXL: the isolated encoding of 'bats' replaces its rows next to 'baseball'."""
+    text = "bats hanging in a cave next to a baseball glove"
+    g = graphs.sdxl_default(prompt=text, width=1024, height=1024, steps=20)
+    g["60"] = {"class_type": "LeaklessLeakPatch", "inputs": {"clip": ["4", 1], "text": [PROMPT_NODE, 0],
+                                                             "items": "bats"}, "_meta": {"title": "Leak Patch"}}
+    _shared_prompt(g, [], text, title="Positive prompt")
+    g["3"]["inputs"]["positive"] = ["60", 0]
+    del g["6"]
+    return g
+
+
 EXAMPLES = {
     "token_inspector_flux": token_inspector_flux,
     "token_inspector_sdxl": token_inspector_sdxl,
     "flux_leak_patch": flux_leak_patch,
+    "sdxl_leak_patch": sdxl_leak_patch,
     "flux_token_trace_grid": flux_token_trace_grid,
     "sdxl_token_trace_grid": sdxl_token_trace_grid,
     "flux_redundant_token_mask": flux_redundant_token_mask,
