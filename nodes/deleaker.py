@@ -1,0 +1,314 @@
+"""DeLeaker (Ventura, Toker et al., 2025) for FLUX joint attention: the algorithm, memory-bounded.
+
+Pure PyTorch; the ComfyUI glue is ``deleaker_nodes.py``. The reference implementation materialises the full
+B x H x L x L logits and a same-sized history in every layer; here nothing of that size exists:
+
+- entity scores (image query -> entity text tokens, averaged over the entity's tokens and the heads) need only the
+  image rows' log-sum-exp, computed over query chunks of bounded size;
+- the mask history is the running mean of those scores ([B, K, N]), which equals the reference's running mean of
+  the full probabilities read at the same columns (the mean is linear);
+- text edits are key edits: blocking entity j's tokens for rows of M_i drops those keys, and multiplying the
+  self-entity logits by alpha equals multiplying those key vectors by alpha, so each group of image rows with the
+  same entity membership is one attention call over edited keys;
+- the image-image statistics need probabilities only on the M_i x M_j blocks (with each row's edited normaliser),
+  and the resulting blocks become a boolean mask over that group's rows.
+Softmax and statistics run in fp32. Every edited row keeps the non-entity text tokens, so no row is all -inf.
+
+Reference semantics kept (tokeron/DeLeaker ``attention_processor.py``): masks threshold head-averaged
+post-softmax probabilities at mean + beta1 * std (unbiased), then 3x3 opening and 3x3 closing twice; per entity
+pair (i, j) in order: cross image->text blocked, self image->text logits x alpha, cross image->image blocked where
+the head-averaged probability (as left by the previous pairs) exceeds mean + beta2 * std of its non-zero values
+on the M_i x M_j block. Differences, all documented options or fixes: statistics are per sample (the reference
+pools the batch, identical at batch 1); morphology runs on the true h x w grid (the reference skips non-square
+grids); alpha is applied once per entity unless ``alpha_per_pair`` (the reference's per-pair compounding,
+alpha^(K-1) for K entities); ``overlap="exclusive"`` gives a contested image token to the entity with the higher
+score instead of blocking both entities' tokens there (the reference).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import torch
+import torch.nn.functional as F
+
+CHUNK_ELEMENTS = 1 << 25  # fp32 logits per chunk (128 MiB): bounds every temporary of this module
+
+
+@dataclass(frozen=True)
+class Settings:
+    beta_text: float = 1.0  # mask threshold: mean + beta_text * std
+    beta_image: float = 1.0  # image-image threshold: mean + beta_image * std
+    alpha: float = 1.2  # self-identity reinforcement of image->own-text logits
+    cross_text: bool = True  # block image(M_i) -> text(T_j)
+    self_text: bool = True  # multiply image(M_i) -> text(T_i) logits by alpha
+    image_image: bool = True  # block strong image(M_i) -> image(M_j) attention
+    alpha_per_pair: bool = False  # reference: alpha once per entity pair (alpha^(K-1))
+    overlap: str = "reference"  # "reference" (block both) | "exclusive" (higher score wins)
+    smoothing: bool = True  # 3x3 opening, then closing x2
+
+    @property
+    def edits_anything(self) -> bool:
+        return self.cross_text or (self.self_text and self.alpha != 1.0) or self.image_image
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things are in the joint sequence of one attention call."""
+
+    txt_len: int  # text tokens come first
+    grid: tuple[int, int]  # image token grid (h, w); image tokens follow the text
+    entities: tuple[tuple[int, ...], ...]  # text positions of each entity's tokens
+
+    @property
+    def n_img(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def img(self) -> slice:
+        return slice(self.txt_len, self.txt_len + self.n_img)
+
+
+def _rows_per_chunk(heads: int, keys: int) -> int:
+    return max(1, CHUNK_ELEMENTS // max(1, heads * keys))
+
+
+def entity_scores(q: torch.Tensor, k: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """mean over heads and each entity's tokens of softmax(q k^T / sqrt(d)) on the image rows: [B, K, N].
+
+    q, k: [B, H, L, D] after RoPE. Only [B, H, chunk, L] logits exist at a time.
+    """
+    b, h, length, d = q.shape
+    scale = 1.0 / math.sqrt(d)
+    cols = [torch.tensor(t, device=q.device) for t in layout.entities]
+    kf = k.float()
+    out = torch.empty(b, len(cols), layout.n_img, device=q.device, dtype=torch.float32)
+    step = _rows_per_chunk(h, length)
+    for start in range(0, layout.n_img, step):
+        rows = slice(layout.txt_len + start, layout.txt_len + min(start + step, layout.n_img))
+        logits = torch.matmul(q[:, :, rows].float(), kf.transpose(-1, -2)) * scale
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        for e, c in enumerate(cols):
+            out[:, e, start:start + logits.shape[2]] = (logits[..., c] - lse).exp().mean(dim=(-1, 1))
+    return out
+
+
+class MaskHistory:
+    """Running mean of entity scores over the history window (one per sampling run)."""
+
+    def __init__(self):
+        self.mean: torch.Tensor | None = None
+        self.count = 0
+
+    def reset(self):
+        self.mean, self.count = None, 0
+
+    def update(self, scores: torch.Tensor):
+        scores = _fill_nan(scores)
+        if self.mean is None or self.mean.shape != scores.shape:
+            self.mean, self.count = scores.clone(), 1
+            return
+        n = self.count
+        self.mean = self.mean * (n / (n + 1)) + scores * (1 / (n + 1))
+        self.count = n + 1
+
+
+def _fill_nan(x: torch.Tensor) -> torch.Tensor:
+    if not torch.isnan(x).any():
+        return x
+    finite = x[~torch.isnan(x)]
+    return torch.nan_to_num(x, nan=float(finite.mean()) if finite.numel() else 0.0)
+
+
+def morphological_clean(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """3x3 opening, then 3x3 closing applied twice (erode/dilate with neutral borders, as OpenCV does).
+
+    mask: [..., N] bool on the h x w grid (row-major) -> same shape.
+    """
+    h, w = grid
+    x = mask.reshape(-1, 1, h, w).float()
+
+    def dilate(t):
+        return F.max_pool2d(t, 3, stride=1, padding=1)
+
+    def erode(t):
+        return -F.max_pool2d(-t, 3, stride=1, padding=1)
+
+    x = dilate(erode(x))
+    x = erode(erode(dilate(dilate(x))))
+    return x.reshape(mask.shape) > 0.5
+
+
+def entity_masks(scores: torch.Tensor, layout: Layout, settings: Settings) -> torch.Tensor:
+    """[B, K, N] scores -> [B, K, N] boolean image masks (per-sample mean + beta * std, unbiased std)."""
+    scores = _fill_nan(scores)
+    thr = scores.mean(dim=-1, keepdim=True) + settings.beta_text * scores.std(dim=-1, keepdim=True)
+    masks = scores > thr
+    if settings.smoothing:
+        masks = morphological_clean(masks, layout.grid)
+    if settings.overlap == "exclusive" and masks.shape[1] > 1:
+        best = scores.argmax(dim=1, keepdim=True)
+        owner = torch.zeros_like(masks).scatter_(1, best, True)
+        contested = masks.sum(dim=1, keepdim=True) > 1
+        masks = masks & (~contested | owner)
+    return masks
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The edited attention
+
+
+@dataclass
+class _RowEdits:
+    """Edits of one sample's image rows: per row, the entity tokens blocked and the self-token multiplier, plus
+    image->image blocks. Everything is indexed by image row (0..N-1)."""
+
+    n_entities: int
+    n_img: int
+    device: torch.device
+    blocked_text: torch.Tensor = field(init=False)  # [N, K] bool: tokens of entity k blocked for the row
+    alpha_power: torch.Tensor = field(init=False)  # [N, K] float: exponent of alpha on entity k's logits
+    blocked_image: dict = field(default_factory=dict)  # image row -> bool [N] of blocked image keys
+
+    def __post_init__(self):
+        self.blocked_text = torch.zeros(self.n_img, self.n_entities, dtype=torch.bool, device=self.device)
+        self.alpha_power = torch.zeros(self.n_img, self.n_entities, device=self.device)
+
+    def block_image(self, rows: torch.Tensor, blocks: torch.Tensor):
+        for r, b in zip(rows.tolist(), blocks, strict=True):
+            prev = self.blocked_image.get(r)
+            self.blocked_image[r] = b.clone() if prev is None else prev | b
+
+    @property
+    def edited_rows(self) -> torch.Tensor:
+        rows = self.blocked_text.any(dim=1) | (self.alpha_power != 0).any(dim=1)
+        for r in self.blocked_image:
+            rows[r] = True
+        return rows.nonzero().flatten()
+
+
+def _edited_logits(q_rows, k, rows, edits: _RowEdits, layout: Layout, alpha: float, scale: float):
+    """fp32 logits [H, len(rows), L] of one sample's image rows with the current edits applied."""
+    logits = torch.matmul(q_rows.float(), k.float().transpose(-1, -2)) * scale
+    for e, toks in enumerate(layout.entities):
+        cols = torch.tensor(toks, device=logits.device)
+        power = edits.alpha_power[rows, e]
+        if bool((power != 0).any()):
+            factor = (alpha ** power).to(logits.dtype)[None, :, None]
+            logits[:, :, cols] = logits[:, :, cols] * factor
+        blocked = edits.blocked_text[rows, e]
+        if bool(blocked.any()):
+            sub = logits[:, :, cols]
+            sub[:, blocked] = float("-inf")
+            logits[:, :, cols] = sub
+    img = layout.img
+    for i, r in enumerate(rows.tolist()):
+        b = edits.blocked_image.get(r)
+        if b is not None:
+            logits[:, i, img] = logits[:, i, img].masked_fill(b, float("-inf"))
+    return logits
+
+
+def _image_image_blocks(q, k, src, dst, edits, layout, settings, scale):
+    """For rows in M_src: which M_dst image keys to block (head-averaged probability above mean + beta*std of the
+    block's non-zero values), with probabilities as the edits so far leave them."""
+    rows = src.nonzero().flatten()
+    cols = dst.nonzero().flatten()
+    if rows.numel() == 0 or cols.numel() == 0:
+        return rows, None
+    h = q.shape[0]
+    probs = []
+    step = _rows_per_chunk(h, k.shape[1])
+    for start in range(0, rows.numel(), step):
+        r = rows[start:start + step]
+        logits = _edited_logits(q[:, layout.txt_len + r], k, r, edits, layout, settings.alpha, scale)
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        probs.append((logits[..., layout.txt_len + cols] - lse).exp().mean(dim=0))
+    p = torch.cat(probs)  # [|M_src|, |M_dst|]
+    nz = p[p != 0]
+    if nz.numel() == 0:
+        return rows, None
+    thr = nz.mean() + settings.beta_image * nz.std()
+    full = torch.zeros(rows.numel(), layout.n_img, dtype=torch.bool, device=q.device)
+    full[:, cols] = p > thr
+    return rows, full
+
+
+def plan_edits(q: torch.Tensor, k: torch.Tensor, masks: torch.Tensor, layout: Layout, settings: Settings):
+    """The row edits of one sample (q, k: [H, L, D]; masks: [K, N]), pair by pair as the reference does."""
+    n_ent = masks.shape[0]
+    edits = _RowEdits(n_ent, layout.n_img, q.device)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    for i, j in combinations(range(n_ent), 2):
+        new_blocks = []
+        if settings.image_image:  # statistics on probabilities as the previous pairs left them
+            new_blocks = [_image_image_blocks(q, k, masks[a], masks[b], edits, layout, settings, scale)
+                          for a, b in ((i, j), (j, i))]
+        if settings.cross_text:
+            edits.blocked_text[masks[i], j] = True
+            edits.blocked_text[masks[j], i] = True
+        if settings.self_text and settings.alpha != 1.0:
+            for e in (i, j):
+                if settings.alpha_per_pair:
+                    edits.alpha_power[masks[e], e] += 1
+                else:
+                    edits.alpha_power[masks[e], e] = 1
+        for rows, blocks in new_blocks:
+            if blocks is not None:
+                edits.block_image(rows, blocks)
+    return edits
+
+
+def edited_attention_rows(q, k, v, edits: _RowEdits, layout: Layout, settings: Settings):
+    """Attention output [H, R, D] of one sample's edited image rows (and their indices), one fused call per group
+    of rows that share text edits; image->image blocks enter as a boolean mask over the group's rows."""
+    rows = edits.edited_rows
+    if rows.numel() == 0:
+        return rows, None
+    h, length, d = k.shape
+    out = torch.empty(h, rows.numel(), d, device=q.device, dtype=torch.float32)
+    pattern = torch.cat([edits.blocked_text[rows].float(), edits.alpha_power[rows]], dim=1)
+    groups = torch.unique(pattern, dim=0)
+    kf, vf = k.float(), v.float()
+    for g in groups:
+        member = (pattern == g).all(dim=1)
+        idx = member.nonzero().flatten()
+        keys = kf.clone()
+        keep = torch.ones(length, dtype=torch.bool, device=q.device)
+        for e, toks in enumerate(layout.entities):
+            cols = torch.tensor(toks, device=q.device)
+            if bool(g[e]):
+                keep[cols] = False
+            power = float(g[len(layout.entities) + e])
+            if power:
+                keys[:, cols] = keys[:, cols] * settings.alpha ** power
+        group_rows = rows[idx]
+        step = _rows_per_chunk(h, length)
+        for start in range(0, group_rows.numel(), step):
+            chunk = group_rows[start:start + step]
+            mask = keep.expand(chunk.numel(), length).clone()
+            for i, r in enumerate(chunk.tolist()):
+                b = edits.blocked_image.get(r)
+                if b is not None:
+                    mask[i, layout.img] &= ~b
+            o = F.scaled_dot_product_attention(q[:, layout.txt_len + chunk].float()[None], keys[None], vf[None],
+                                               attn_mask=mask[None, None])
+            out[:, idx[start:start + chunk.numel()]] = o[0]
+    return rows, out
+
+
+def deleaker_attention(q, k, v, out: torch.Tensor, masks: torch.Tensor, layout: Layout, settings: Settings,
+                       batch_rows) -> torch.Tensor:
+    """Overwrite, in `out` ([B, L, H*D], the unedited attention output), the image-query rows of `batch_rows`
+    with DeLeaker's edited attention. q, k, v: [B, H, L, D]; masks: [len(batch_rows), K, N]. Returns `out`."""
+    if not settings.edits_anything or len(layout.entities) < 2:
+        return out
+    heads, d = q.shape[1], q.shape[-1]
+    for m, b in enumerate(batch_rows):
+        edits = plan_edits(q[b], k[b], masks[m], layout, settings)
+        rows, rows_out = edited_attention_rows(q[b], k[b], v[b], edits, layout, settings)
+        if rows_out is not None:
+            out[b, layout.txt_len + rows] = rows_out.transpose(0, 1).reshape(-1, heads * d).to(out.dtype)
+    return out

@@ -1,0 +1,218 @@
+"""DeLeaker's memory-bounded implementation against a dense reference written here from the reference code
+(full logits, pair loop, re-softmax after each pair), on random FLUX-like q/k/v."""
+
+import math
+from itertools import combinations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def dl(leakless):
+    import leakless.nodes.deleaker as dl
+
+    return dl
+
+
+# ---------------------------------------------------------------- the dense reference (one sample: [H, L, D])
+
+
+def dense_scores(q, k, txt, n_img, entities):
+    p = torch.softmax((q.double() @ k.double().transpose(-1, -2)) / math.sqrt(q.shape[-1]), dim=-1)
+    return torch.stack([p[:, txt:txt + n_img][:, :, list(t)].mean(-1).mean(0) for t in entities])  # [K, N]
+
+
+def np_morph(mask, h, w):
+    """OpenCV-style 3x3 opening then closing x2, borders neutral."""
+    g = mask.reshape(h, w).astype(bool)
+
+    def shift_all(x, fill):
+        p = np.pad(x, 1, constant_values=fill)
+        return [p[i:i + h, j:j + w] for i in range(3) for j in range(3)]
+
+    def erode(x):
+        return np.logical_and.reduce(shift_all(x, True))
+
+    def dilate(x):
+        return np.logical_or.reduce(shift_all(x, False))
+
+    g = dilate(erode(g))
+    g = erode(erode(dilate(dilate(g))))
+    return g.reshape(-1)
+
+
+def dense_masks(scores, grid, beta, smoothing=True):
+    out = []
+    for s in scores:
+        m = (s > s.mean() + beta * s.std()).numpy()
+        out.append(np_morph(m, *grid) if smoothing else m)
+    return torch.tensor(np.stack(out))
+
+
+def dense_attention(q, k, v, txt, n_img, entities, masks, st):
+    """The reference processor's intervention on one sample, written out in full."""
+    s = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    p = torch.softmax(s, dim=-1)
+    img = slice(txt, txt + n_img)
+    strengthened = set()
+    for i, j in combinations(range(len(entities)), 2):
+        mi, mj = masks[i], masks[j]
+        ti, tj = list(entities[i]), list(entities[j])
+        if st.cross_text:
+            for rows, cols in ((mi, tj), (mj, ti)):
+                sub = s[:, img][:, :, cols]
+                sub[:, rows] = float("-inf")
+                block = s[:, img]
+                block[:, :, cols] = sub
+                s[:, img] = block
+        if st.self_text:
+            for e, rows, cols in ((i, mi, ti), (j, mj, tj)):
+                if not st.alpha_per_pair and e in strengthened:
+                    continue
+                strengthened.add(e)
+                block = s[:, img]
+                sub = block[:, :, cols]
+                sub[:, rows] = sub[:, rows] * st.alpha
+                block[:, :, cols] = sub
+                s[:, img] = block
+        if st.image_image:
+            im_im = p[:, img, img].mean(0)
+            for rows, cols in ((mi, mj), (mj, mi)):
+                cross = rows[:, None] & cols[None, :]
+                weighted = im_im * cross
+                nz = weighted[weighted != 0]
+                if nz.numel() == 0:
+                    continue
+                thr = nz.mean() + st.beta_image * nz.std()
+                block = s[:, img, img]
+                block[:, weighted > thr] = float("-inf")
+                s[:, img, img] = block
+        p = torch.softmax(s, dim=-1)
+    return p @ v.double()  # [H, L, D]
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+
+def make(seed, heads=4, d=16, txt=12, grid=(6, 5), batch=2, blobs=True):
+    g = torch.Generator().manual_seed(seed)
+    length = txt + grid[0] * grid[1] + 3  # 3 trailing tokens stand for Kontext reference-image tokens
+    q = torch.randn(batch, heads, length, d, generator=g)
+    k = torch.randn(batch, heads, length, d, generator=g)
+    v = torch.randn(batch, heads, length, d, generator=g)
+    if blobs:  # 3x3 image regions that attend to "their" entity token, so masks are blobs (two overlap)
+        n, (h, w) = grid[0] * grid[1], grid
+        for tok, (r, c) in zip((2, 5, 8), ((0, 0), (h - 3, w - 3), (0, w - 3)), strict=True):
+            region = torch.zeros(n, dtype=torch.bool)
+            region.view(h, w)[r:r + 3, c:c + 3] = True
+            img_q = q[:, :, txt:txt + n]
+            img_q[:, :, region] += 3.0 * k[:, :, tok:tok + 1]
+            q[:, :, txt:txt + n] = img_q
+    return q, k, v
+
+
+def run_ours(dl, q, k, v, layout, masks, st, batch_rows):
+    import torch.nn.functional as F
+
+    base = F.scaled_dot_product_attention(q, k, v)  # [B, H, L, D]
+    out = base.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1).clone()
+    return dl.deleaker_attention(q, k, v, out, masks, layout, st, batch_rows)
+
+
+SWITCHES = {
+    "all": {},
+    "no-image-image": {"image_image": False},
+    "no-cross-text": {"cross_text": False},
+    "no-self-text": {"self_text": False},
+    "only-image-image": {"cross_text": False, "self_text": False},
+    "alpha-per-pair": {"alpha_per_pair": True},
+    "no-smoothing": {"smoothing": False},
+}
+
+
+# ------------------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("grid", [(6, 5), (4, 9), (7, 7)])
+def test_entity_scores_and_masks_match_dense(dl, grid, monkeypatch):
+    q, k, _ = make(0, grid=grid)
+    layout = dl.Layout(12, grid, ((2, 3), (5,), (8, 9, 10)))
+    monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 50 * 7)  # force several query chunks
+    ours = dl.entity_scores(q, k, layout)
+    for b in range(q.shape[0]):
+        ref = dense_scores(q[b], k[b], 12, layout.n_img, layout.entities)
+        assert torch.allclose(ours[b].double(), ref, atol=1e-6)
+    for smoothing in (True, False):
+        st = dl.Settings(smoothing=smoothing)
+        masks = dl.entity_masks(ours, layout, st)
+        for b in range(q.shape[0]):
+            assert torch.equal(masks[b], dense_masks(ours[b].double(), grid, 1.0, smoothing))
+
+
+@pytest.mark.parametrize("n_entities", [2, 3])
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_edited_attention_matches_dense(dl, n_entities, switch, monkeypatch):
+    grid = (6, 5)
+    q, k, v = make(1 + n_entities, grid=grid)
+    ents = ((2, 3), (5,), (8, 9, 10))[:n_entities]
+    layout = dl.Layout(12, grid, ents)
+    st = dl.Settings(**SWITCHES[switch])
+    masks = dl.entity_masks(dl.entity_scores(q, k, layout), layout, st)[1:]  # row 1 is "cond"
+    assert bool(masks.any(dim=-1).all()), "every entity needs a mask for the test to mean something"
+    if st.image_image:
+        assert dl.plan_edits(q[1], k[1], masks[0], layout, st).blocked_image, "image-image must block something"
+    monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 45 * 5)
+    out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1])
+    ref = dense_attention(q[1], k[1], v[1], 12, layout.n_img, ents, masks[0], st)
+    ref = ref.transpose(0, 1).reshape(q.shape[2], -1)
+    assert torch.allclose(out[1].double(), ref, atol=2e-5), (out[1].double() - ref).abs().max()
+    base = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, q.shape[2], -1)
+    assert torch.equal(out[0], base[0])  # the uncond row is untouched
+    assert torch.equal(out[1, :12], base[1, :12])  # text queries are untouched
+    assert torch.equal(out[1, 12 + layout.n_img:], base[1, 12 + layout.n_img:])  # reference-image queries too
+    assert torch.isfinite(out).all()
+
+
+def test_overlapping_masks_reference_and_exclusive(dl):
+    grid = (5, 6)
+    q, k, v = make(7, grid=grid)
+    ents = ((2, 3), (5,), (8, 9))
+    layout = dl.Layout(12, grid, ents)
+    masks = torch.zeros(1, 3, 30, dtype=torch.bool)
+    masks[0, 0, :14] = True
+    masks[0, 1, 8:22] = True  # overlaps entity 0 on rows 8..13
+    masks[0, 2, 12:30] = True  # overlaps both
+    for st in (dl.Settings(), dl.Settings(alpha_per_pair=True), dl.Settings(image_image=False)):
+        out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[0])
+        ref = dense_attention(q[0], k[0], v[0], 12, 30, ents, masks[0], st).transpose(0, 1).reshape(45, -1)
+        assert torch.allclose(out[0].double(), ref, atol=2e-5)
+        assert torch.isfinite(out).all()  # contested rows lose entity tokens but keep the others
+    scores = torch.rand(1, 3, 30)
+    exclusive = dl.entity_masks(scores, layout, dl.Settings(overlap="exclusive", smoothing=False, beta_text=-5))
+    assert int(exclusive.sum(dim=1).max()) == 1
+    assert torch.equal(exclusive[0].float().argmax(0), scores[0].argmax(0))
+
+
+def test_no_edits_or_one_entity_is_identity(dl):
+    q, k, v = make(3)
+    layout = dl.Layout(12, (6, 5), ((2,), (5,)))
+    masks = torch.ones(2, 2, 30, dtype=torch.bool)
+    off = dl.Settings(cross_text=False, self_text=False, image_image=False)
+    base = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 45, -1)
+    assert torch.equal(run_ours(dl, q, k, v, layout, masks, off, [0, 1]), base)
+    one = dl.Layout(12, (6, 5), ((2,),))
+    assert torch.equal(run_ours(dl, q, k, v, one, masks[:, :1], dl.Settings(), [0, 1]), base)
+
+
+def test_history_is_the_running_mean(dl):
+    h = dl.MaskHistory()
+    xs = [torch.rand(1, 2, 30) for _ in range(5)]
+    for x in xs:
+        h.update(x)
+    assert torch.allclose(h.mean, torch.stack(xs).mean(0), atol=1e-6) and h.count == 5
+    h.update(torch.full((1, 2, 30), float("nan")))  # all-NaN scores fall back to a finite fill
+    assert torch.isfinite(h.mean).all()
+    h.reset()
+    assert h.mean is None and h.count == 0
