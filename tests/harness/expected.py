@@ -7,5 +7,9 @@ SCHEMAS = {
     "LeaklessTraceGrid": ["images", "labels", "columns", "font_size"],
     "LeaklessRedundantTokenMask": ["clip", "text", "mode", "items", "classifier", "threshold", "pooled_output"],
     "LeaklessLeakPatch": ["clip", "text", "items", "conditioning"],
+    "LeaklessDeLeakerEncode": ["clip", "text", "entities"],
+    "LeaklessDeLeaker": ["model", "mask_threshold", "image_threshold", "alpha", "mask_history", "cross_text",
+                         "self_text", "image_image", "alpha_per_pair", "overlap", "entities"],
+    "LeaklessDeLeakerMasks": ["masks", "images", "opacity"],
 }
 EXPECTED_NODE_IDS = sorted(SCHEMAS)

@@ -33,11 +33,14 @@ FILES = {
 
 
 def rand_init_(module, std=0.02, seed=0):
+    """Random weights; normalisation scales start at 1 as in real models (so attention is not uniform)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _, p in module.named_parameters():
+        for name, p in module.named_parameters():
             if p.dtype.is_floating_point:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
+                if name.endswith("norm.scale"):
+                    p.add_(1.0)
     return module
 
 
@@ -127,7 +130,7 @@ def write_all(models_dir):
     import comfy.text_encoders.flux
 
     paths = {k: os.path.join(models_dir, v) for k, v in FILES.items()}
-    stamp = os.path.join(models_dir, ".leakless-tiny-v1")
+    stamp = os.path.join(models_dir, ".leakless-tiny-v2")
     if os.path.exists(stamp) and all(os.path.exists(p) for p in paths.values()):
         return paths
     for p in paths.values():

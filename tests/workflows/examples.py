@@ -116,12 +116,32 @@ def sdxl_leak_patch():
     return g
 
 
+def flux_deleaker():
+    """'A cow and a horse in a farm' (the paper's example) with entities cow and horse, at 512 px as the paper."""
+    g = graphs.flux_dev(width=512, height=512, steps=20)
+    g["60"] = {"class_type": "LeaklessDeLeakerEncode", "inputs": {
+        "clip": ["11", 0], "text": "A **cow** and a **horse** in a farm", "entities": ""},
+        "_meta": {"title": "DeLeaker Encode"}}
+    g["61"] = {"class_type": "LeaklessDeLeaker", "inputs": {
+        "model": ["30", 0], "entities": ["60", 1], "mask_threshold": 1.0, "image_threshold": 1.0, "alpha": 1.2,
+        "mask_history": 0.6, "cross_text": True, "self_text": True, "image_image": True, "alpha_per_pair": False,
+        "overlap": "reference"}, "_meta": {"title": "DeLeaker"}}
+    g["26"]["inputs"]["conditioning"] = ["60", 0]
+    g["22"]["inputs"]["model"] = ["61", 0]
+    g["62"] = {"class_type": "LeaklessDeLeakerMasks", "inputs": {"masks": ["61", 1], "images": ["8", 0],
+                                                                 "opacity": 0.45}}
+    g["63"] = {"class_type": "SaveImage", "inputs": {"images": ["62", 1], "filename_prefix": "deleaker_masks"}}
+    del g["6"]
+    return g
+
+
 EXAMPLES = {
     "token_inspector_flux": token_inspector_flux,
     "token_inspector_sdxl": token_inspector_sdxl,
     "flux_leak_patch": flux_leak_patch,
     "sdxl_leak_patch": sdxl_leak_patch,
     "flux_token_trace_grid": flux_token_trace_grid,
+    "flux_deleaker": flux_deleaker,
     "sdxl_token_trace_grid": sdxl_token_trace_grid,
     "flux_redundant_token_mask": flux_redundant_token_mask,
     "sdxl_redundant_token_mask": sdxl_redundant_token_mask,

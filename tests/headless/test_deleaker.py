@@ -1,0 +1,148 @@
+"""Leakless DeLeaker on the tiny FLUX loaded by the standard loaders: identity, isolation, stacking, samplers,
+errors. The algorithm itself is proved against the dense reference in tests/unit/test_deleaker_pure.py."""
+
+import pytest
+import torch
+
+TEXT = "A **cow** and a **horse** in a farm"
+# A random-weight model attends without spatial coherence, so the paper's threshold (1.0) leaves only speckle that
+# the 3x3 opening removes; a permissive threshold gives the blobs real FLUX produces, so every edit is exercised.
+SETTINGS = dict(mask_threshold=-1.0, image_threshold=1.0, alpha=1.2, mask_history=0.6, cross_text=True,
+                self_text=True, image_image=True, alpha_per_pair=False, overlap="reference")
+
+
+@pytest.fixture(scope="module")
+def parts(comfy_nodes, leakless):
+    nodes, _ = comfy_nodes
+    model = nodes.UNETLoader().load_unet("flux1-dev.safetensors", "default")[0]
+    clip = nodes.DualCLIPLoader().load_clip("t5xxl_fp16.safetensors", "clip_l.safetensors", "flux")[0]
+    m = nodes.NODE_CLASS_MAPPINGS
+    cond, spec = m["LeaklessDeLeakerEncode"].execute(clip=clip, text=TEXT, entities="").args
+    return {"nodes": nodes, "m": m, "model": model, "clip": clip, "cond": cond, "spec": spec}
+
+
+def deleak(parts, model=None, entities="spec", **overrides):
+    kwargs = {**SETTINGS, **overrides}
+    if entities == "spec":
+        kwargs["entities"] = parts["spec"]
+    return parts["m"]["LeaklessDeLeaker"].execute(model=model or parts["model"], **kwargs).args
+
+
+def sample(parts, model, positive=None, negative=None, cfg=1.0, batch=1, sampler="KSampler", w=256, h=192):
+    nodes = parts["nodes"]
+    positive = positive or parts["cond"]
+    negative = negative or positive
+    latent = {"samples": torch.zeros(batch, 16, h // 8, w // 8)}
+    if sampler == "KSampler":
+        return nodes.KSampler().sample(model, 7, 3, cfg, "euler", "simple", positive, negative, latent)[0]["samples"]
+    return nodes.KSamplerAdvanced().sample(model, "enable", 7, 3, cfg, "euler", "simple", positive, negative, latent,
+                                           0, 10000, "disable")[0]["samples"]
+
+
+def test_patched_model_changes_the_image_and_finds_every_entity(parts):
+    plain = sample(parts, parts["model"])
+    patched, run = deleak(parts)
+    out = sample(parts, patched)
+    assert not torch.equal(out, plain)
+    assert run.masks is not None and run.masks.shape == (1, 2, (192 // 16) * (256 // 16))
+    assert bool(run.masks.any(dim=-1).all())
+
+
+def test_identity_without_entities_or_edits(parts):
+    plain = sample(parts, parts["model"])
+    for model, _ in (deleak(parts, entities=None),
+                     deleak(parts, cross_text=False, self_text=False, image_image=False)):
+        assert model is parts["model"]
+        assert torch.equal(sample(parts, model), plain)
+    alpha_only, _ = deleak(parts, cross_text=False, image_image=False, alpha=1.0)
+    assert alpha_only is parts["model"]
+
+
+def test_original_model_untouched_and_requeue_identical(parts):
+    before = sample(parts, parts["model"])
+    options_before = repr(sorted(parts["model"].model_options.get("transformer_options", {})))
+    patched, _ = deleak(parts)
+    first = sample(parts, patched)
+    second = sample(parts, patched)
+    assert torch.equal(first, second)
+    assert torch.equal(sample(parts, parts["model"]), before)
+    assert repr(sorted(parts["model"].model_options.get("transformer_options", {}))) == options_before
+    assert "optimized_attention_override" in patched.model_options["transformer_options"]
+
+
+def test_chains_an_existing_override_and_a_weight_patched_model(parts):
+    calls = {"n": 0}
+
+    def other_override(func, *args, **kwargs):  # e.g. a Sage/Flash attention node: it must keep running
+        calls["n"] += 1
+        return func(*args, **kwargs)
+
+    with_other = parts["model"].clone()
+    with_other.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = other_override
+    reference = sample(parts, deleak(parts)[0])
+    stacked = sample(parts, deleak(parts, model=with_other)[0])
+    assert calls["n"] > 0 and torch.equal(stacked, reference)
+
+    lora_like = parts["model"].clone()  # the mechanism LoRA loaders use: weight patches on a clone
+    key = next(k for k in lora_like.model_state_dict() if k.endswith("img_in.weight"))
+    weight = lora_like.model_state_dict()[key]
+    lora_like.add_patches({key: (torch.randn_like(weight) * 0.05,)}, 1.0)
+    patched_lora = sample(parts, deleak(parts, model=lora_like)[0])
+    assert not torch.equal(patched_lora, reference)
+    assert torch.isfinite(patched_lora).all()
+
+
+@pytest.mark.parametrize("sampler", ["KSampler", "KSamplerAdvanced"])
+def test_cfg_with_a_negative_of_another_length_batch_two(parts, sampler):
+    long_negative = parts["nodes"].CLIPTextEncode().encode(parts["clip"], "blurry, " * 150)[0]
+    patched, run = deleak(parts)
+    out = sample(parts, patched, negative=long_negative, cfg=3.0, batch=2, sampler=sampler, w=192, h=256)
+    plain = sample(parts, parts["model"], negative=long_negative, cfg=3.0, batch=2, sampler=sampler, w=192, h=256)
+    assert out.shape[0] == 2 and not torch.equal(out, plain)
+    assert run.masks.shape[0] == 2  # per-sample masks for the two cond rows
+
+
+def test_masks_node_outputs(parts):
+    patched, run = deleak(parts)
+    sample(parts, patched, batch=2)
+    images = torch.rand(2, 192, 256, 3)
+    mask, overlay = parts["m"]["LeaklessDeLeakerMasks"].execute(masks=run, images=images, opacity=0.5).args
+    assert mask.shape == (4, 192, 256) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert overlay.shape == images.shape
+    assert torch.equal(parts["m"]["LeaklessDeLeakerMasks"].execute(masks=run, images=images, opacity=0.0).args[1],
+                       images)
+
+
+def test_full_graph_with_sampler_custom_advanced(comfy_nodes):
+    import comfy_env
+    from workflows.examples import EXAMPLES, shrink
+
+    outputs = comfy_env.run_prompt(shrink(EXAMPLES["flux_deleaker"](), size=128))
+    assert all(outputs[k]["images"] for k in outputs)
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    (dict(text="A **cow** in a farm", entities=""), "input 'entities': 1 entity given"),
+    (dict(text="A cow and a horse", entities="cow, zebra"), "input 'entities': 'zebra' is not in the prompt"),
+    (dict(text="A cow and a horse", entities="cow, 3"), "input 'entities': entities are words"),
+])
+def test_encode_errors(parts, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern) as e:
+        parts["m"]["LeaklessDeLeakerEncode"].execute(clip=parts["clip"], **kwargs)
+    assert " Fix: " in str(e.value)
+
+
+def test_sdxl_is_refused(parts):
+    nodes = parts["nodes"]
+    model, clip, _ = nodes.CheckpointLoaderSimple().load_checkpoint("sd_xl_base_1.0.safetensors")
+    with pytest.raises(ValueError, match="Leakless DeLeaker Encode: input 'clip': .*no T5"):
+        parts["m"]["LeaklessDeLeakerEncode"].execute(clip=clip, text=TEXT, entities="")
+    with pytest.raises(ValueError, match="Leakless DeLeaker: input 'model': .*FLUX.*UNetModel"):
+        deleak(parts, model=model)
+
+
+def test_positive_from_another_prompt_is_a_clear_error(parts):
+    other = parts["nodes"].CLIPTextEncode().encode(parts["clip"], "a cow and a horse, " * 40)[0]
+    patched, _ = deleak(parts)
+    with pytest.raises(RuntimeError, match="positive prompt the sampler sees has .* Connect Leakless DeLeaker Encode"):
+        sample(parts, patched, positive=other)
