@@ -20,6 +20,7 @@ lint: env
 bench: env
 	$(PY) bench/bench_alignment.py
 	$(PY) bench/bench_flow.py
+	$(PY) bench/bench_deleaker.py
 
 ## make workflows: regenerate examples_workflows/ from tests/workflows/examples.py through the real frontend
 workflows: env

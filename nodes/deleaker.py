@@ -163,29 +163,45 @@ def entity_masks(scores: torch.Tensor, layout: Layout, settings: Settings) -> to
 @dataclass
 class _RowEdits:
     """Edits of one sample's image rows: per row, the entity tokens blocked and the self-token multiplier, plus
-    image->image blocks. Everything is indexed by image row (0..N-1)."""
+    image->image blocks stored compactly for the rows of any mask. Indexed by image row (0..N-1)."""
 
     n_entities: int
     n_img: int
     device: torch.device
     blocked_text: torch.Tensor = field(init=False)  # [N, K] bool: tokens of entity k blocked for the row
     alpha_power: torch.Tensor = field(init=False)  # [N, K] float: exponent of alpha on entity k's logits
-    blocked_image: dict = field(default_factory=dict)  # image row -> bool [N] of blocked image keys
+    slot: torch.Tensor = field(init=False)  # [N] long: the row's line in `blocked_image`, -1 for none
+    blocked_image: torch.Tensor | None = None  # [R, N] bool: image keys blocked for the row
 
     def __post_init__(self):
         self.blocked_text = torch.zeros(self.n_img, self.n_entities, dtype=torch.bool, device=self.device)
         self.alpha_power = torch.zeros(self.n_img, self.n_entities, device=self.device)
+        self.slot = torch.full((self.n_img,), -1, dtype=torch.long, device=self.device)
 
     def block_image(self, rows: torch.Tensor, blocks: torch.Tensor):
-        for r, b in zip(rows.tolist(), blocks, strict=True):
-            prev = self.blocked_image.get(r)
-            self.blocked_image[r] = b.clone() if prev is None else prev | b
+        new = rows[self.slot[rows] < 0]
+        if new.numel():
+            start = 0 if self.blocked_image is None else self.blocked_image.shape[0]
+            self.slot[new] = torch.arange(start, start + new.numel(), device=self.device)
+            grow = torch.zeros(new.numel(), self.n_img, dtype=torch.bool, device=self.device)
+            self.blocked_image = grow if self.blocked_image is None else torch.cat([self.blocked_image, grow])
+        self.blocked_image[self.slot[rows]] |= blocks
+
+    def image_blocks(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """[len(rows), N] bool of blocked image keys, or None when no row has any."""
+        if self.blocked_image is None:
+            return None
+        slots = self.slot[rows]
+        has = slots >= 0
+        if not bool(has.any()):
+            return None
+        out = torch.zeros(rows.numel(), self.n_img, dtype=torch.bool, device=self.device)
+        out[has] = self.blocked_image[slots[has]]
+        return out
 
     @property
     def edited_rows(self) -> torch.Tensor:
-        rows = self.blocked_text.any(dim=1) | (self.alpha_power != 0).any(dim=1)
-        for r in self.blocked_image:
-            rows[r] = True
+        rows = self.blocked_text.any(dim=1) | (self.alpha_power != 0).any(dim=1) | (self.slot >= 0)
         return rows.nonzero().flatten()
 
 
@@ -195,19 +211,13 @@ def _edited_logits(q_rows, k, rows, edits: _RowEdits, layout: Layout, alpha: flo
     for e, toks in enumerate(layout.entities):
         cols = torch.tensor(toks, device=logits.device)
         power = edits.alpha_power[rows, e]
-        if bool((power != 0).any()):
-            factor = (alpha ** power).to(logits.dtype)[None, :, None]
-            logits[:, :, cols] = logits[:, :, cols] * factor
         blocked = edits.blocked_text[rows, e]
-        if bool(blocked.any()):
-            sub = logits[:, :, cols]
-            sub[:, blocked] = float("-inf")
-            logits[:, :, cols] = sub
-    img = layout.img
-    for i, r in enumerate(rows.tolist()):
-        b = edits.blocked_image.get(r)
-        if b is not None:
-            logits[:, i, img] = logits[:, i, img].masked_fill(b, float("-inf"))
+        if bool((power != 0).any()) or bool(blocked.any()):
+            sub = logits[:, :, cols] * (alpha ** power)[None, :, None]
+            logits[:, :, cols] = sub.masked_fill(blocked[None, :, None], float("-inf"))
+    blocks = edits.image_blocks(rows)
+    if blocks is not None:
+        logits[:, :, layout.img] = logits[:, :, layout.img].masked_fill(blocks[None], float("-inf"))
     return logits
 
 
@@ -225,7 +235,7 @@ def _image_image_blocks(q, k, src, dst, edits, layout, settings, scale):
         r = rows[start:start + step]
         logits = _edited_logits(q[:, layout.txt_len + r], k, r, edits, layout, settings.alpha, scale)
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        probs.append((logits[..., layout.txt_len + cols] - lse).exp().mean(dim=0))
+        probs.append((logits[..., layout.img] - lse).exp().mean(dim=0)[:, cols])
     p = torch.cat(probs)  # [|M_src|, |M_dst|]
     nz = p[p != 0]
     if nz.numel() == 0:
@@ -288,13 +298,15 @@ def edited_attention_rows(q, k, v, edits: _RowEdits, layout: Layout, settings: S
         step = _rows_per_chunk(h, length)
         for start in range(0, group_rows.numel(), step):
             chunk = group_rows[start:start + step]
-            mask = keep.expand(chunk.numel(), length).clone()
-            for i, r in enumerate(chunk.tolist()):
-                b = edits.blocked_image.get(r)
-                if b is not None:
-                    mask[i, layout.img] &= ~b
+            blocks = edits.image_blocks(chunk)
+            mask = None
+            if blocks is not None or not bool(keep.all()):
+                mask = keep.expand(chunk.numel(), length).clone()
+                if blocks is not None:
+                    mask[:, layout.img] &= ~blocks
+                mask = mask[None, None]
             o = F.scaled_dot_product_attention(q[:, layout.txt_len + chunk].float()[None], keys[None], vf[None],
-                                               attn_mask=mask[None, None])
+                                               attn_mask=mask)
             out[:, idx[start:start + chunk.numel()]] = o[0]
     return rows, out
 

@@ -162,7 +162,8 @@ def test_edited_attention_matches_dense(dl, n_entities, switch, monkeypatch):
     masks = dl.entity_masks(dl.entity_scores(q, k, layout), layout, st)[1:]  # row 1 is "cond"
     assert bool(masks.any(dim=-1).all()), "every entity needs a mask for the test to mean something"
     if st.image_image:
-        assert dl.plan_edits(q[1], k[1], masks[0], layout, st).blocked_image, "image-image must block something"
+        blocks = dl.plan_edits(q[1], k[1], masks[0], layout, st).blocked_image
+        assert blocks is not None and bool(blocks.any()), "image-image must block something"
     monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 45 * 5)
     out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1])
     ref = dense_attention(q[1], k[1], v[1], 12, layout.n_img, ents, masks[0], st)
