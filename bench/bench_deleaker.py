@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from common import REPO
+from common import REPO, flux_setup
 
 CONFIGS = ["unpatched", "all edits", "no image-image", "dense reference"]
 SIZE, STEPS = 512, 4
@@ -74,25 +74,10 @@ def dense_override(run, dl):
 
 
 def run_config(config):
-    sys.path[:0] = [str(REPO / "tests" / "harness"), str(REPO / "tests")]
-    import comfy_env
-    import tiny_models
-
-    nodes = comfy_env.import_comfy()
-    tiny_models.write_all(str(comfy_env.BASE / "models"))
-    comfy_env.load_all_nodes()
-    import comfy.model_management
-    import comfy.model_patcher
+    nodes, patcher, clip = flux_setup(hidden=512, heads=4, depth=2, single=4)
     import comfy.sample
-    import comfy.supported_models
     import torch
 
-    torch.set_num_threads(2)
-    model = tiny_models.build_unet(comfy.supported_models.Flux,
-                                   tiny_models.flux_cfg(hidden=512, heads=4, depth=2, single=4))
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                               offload_device=comfy.model_management.unet_offload_device())
-    clip = nodes.DualCLIPLoader().load_clip("t5xxl_fp16.safetensors", "clip_l.safetensors", "flux")[0]
     m = nodes.NODE_CLASS_MAPPINGS
     cond, spec = m["LeaklessDeLeakerEncode"].execute(clip=clip, text="A **cow** and a **horse** in a farm",
                                                      entities="").args
@@ -114,7 +99,7 @@ def run_config(config):
 
     go()  # warm-up
     times = []
-    for _ in range(2):
+    for _ in range(5):
         t = time.perf_counter()
         go()
         times.append(time.perf_counter() - t)
@@ -144,7 +129,7 @@ def main():
         "# DeLeaker (FLUX)",
         "",
         f"Machine: {platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, CPU, 2 "
-        "threads; best of 2 runs after a warm-up; peak memory = max RSS of the process (model and encoders "
+        "threads; best of 5 runs after a warm-up; peak memory = max RSS of the process (model and encoders "
         "included). Reproduce: `make bench`.",
         f"Model: FLUX-shaped, random weights, hidden 512, 4 heads x 128, 2 double + 4 single blocks; {SIZE}x{SIZE} "
         f"px (1024 image + 256 text tokens), {STEPS} Euler steps, entities cow, horse.",

@@ -10,29 +10,14 @@ Writes bench/results/flow.md.
 
 import platform
 
-from common import REPO, median_time
-
-import comfy_env  # noqa: E402 - on the path set up by common
+from common import REPO, flux_setup, median_time
 
 
 def main():
-    import tiny_models
-
-    nodes = comfy_env.import_comfy()
-    tiny_models.write_all(str(comfy_env.BASE / "models"))
-    comfy_env.load_all_nodes()
-    import comfy.model_management
-    import comfy.model_patcher
+    nodes, patcher, clip = flux_setup(hidden=512, heads=4, depth=2, single=2)
     import comfy.sample
-    import comfy.supported_models
     import torch
 
-    torch.set_num_threads(2)
-    model = tiny_models.build_unet(comfy.supported_models.Flux,
-                                   tiny_models.flux_cfg(hidden=512, heads=4, depth=2, single=2))
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                               offload_device=comfy.model_management.unet_offload_device())
-    clip = nodes.DualCLIPLoader().load_clip("t5xxl_fp16.safetensors", "clip_l.safetensors", "flux")[0]
     trace = nodes.NODE_CLASS_MAPPINGS["LeaklessTokenTrace"]
     text = "a cow and a horse in a farm"
 

@@ -221,29 +221,36 @@ def _edited_logits(q_rows, k, rows, edits: _RowEdits, layout: Layout, alpha: flo
     return logits
 
 
-def _image_image_blocks(q, k, src, dst, edits, layout, settings, scale):
-    """For rows in M_src: which M_dst image keys to block (head-averaged probability above mean + beta*std of the
-    block's non-zero values), with probabilities as the edits so far leave them."""
-    rows = src.nonzero().flatten()
-    cols = dst.nonzero().flatten()
-    if rows.numel() == 0 or cols.numel() == 0:
-        return rows, None
+def _pair_image_blocks(q, k, mi, mj, edits, layout, settings, scale):
+    """For entity pair (i, j): which image keys to block for rows of M_i (keys in M_j) and rows of M_j (keys in
+    M_i): head-averaged probability above mean + beta*std of the block's non-zero values, with probabilities as
+    the edits of the previous pairs leave them. Each row's normaliser is computed once for both directions."""
+    union = (mi | mj).nonzero().flatten()
+    if union.numel() == 0 or not bool(mi.any()) or not bool(mj.any()):
+        return []
+    cols = {"i": mj.nonzero().flatten(), "j": mi.nonzero().flatten()}
+    parts = {"i": [], "j": []}
     h = q.shape[0]
-    probs = []
     step = _rows_per_chunk(h, k.shape[1])
-    for start in range(0, rows.numel(), step):
-        r = rows[start:start + step]
+    for start in range(0, union.numel(), step):
+        r = union[start:start + step]
         logits = _edited_logits(q[:, layout.txt_len + r], k, r, edits, layout, settings.alpha, scale)
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        probs.append((logits[..., layout.img] - lse).exp().mean(dim=0)[:, cols])
-    p = torch.cat(probs)  # [|M_src|, |M_dst|]
-    nz = p[p != 0]
-    if nz.numel() == 0:
-        return rows, None
-    thr = nz.mean() + settings.beta_image * nz.std()
-    full = torch.zeros(rows.numel(), layout.n_img, dtype=torch.bool, device=q.device)
-    full[:, cols] = p > thr
-    return rows, full
+        p_img = (logits[..., layout.img] - lse).exp().mean(dim=0)  # [len(r), N]
+        for side, member in (("i", mi[r]), ("j", mj[r])):
+            if bool(member.any()):
+                parts[side].append(p_img[member][:, cols[side]])
+    out = []
+    for side, rows in (("i", mi.nonzero().flatten()), ("j", mj.nonzero().flatten())):
+        p = torch.cat(parts[side])  # [|M_src|, |M_dst|]
+        nz = p[p != 0]
+        if nz.numel() == 0:
+            continue
+        thr = nz.mean() + settings.beta_image * nz.std()
+        full = torch.zeros(rows.numel(), layout.n_img, dtype=torch.bool, device=q.device)
+        full[:, cols[side]] = p > thr
+        out.append((rows, full))
+    return out
 
 
 def plan_edits(q: torch.Tensor, k: torch.Tensor, masks: torch.Tensor, layout: Layout, settings: Settings):
@@ -254,8 +261,7 @@ def plan_edits(q: torch.Tensor, k: torch.Tensor, masks: torch.Tensor, layout: La
     for i, j in combinations(range(n_ent), 2):
         new_blocks = []
         if settings.image_image:  # statistics on probabilities as the previous pairs left them
-            new_blocks = [_image_image_blocks(q, k, masks[a], masks[b], edits, layout, settings, scale)
-                          for a, b in ((i, j), (j, i))]
+            new_blocks = _pair_image_blocks(q, k, masks[i], masks[j], edits, layout, settings, scale)
         if settings.cross_text:
             edits.blocked_text[masks[i], j] = True
             edits.blocked_text[masks[j], i] = True
@@ -266,8 +272,7 @@ def plan_edits(q: torch.Tensor, k: torch.Tensor, masks: torch.Tensor, layout: La
                 else:
                     edits.alpha_power[masks[e], e] = 1
         for rows, blocks in new_blocks:
-            if blocks is not None:
-                edits.block_image(rows, blocks)
+            edits.block_image(rows, blocks)
     return edits
 
 
@@ -311,16 +316,34 @@ def edited_attention_rows(q, k, v, edits: _RowEdits, layout: Layout, settings: S
     return rows, out
 
 
-def deleaker_attention(q, k, v, out: torch.Tensor, masks: torch.Tensor, layout: Layout, settings: Settings,
+def deleaker_attention(q, k, v, base, masks: torch.Tensor, layout: Layout, settings: Settings,
                        batch_rows) -> torch.Tensor:
-    """Overwrite, in `out` ([B, L, H*D], the unedited attention output), the image-query rows of `batch_rows`
-    with DeLeaker's edited attention. q, k, v: [B, H, L, D]; masks: [len(batch_rows), K, N]. Returns `out`."""
-    if not settings.edits_anything or len(layout.entities) < 2:
-        return out
-    heads, d = q.shape[1], q.shape[-1]
-    for m, b in enumerate(batch_rows):
-        edits = plan_edits(q[b], k[b], masks[m], layout, settings)
-        rows, rows_out = edited_attention_rows(q[b], k[b], v[b], edits, layout, settings)
-        if rows_out is not None:
-            out[b, layout.txt_len + rows] = rows_out.transpose(0, 1).reshape(-1, heads * d).to(out.dtype)
+    """Attention output [B, L, H*D] with DeLeaker's edits in the image-query rows of `batch_rows`.
+
+    q, k, v: [B, H, L, D]; masks: [len(batch_rows), K, N]. ``base(batch_index, query_index)`` runs the unedited
+    attention (whatever backend or chained override the model uses) for those batch rows and query rows
+    (``None``: all) and returns [len(batch_index), rows, H*D]; it is never asked for the rows edited here.
+    """
+    b_count, heads, length, d = q.shape
+    edited = {}
+    if settings.edits_anything and len(layout.entities) >= 2:
+        for m, b in enumerate(batch_rows):
+            plan = plan_edits(q[b], k[b], masks[m], layout, settings)
+            rows, rows_out = edited_attention_rows(q[b], k[b], v[b], plan, layout, settings)
+            if rows_out is not None:
+                edited[b] = (layout.txt_len + rows, rows_out.transpose(0, 1).reshape(-1, heads * d))
+    plain = [b for b in range(b_count) if b not in edited]
+    out = None
+    if plain:
+        part = base(plain, None)
+        out = part.new_empty(b_count, length, part.shape[-1])
+        out[plain] = part
+    for b, (rows, rows_out) in edited.items():
+        keep = torch.ones(length, dtype=torch.bool, device=q.device)
+        keep[rows] = False
+        part = base([b], keep.nonzero().flatten())
+        if out is None:
+            out = part.new_empty(b_count, length, part.shape[-1])
+        out[b, keep] = part[0]
+        out[b, rows] = rows_out.to(out.dtype)
     return out

@@ -147,15 +147,17 @@ def _make_wrapper(run: _Run):
 
 def _make_override(run: _Run, previous):
     def override(func, *args, **kwargs):
-        out = previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
+        def attention(*a):
+            return previous(func, *a, **kwargs) if previous is not None else func(*a, **kwargs)
+
         to = kwargs.get("transformer_options") or {}
         if run.call is None or to.get("block_type") not in ("double", "single") or not kwargs.get("skip_reshape") \
                 or kwargs.get("skip_output_reshape"):
-            return out
-        q, k, v = args[:3]
+            return attention(*args)
+        q, k, v, heads = args[:4]
         rows = _cond_rows(to, q.shape[0])
         if not rows:
-            return out
+            return attention(*args)
         txt_len, grid, n_double, n_single = run.call
         if txt_len != run.spec.t5_length:
             raise RuntimeError(
@@ -170,11 +172,9 @@ def _make_override(run: _Run, previous):
         hist_end = round(run.history_until * steps) * n_layers
         in_history = hist_start <= b < hist_end
         intervene = b >= n_double - 1  # from the first step's last double block to the end (reference: 18)
-        if not (in_history or intervene):
-            return out
         layout = deleaker.Layout(txt_len, grid, run.spec.positions)
-        if q.shape[2] < txt_len + layout.n_img:
-            return out
+        if not (in_history or intervene) or q.shape[2] < txt_len + layout.n_img:
+            return attention(*args)
         if b == hist_start:
             run.history.reset()
         scores = None
@@ -182,12 +182,22 @@ def _make_override(run: _Run, previous):
             scores = deleaker.entity_scores(q[rows], k[rows], layout)
         if in_history:
             run.history.update(scores)
-        if intervene:
-            use = run.history.mean if run.history.mean is not None and b > hist_start else scores
-            masks = deleaker.entity_masks(use, layout, run.settings)
-            run.masks, run.grid = masks, grid
-            deleaker.deleaker_attention(q, k, v, out, masks, layout, run.settings, rows)
-        return out
+        if not intervene:
+            return attention(*args)
+        use = run.history.mean if run.history.mean is not None and b > hist_start else scores
+        masks = deleaker.entity_masks(use, layout, run.settings)
+        run.masks, run.grid = masks, grid
+        if kwargs.get("mask") is not None:  # a backend mask over all rows: run the whole batch once, slice it
+            full = attention(*args)
+
+            def base(batch_index, query_index):
+                part = full[batch_index]
+                return part if query_index is None else part[:, query_index]
+        else:
+            def base(batch_index, query_index):
+                qb = q[batch_index] if query_index is None else q[batch_index][:, :, query_index]
+                return attention(qb, k[batch_index], v[batch_index], heads, *args[4:])
+        return deleaker.deleaker_attention(q, k, v, base, masks, layout, run.settings, rows)
 
     return override
 
