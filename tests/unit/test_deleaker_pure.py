@@ -227,3 +227,16 @@ def test_history_is_the_running_mean(dl):
     assert torch.isfinite(h.mean).all()
     h.reset()
     assert h.mean is None and h.count == 0
+
+
+def test_bf16_model_dtype(dl):
+    """FLUX usually runs in bf16: statistics and softmax run in fp32, the output keeps the model's dtype."""
+    q, k, v = make(4)
+    layout = dl.Layout(12, (6, 5), ((2, 3), (5,), (8, 9, 10)))
+    st = dl.Settings()
+    masks = dl.entity_masks(dl.entity_scores(q, k, layout), layout, st)[1:]
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    out = run_ours(dl, qb, kb, vb, layout, masks, st, batch_rows=[1])
+    ref = dense_attention(qb[1].float(), kb[1].float(), vb[1].float(), 12, 30, layout.entities, masks[0], st)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert torch.allclose(out[1].double(), ref.transpose(0, 1).reshape(45, -1), atol=3e-2)
