@@ -32,7 +32,7 @@ def dense_override(run, dl):
 
     def override(func, q, k, v, heads, **kwargs):
         to = kwargs["transformer_options"]
-        txt_len, grid, n_double, n_single = run.call
+        txt_len, grid, n_double, n_single = run.call[:4]
         layout = dl.Layout(txt_len, grid, run.spec.positions)
         n_layers = n_double + n_single
         layer = to["block_index"] + (0 if to["block_type"] == "double" else n_double)

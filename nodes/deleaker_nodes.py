@@ -106,7 +106,7 @@ class _Run:
     def __init__(self, spec: EntitySpec, settings: deleaker.Settings, history_until: float):
         self.spec, self.settings, self.history_until = spec, settings, history_until
         self.history = deleaker.MaskHistory()
-        self.call = None  # (text length, grid, double blocks, single blocks) of the model call in progress
+        self.call = None  # (text length, grid, double blocks, single blocks, step, steps) of the model call
         self.masks = None  # last masks used: [cond rows, K, N] bool
         self.grid = None
 
@@ -136,7 +136,13 @@ def _make_wrapper(run: _Run):
         model = executor.class_obj
         p = model.patch_size
         grid = ((x.shape[-2] + p // 2) // p, (x.shape[-1] + p // 2) // p)
-        run.call = (context.shape[1], grid, len(model.double_blocks), len(model.single_blocks))
+        to = kwargs.get("transformer_options") or next(
+            (a for a in args if isinstance(a, dict) and "sigmas" in a), {})
+        try:
+            step, steps = _step(to)  # once per model call, not in every attention call
+        except RuntimeError as e:  # raised by the override only if it has to act on this call
+            step, steps = e, None
+        run.call = (context.shape[1], grid, len(model.double_blocks), len(model.single_blocks), step, steps)
         try:
             return executor(x, timestep, context, *args, **kwargs)
         finally:
@@ -158,15 +164,16 @@ def _make_override(run: _Run, previous):
         rows = _cond_rows(to, q.shape[0])
         if not rows:
             return attention(*args)
-        txt_len, grid, n_double, n_single = run.call
+        txt_len, grid, n_double, n_single, step, steps = run.call
         if txt_len != run.spec.t5_length:
             raise RuntimeError(
                 f"Leakless DeLeaker: the positive prompt the sampler sees has {txt_len} T5 tokens, but the entities "
                 f"came from a prompt of {run.spec.t5_length}. Connect Leakless DeLeaker Encode's conditioning as the "
                 "positive prompt of the sampler that uses this model.")
+        if isinstance(step, Exception):
+            raise step
         n_layers = n_double + n_single
         layer = to["block_index"] + (0 if to["block_type"] == "double" else n_double)
-        step, steps = _step(to)
         b = step * n_layers + layer
         hist_start = round(REFERENCE_HISTORY_START * n_layers)
         hist_end = round(run.history_until * steps) * n_layers
