@@ -267,7 +267,8 @@ def _group_texts(prompt: str, disable_weights: bool) -> list[_Piece]:
 # Alignment
 
 
-def _sub_tokenizer(family_tokenizer, key: str):
+def sub_tokenizer(family_tokenizer, key: str):
+    """The per-encoder ComfyUI tokenizer (SDTokenizer) behind key 'l', 'g' or 't5xxl' of a family tokenizer."""
     for attr in (_ENCODER_ATTRS.get(key), key, f"clip_{key}"):
         sub = getattr(family_tokenizer, attr, None) if attr else None
         if sub is not None and hasattr(sub, "tokenizer") and hasattr(sub, "tokens_start"):
@@ -417,6 +418,6 @@ def align(prompt: str, family_tokenizer, **tokenize_kwargs) -> PromptAlignment:
     tokenized = family_tokenizer.tokenize_with_weights(prompt, return_word_ids=True, **tokenize_kwargs)
     groups = _group_texts(prompt, bool(tokenize_kwargs.get("disable_weights", False)))
     plain = _PlainText(groups)
-    encoders = {key: _align_encoder(key, _sub_tokenizer(family_tokenizer, key), chunks, groups, plain)
+    encoders = {key: _align_encoder(key, sub_tokenizer(family_tokenizer, key), chunks, groups, plain)
                 for key, chunks in tokenized.items()}
     return PromptAlignment(prompt, plain.text, plain.to_prompt, encoders, plain.words)

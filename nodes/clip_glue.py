@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import weakref
 
-from .alignment import PromptAlignment, UnsupportedTokenizerError, align
+from .alignment import PromptAlignment, UnsupportedTokenizerError, align, sub_tokenizer
 from .errors import LeaklessInputError
 
 # The encoder whose token rows form the CONDITIONING tensor the diffusion model reads, per model family.
@@ -52,18 +52,10 @@ def empty_tokens_like(clip, tokens: dict) -> dict:
         chunk = list(empty[key][0])
         missing = len(chunks[0]) - len(chunk) if len(chunks) == 1 else 0
         if missing > 0:
-            pad = getattr(_sub_tokenizer(clip, key), "pad_token", 0)
+            pad = sub_tokenizer(clip.tokenizer, key).pad_token
             chunk += [(pad, 1.0)] * missing
         out[key] = [chunk]
     return out
-
-
-def _sub_tokenizer(clip, key):
-    for attr in ({"l": "clip_l", "g": "clip_g"}.get(key, key), key):
-        sub = getattr(clip.tokenizer, attr, None)
-        if sub is not None:
-            return sub
-    return None
 
 
 class EmptyPromptCache:

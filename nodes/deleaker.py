@@ -61,6 +61,14 @@ class Layout:
     txt_len: int  # text tokens come first
     grid: tuple[int, int]  # image token grid (h, w); image tokens follow the text
     entities: tuple[tuple[int, ...], ...]  # text positions of each entity's tokens
+    _index: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def entity_index(self, e: int, device) -> torch.Tensor:
+        """Entity e's text positions as an index tensor, made once per device."""
+        key = (e, str(device))
+        if key not in self._index:
+            self._index[key] = torch.tensor(self.entities[e], device=device)
+        return self._index[key]
 
     @property
     def n_img(self) -> int:
@@ -82,7 +90,7 @@ def entity_scores(q: torch.Tensor, k: torch.Tensor, layout: Layout) -> torch.Ten
     """
     b, h, length, d = q.shape
     scale = 1.0 / math.sqrt(d)
-    cols = [torch.tensor(t, device=q.device) for t in layout.entities]
+    cols = [layout.entity_index(e, q.device) for e in range(len(layout.entities))]
     kf = k.float()
     out = torch.empty(b, len(cols), layout.n_img, device=q.device, dtype=torch.float32)
     step = _rows_per_chunk(h, length)
@@ -101,9 +109,11 @@ class MaskHistory:
     def __init__(self):
         self.mean: torch.Tensor | None = None
         self.count = 0
+        self.epoch = 0  # bumped by reset: (epoch, count) names one state of the history
 
     def reset(self):
         self.mean, self.count = None, 0
+        self.epoch += 1
 
     def update(self, scores: torch.Tensor):
         scores = _fill_nan(scores)
@@ -208,8 +218,8 @@ class _RowEdits:
 def _edited_logits(q_rows, k, rows, edits: _RowEdits, layout: Layout, alpha: float, scale: float):
     """fp32 logits [H, len(rows), L] of one sample's image rows with the current edits applied."""
     logits = torch.matmul(q_rows.float(), k.float().transpose(-1, -2)) * scale
-    for e, toks in enumerate(layout.entities):
-        cols = torch.tensor(toks, device=logits.device)
+    for e in range(len(layout.entities)):
+        cols = layout.entity_index(e, logits.device)
         power = edits.alpha_power[rows, e]
         blocked = edits.blocked_text[rows, e]
         if bool((power != 0).any()) or bool(blocked.any()):
@@ -292,8 +302,8 @@ def edited_attention_rows(q, k, v, edits: _RowEdits, layout: Layout, settings: S
         idx = member.nonzero().flatten()
         keys = kf.clone()
         keep = torch.ones(length, dtype=torch.bool, device=q.device)
-        for e, toks in enumerate(layout.entities):
-            cols = torch.tensor(toks, device=q.device)
+        for e in range(len(layout.entities)):
+            cols = layout.entity_index(e, q.device)
             if bool(g[e]):
                 keep[cols] = False
             power = float(g[len(layout.entities) + e])

@@ -17,8 +17,8 @@ from comfy_api.latest import io
 from . import deleaker
 from .alignment import PhraseNotFoundError
 from .clip_glue import align_clip, family_of
-from .errors import LeaklessInputError
-from .flow import PhraseRef, SelectionError, parse_refs
+from .errors import LeaklessInputError, input_error
+from .flow import PhraseRef, SelectionError, parse_phrases
 
 ENTITIES = io.Custom("LEAKLESS_ENTITIES")
 MASKS = io.Custom("LEAKLESS_DELEAKER_MASKS")
@@ -84,17 +84,14 @@ class DeLeakerEncode(io.ComfyNode):
             raise LeaklessInputError(cls.NAME, "clip", "DeLeaker works on FLUX, whose entities are T5 tokens; this "
                                      "CLIP has no T5.", "load the CLIP with DualCLIPLoader, type flux.")
         try:
-            refs = [r for subset in parse_refs(entities) for r in subset] if entities.strip() else \
-                [PhraseRef(m) for m in marked]
-            if any(not isinstance(r, PhraseRef) for r in refs):
-                raise SelectionError("entities are words of the prompt, not token positions")
+            refs = parse_phrases(entities, "entities") if entities.strip() else [PhraseRef(m) for m in marked]
             if len(refs) < 2:
                 raise SelectionError(f"{len(refs)} entit{'y' if len(refs) == 1 else 'ies'} given; DeLeaker separates "
                                      "at least two")
             positions = tuple(tuple(alignment.find(r.phrase, r.occurrence).positions["t5xxl"]) for r in refs)
         except (PhraseNotFoundError, SelectionError) as e:
-            raise LeaklessInputError(cls.NAME, "entities", str(e), "name two or more entities that are words of the "
-                                     "prompt, e.g. 'cow, horse', or mark them as **cow**.") from None
+            raise input_error(cls.NAME, "entities", e, "name two or more entities that are words of the prompt, "
+                              "e.g. 'cow, horse', or mark them as **cow**.") from None
         spec = EntitySpec(tuple(str(r) for r in refs), positions, alignment.encoders["t5xxl"].length)
         conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(clean))
         return io.NodeOutput(conditioning, spec)
@@ -106,9 +103,10 @@ class _Run:
     def __init__(self, spec: EntitySpec, settings: deleaker.Settings, history_until: float):
         self.spec, self.settings, self.history_until = spec, settings, history_until
         self.history = deleaker.MaskHistory()
-        self.call = None  # (text length, grid, double blocks, single blocks, step, steps) of the model call
+        self.call = None  # (layout, double blocks, single blocks, step, steps) of the model call in progress
         self.masks = None  # last masks used: [cond rows, K, N] bool
-        self.grid = None
+        self.layout = None  # the layout those masks belong to
+        self.masks_key = None  # the history state they were made from
 
 
 def _step(transformer_options) -> tuple[int, int]:
@@ -142,7 +140,8 @@ def _make_wrapper(run: _Run):
             step, steps = _step(to)  # once per model call, not in every attention call
         except RuntimeError as e:  # raised by the override only if it has to act on this call
             step, steps = e, None
-        run.call = (context.shape[1], grid, len(model.double_blocks), len(model.single_blocks), step, steps)
+        layout = deleaker.Layout(context.shape[1], grid, run.spec.positions)  # once per model call
+        run.call = (layout, len(model.double_blocks), len(model.single_blocks), step, steps)
         try:
             return executor(x, timestep, context, *args, **kwargs)
         finally:
@@ -164,12 +163,12 @@ def _make_override(run: _Run, previous):
         rows = _cond_rows(to, q.shape[0])
         if not rows:
             return attention(*args)
-        txt_len, grid, n_double, n_single, step, steps = run.call
-        if txt_len != run.spec.t5_length:
+        layout, n_double, n_single, step, steps = run.call
+        if layout.txt_len != run.spec.t5_length:
             raise RuntimeError(
-                f"Leakless DeLeaker: the positive prompt the sampler sees has {txt_len} T5 tokens, but the entities "
-                f"came from a prompt of {run.spec.t5_length}. Connect Leakless DeLeaker Encode's conditioning as the "
-                "positive prompt of the sampler that uses this model.")
+                f"Leakless DeLeaker: the positive prompt the sampler sees has {layout.txt_len} T5 tokens, but the "
+                f"entities came from a prompt of {run.spec.t5_length}. Connect Leakless DeLeaker Encode's "
+                "conditioning as the positive prompt of the sampler that uses this model.")
         if isinstance(step, Exception):
             raise step
         n_layers = n_double + n_single
@@ -179,8 +178,7 @@ def _make_override(run: _Run, previous):
         hist_end = round(run.history_until * steps) * n_layers
         in_history = hist_start <= b < hist_end
         intervene = b >= n_double - 1  # from the first step's last double block to the end (reference: 18)
-        layout = deleaker.Layout(txt_len, grid, run.spec.positions)
-        if not (in_history or intervene) or q.shape[2] < txt_len + layout.n_img:
+        if not (in_history or intervene) or q.shape[2] < layout.txt_len + layout.n_img:
             return attention(*args)
         if b == hist_start:
             run.history.reset()
@@ -191,9 +189,12 @@ def _make_override(run: _Run, previous):
             run.history.update(scores)
         if not intervene:
             return attention(*args)
-        use = run.history.mean if run.history.mean is not None and b > hist_start else scores
-        masks = deleaker.entity_masks(use, layout, run.settings)
-        run.masks, run.grid = masks, grid
+        from_history = run.history.mean is not None and b > hist_start
+        key = (run.history.epoch, run.history.count, layout) if from_history else None
+        if key is None or key != run.masks_key:  # a frozen history gives the same masks: make them once
+            use = run.history.mean if from_history else scores
+            run.masks, run.layout, run.masks_key = deleaker.entity_masks(use, layout, run.settings), layout, key
+        masks = run.masks
         if kwargs.get("mask") is not None:  # a backend mask over all rows: run the whole batch once, slice it
             full = attention(*args)
 
@@ -326,7 +327,7 @@ class DeLeakerMasks(io.ComfyNode):
                                      "sample with Leakless DeLeaker's model and connect its decoded images.")
         m = masks.masks.float()  # [R, K, N]
         r, k, _ = m.shape
-        h, w = masks.grid
+        h, w = masks.layout.grid
         grids = m.reshape(r * k, 1, h, w)
         n, ih, iw, _ = images.shape
         up = torch.nn.functional.interpolate(grids, size=(ih, iw), mode="nearest").reshape(r, k, ih, iw)

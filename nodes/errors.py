@@ -11,5 +11,10 @@ class LeaklessInputError(ValueError):
         super().__init__(message)
 
 
+def input_error(node: str, input_name: str, error: Exception, fix: str) -> LeaklessInputError:
+    """A lower-level error (a phrase not found, a bad selection...) restated for the user: `raise ... from None`."""
+    return LeaklessInputError(node, input_name, str(error), fix)
+
+
 # ComfyUI shows the exception's module-qualified type; the loader's module name is a file path.
 LeaklessInputError.__module__ = "leakless"

@@ -101,6 +101,15 @@ def parse_refs(text: str) -> list[list[PhraseRef | PositionRef]]:
     return subsets
 
 
+def parse_phrases(text: str, what: str) -> list[PhraseRef]:
+    """A flat list of phrases ('cow, horse', 'bats#2; golden gate'): `what` (items, entities) are never positions."""
+    refs = [r for subset in parse_refs(text) for r in subset]
+    for ref in refs:
+        if isinstance(ref, PositionRef):
+            raise SelectionError(f"{what} are words of the prompt, not token positions ('{ref}')")
+    return refs
+
+
 def resolve_refs(alignment: PromptAlignment, key: str, refs) -> list[int]:
     """Token positions (in encoder `key`) of a subset of refs, sorted and unique."""
     length = alignment.encoders[key].length
@@ -149,16 +158,13 @@ def lexical_items(alignment: PromptAlignment, key: str) -> list[Item]:
 
 def named_items(alignment: PromptAlignment, key: str, text: str) -> list[Item]:
     """Items the user named ("golden gate bridge; bats#2"), in prompt order. Empty text: every lexical item."""
-    subsets = parse_refs(text)
-    if not subsets:
+    refs = parse_phrases(text, "items")
+    if not refs:
         return lexical_items(alignment, key)
     items = []
-    for refs in subsets:
-        for ref in refs:
-            if isinstance(ref, PositionRef):
-                raise SelectionError(f"'{ref}' is a token position; name items by their words")
-            match = alignment.find(ref.phrase, ref.occurrence)
-            items.append(Item(str(ref), match.span, tuple(match.positions[key])))
+    for ref in refs:
+        match = alignment.find(ref.phrase, ref.occurrence)
+        items.append(Item(str(ref), match.span, tuple(match.positions[key])))
     return sorted(items, key=lambda it: it.span)
 
 

@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from . import flow, redundancy
 from .alignment import PhraseNotFoundError
 from .clip_glue import COND_ENCODER, EMPTY_PROMPT, align_clip, family_of
-from .errors import LeaklessInputError
+from .errors import LeaklessInputError, input_error
 from .grid import labelled_grid, labels_for_batch
 
 MODEL_FOLDER = "leakless"
@@ -79,10 +79,6 @@ class _Encoded:
                 meta["pooled_output"] = torch.cat(pooled)
             out.append([torch.cat([edit(cond, empty_cond) for edit, _ in variants]), meta])
         return out
-
-
-def _fail(node: str, input_name: str, error: Exception, fix: str):
-    raise LeaklessInputError(node, input_name, str(error), fix) from None
 
 
 def _pooled_input():
@@ -163,8 +159,8 @@ class TokenTrace(io.ComfyNode):
                         label = f"without {label}"
                     subsets.append((label, keep))
         except (PhraseNotFoundError, flow.SelectionError) as e:
-            _fail(cls.NAME, "selection", e, "use words of the prompt or positions shown by Leakless Token "
-                                           "Inspector.")
+            raise input_error(cls.NAME, "selection", e, "use words of the prompt or positions shown by Leakless "
+                              "Token Inspector.") from None
         if not subsets and mode in ("selection", "all but selection"):
             raise LeaklessInputError(cls.NAME, "selection", "it is empty.", "write the phrases or token positions "
                                      "to trace, one subset per line.")
@@ -213,7 +209,8 @@ class TraceGrid(io.ComfyNode):
         try:
             expanded = labels_for_batch(lines, images.shape[0])
         except ValueError as e:
-            _fail(cls.NAME, "images", e, "set the latent batch size to Token Trace's 'count' (or a multiple of it).")
+            raise input_error(cls.NAME, "images", e, "set the latent batch size to Token Trace's 'count' (or a "
+                              "multiple of it).") from None
         return io.NodeOutput(labelled_grid(images, expanded, columns, font_size))
 
 
@@ -290,9 +287,10 @@ class RedundantTokenMask(io.ComfyNode):
                 features = enc.conds[0][0][0]
                 decisions = clf.decide(flow.named_items(a, key, items), features, threshold)
         except redundancy.ClassifierMismatchError as e:
-            _fail(cls.NAME, "classifier", e, "select a classifier trained on this text encoder.")
+            raise input_error(cls.NAME, "classifier", e, "select a classifier trained on this text encoder.") from None
         except (PhraseNotFoundError, flow.SelectionError, redundancy.RedundancyError) as e:
-            _fail(cls.NAME, "items", e, "use words of the prompt (see Leakless Token Inspector for their tokens).")
+            raise input_error(cls.NAME, "items", e, "use words of the prompt (see Leakless Token Inspector for "
+                              "their tokens).") from None
         remove = sorted({p for d in decisions for p in d.remove})
         cond = enc.conditioning([(lambda c, e: flow.replace_rows(c, e, remove), bool(remove))], pooled_output)
         report = _report(a, key, decisions)
@@ -305,7 +303,8 @@ def _load_classifier(node: str, name: str):
     try:
         return redundancy.load(folder_paths.get_full_path_or_raise(MODEL_FOLDER, name))
     except (redundancy.RedundancyError, OSError, FileNotFoundError) as e:
-        _fail(node, "classifier", e, "select a file written by 'python -m leakless.nodes.redundancy_cli'.")
+        raise input_error(node, "classifier", e, "select a file written by 'python -m "
+                          "leakless.nodes.redundancy_cli'.") from None
 
 
 def _report(a, key, decisions) -> str:
@@ -356,14 +355,12 @@ class LeakPatch(io.ComfyNode):
         enc = _Encoded(cls.NAME, clip, text, conditioning)
         a, key = enc.alignment, enc.key
         try:
-            refs = [r for subset in flow.parse_refs(items) for r in subset]
+            refs = flow.parse_phrases(items, "items")
             if not refs:
                 raise flow.SelectionError("no item was given")
-            if any(isinstance(r, flow.PositionRef) for r in refs):
-                raise flow.SelectionError("items are phrases of the prompt, not token positions")
             patches = [_isolated(cls.NAME, clip, a, key, ref) for ref in refs]
         except (PhraseNotFoundError, flow.SelectionError) as e:
-            _fail(cls.NAME, "items", e, "name words of the prompt, one item per line.")
+            raise input_error(cls.NAME, "items", e, "name words of the prompt, one item per line.") from None
         conds = []
         for i, (cond, own) in enumerate(enc.conds):
             for _ref, iso_conds, source_rows, target_rows in patches:
@@ -377,7 +374,8 @@ class LeakPatch(io.ComfyNode):
 
 def _isolated(node, clip, a, key, ref):
     """Encode an item alone with the weights it has in the prompt; return its rows and where they go."""
-    target = a.find(ref.phrase, ref.occurrence).positions[key]
+    match = a.find(ref.phrase, ref.occurrence)
+    target = match.positions[key]
     alone = align_clip(node, clip, ref.phrase)
     source = [t.position for t in alone.encoders[key].tokens if not t.is_special]
     ids_in_prompt = [a.encoders[key].tokens[p].token_id for p in target]
@@ -392,7 +390,7 @@ def _isolated(node, clip, a, key, ref):
     for k, enc_tokens in a.encoders.items():
         if k not in tokens or k not in alone.encoders:
             continue
-        prompt_pos = a.find(ref.phrase, ref.occurrence).positions[k]
+        prompt_pos = match.positions[k]
         alone_pos = [t.position for t in alone.encoders[k].tokens if not t.is_special]
         weights = {q: enc_tokens.tokens[p].weight for p, q in zip(prompt_pos, alone_pos, strict=False)}
         tokens[k] = _reweighted(tokens[k], weights)

@@ -25,7 +25,7 @@ import torch
 
 from . import redundancy
 from .alignment import align
-from .flow import PhraseRef, parse_refs
+from .flow import SelectionError, parse_phrases
 
 CLIP_TYPES = {"flux": "FLUX", "sdxl": "STABLE_DIFFUSION", "sd1": "STABLE_DIFFUSION"}
 COND_KEYS = {"flux": "t5xxl", "sdxl": "l", "sd1": "l"}
@@ -102,9 +102,10 @@ def features_and_labels(clip, rows: list[dict], key: str):
         alignment = align(prompt, clip.tokenizer)
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0][0][0]
         for i, row in entries:
-            (ref,) = parse_refs(row["item"])[0]
-            if not isinstance(ref, PhraseRef):
-                raise SystemExit(f"row {i + 2}: item must be a phrase of the prompt")
+            try:
+                (ref,) = parse_phrases(row["item"], "items")
+            except (SelectionError, ValueError) as e:
+                raise SystemExit(f"row {i + 2}: give one item, a phrase of the prompt ({e})") from None
             positions = alignment.find(ref.phrase, ref.occurrence).positions[key]
             index = int(row["token_index"])
             if not 0 <= index < len(positions):
