@@ -33,8 +33,7 @@ def dense_override(run, dl):
 
     def override(func, q, k, v, heads, **kwargs):
         to = kwargs["transformer_options"]
-        txt_len, grid, n_double, n_single = run.call[:4]
-        layout = dl.Layout(txt_len, grid, run.spec.positions)
+        layout, n_double, n_single = run.call[:3]
         n_layers = n_double + n_single
         layer = to["block_index"] + (0 if to["block_type"] == "double" else n_double)
         sig = float(to["sigmas"][0])
