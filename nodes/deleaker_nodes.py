@@ -19,6 +19,7 @@ from .alignment import PhraseNotFoundError
 from .clip_glue import align_clip, family_of
 from .errors import LeaklessInputError, input_error
 from .flow import PhraseRef, SelectionError, parse_phrases
+from .sampling_glue import cond_rows, sigma_step
 
 ENTITIES = io.Custom("LEAKLESS_ENTITIES")
 MASKS = io.Custom("LEAKLESS_DELEAKER_MASKS")
@@ -109,26 +110,6 @@ class _Run:
         self.masks_key = None  # the history state they were made from
 
 
-def _step(transformer_options) -> tuple[int, int]:
-    """(step index, number of steps) from the sigma of this call within the sampler's schedule."""
-    sample_sigmas = transformer_options.get("sample_sigmas")
-    sigmas = transformer_options.get("sigmas")
-    if sample_sigmas is None or sigmas is None:
-        raise RuntimeError("Leakless DeLeaker needs the sampler's sigma schedule (KSampler, KSamplerAdvanced or "
-                           "SamplerCustomAdvanced provide it)")
-    sigma = float(sigmas.flatten()[0])
-    schedule = sample_sigmas.flatten().float().cpu()
-    at_or_above = (schedule >= sigma * (1 - 1e-4) - 1e-8).nonzero()
-    index = int(at_or_above.max()) if at_or_above.numel() else 0
-    return min(index, len(schedule) - 2), len(schedule) - 1
-
-
-def _cond_rows(transformer_options, batch: int) -> list[int]:
-    flags = transformer_options.get("cond_or_uncond") or [0]
-    per = batch // len(flags)
-    return [c * per + i for c, flag in enumerate(flags) if flag == 0 for i in range(per)]
-
-
 def _make_wrapper(run: _Run):
     def wrapper(executor, x, timestep, context, *args, **kwargs):
         model = executor.class_obj
@@ -137,7 +118,7 @@ def _make_wrapper(run: _Run):
         to = kwargs.get("transformer_options") or next(
             (a for a in args if isinstance(a, dict) and "sigmas" in a), {})
         try:
-            step, steps = _step(to)  # once per model call, not in every attention call
+            step, steps = sigma_step(to, DeLeaker.NAME)  # once per model call, not in every attention call
         except RuntimeError as e:  # raised by the override only if it has to act on this call
             step, steps = e, None
         layout = deleaker.Layout(context.shape[1], grid, run.spec.positions)  # once per model call
@@ -160,7 +141,7 @@ def _make_override(run: _Run, previous):
                 or kwargs.get("skip_output_reshape"):
             return attention(*args)
         q, k, v, heads = args[:4]
-        rows = _cond_rows(to, q.shape[0])
+        rows = cond_rows(to, q.shape[0])
         if not rows:
             return attention(*args)
         layout, n_double, n_single, step, steps = run.call

@@ -11,5 +11,9 @@ SCHEMAS = {
     "LeaklessDeLeaker": ["model", "mask_threshold", "image_threshold", "alpha", "mask_history", "cross_text",
                          "self_text", "image_image", "alpha_per_pair", "overlap", "entities"],
     "LeaklessDeLeakerMasks": ["masks", "images", "opacity"],
+    "LeaklessToMeEncode": ["clip", "text", "groups", "noun_weight", "attribute_weight", "end_token_substitution",
+                           "clean_prompt"],
+    "LeaklessToMeSemanticBinding": ["model", "binding", "steps_fraction", "entropy_iterations",
+                                    "semantic_iterations", "semantic_lr", "entropy_step", "pose_prior"],
 }
 EXPECTED_NODE_IDS = sorted(SCHEMAS)

@@ -50,7 +50,7 @@ def flux_cfg(hidden=128, heads=1, depth=1, single=1, ctx=64, vec=32, guidance=Tr
                 axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=guidance)
 
 
-def sdxl_cfg(mc=32, mult=(1, 2), nres=(1, 1), td=(0, 1), tdo=(0, 0, 1, 1), mid=1, ctx=64, pooled=32, head_ch=32):
+def sdxl_cfg(mc=32, mult=(1, 2), nres=(1, 1), td=(0, 1), tdo=(0, 0, 4, 4), mid=1, ctx=64, pooled=32, head_ch=32):
     return dict(use_checkpoint=False, image_size=32, use_spatial_transformer=True, legacy=False,
                 num_classes="sequential", adm_in_channels=pooled + 1536, in_channels=4, out_channels=4,
                 model_channels=mc, num_res_blocks=list(nres), transformer_depth=list(td),
@@ -130,7 +130,7 @@ def write_all(models_dir):
     import comfy.text_encoders.flux
 
     paths = {k: os.path.join(models_dir, v) for k, v in FILES.items()}
-    stamp = os.path.join(models_dir, ".leakless-tiny-v2")
+    stamp = os.path.join(models_dir, ".leakless-tiny-v3")
     if os.path.exists(stamp) and all(os.path.exists(p) for p in paths.values()):
         return paths
     for p in paths.values():

@@ -135,6 +135,27 @@ def flux_deleaker():
     return g
 
 
+def sdxl_tome():
+    """ToMe's demo prompt at the reference settings (1024 px, 50 steps, CFG 7.5, the reference negative prompt)."""
+    text = "a cat wearing sunglasses and a dog wearing a hat"
+    g = graphs.sdxl_default(prompt=text, negative="low res, ugly, blurry, artifact, unreal", width=1024,
+                            height=1024, steps=50)
+    g["3"]["inputs"]["cfg"] = 7.5
+    g["60"] = {"class_type": "LeaklessToMeEncode", "inputs": {
+        "clip": ["4", 1], "text": [PROMPT_NODE, 0], "groups": "cat: wearing sunglasses; dog: wearing a hat",
+        "noun_weight": 1.1, "attribute_weight": 1.2, "end_token_substitution": 0.0, "clean_prompt": ""},
+        "_meta": {"title": "ToMe Encode"}}
+    g["61"] = {"class_type": "LeaklessToMeSemanticBinding", "inputs": {
+        "model": ["4", 0], "binding": ["60", 1], "steps_fraction": 0.2, "entropy_iterations": 6,
+        "semantic_iterations": 3, "semantic_lr": 10000.0, "entropy_step": 3.0, "pose_prior": False},
+        "_meta": {"title": "ToMe Semantic Binding"}}
+    _shared_prompt(g, [], text, title="Positive prompt")
+    g["3"]["inputs"]["positive"] = ["60", 0]
+    g["3"]["inputs"]["model"] = ["61", 0]
+    del g["6"]
+    return g
+
+
 EXAMPLES = {
     "token_inspector_flux": token_inspector_flux,
     "token_inspector_sdxl": token_inspector_sdxl,
@@ -145,6 +166,7 @@ EXAMPLES = {
     "sdxl_token_trace_grid": sdxl_token_trace_grid,
     "flux_redundant_token_mask": flux_redundant_token_mask,
     "sdxl_redundant_token_mask": sdxl_redundant_token_mask,
+    "sdxl_tome": sdxl_tome,
 }
 
 

@@ -1,0 +1,255 @@
+"""ToMe, token merging for semantic binding (Hu et al., NeurIPS 2024), as the reference code implements it.
+
+Pure PyTorch, no ComfyUI: the composite tokens, end-token substitution, the entropy loss on cross-attention maps,
+the pose prior, the step-size / threshold / iteration schedules, and a context that lets autograd run through
+weights created under ``torch.inference_mode`` without copying them. The sampling loop lives in tome_nodes.py.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from .alignment import PromptAlignment
+from .flow import PhraseRef, parse_phrases
+
+REFERENCE_NOUN_WEIGHT = 1.1
+REFERENCE_ATTRIBUTE_WEIGHT = 1.2
+# Entropy thresholds of the reference config for steps 0..9 of 50 (the first 20%).
+REFERENCE_THRESHOLDS = (26.0, 25.0, 24.0, 23.0, 22.5, 22.0, 21.5, 21.0, 21.0, 21.0)
+REFERENCE_STEPS = 50
+POSE_TARGETS = ((10.0, 16.0), (25.0, 16.0))  # reference pose prior, on a 32x32 grid (x, y)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One binding group: the noun's token rows, its attributes' rows, and the anchor phrase (its prompt text)."""
+
+    noun: tuple[int, ...]
+    attributes: tuple[int, ...]
+    anchor: str = ""
+    noun_text: str = ""
+
+    @property
+    def rows(self) -> tuple[int, ...]:
+        return self.noun + self.attributes
+
+
+def merge_tokens(cond: torch.Tensor, groups, noun_weight: float = REFERENCE_NOUN_WEIGHT,
+                 attribute_weight: float = REFERENCE_ATTRIBUTE_WEIGHT) -> torch.Tensor:
+    """Composite tokens on a [B, T, D] conditioning (a new tensor; `cond` is not changed).
+
+    Per group: noun_weight * sum(noun rows) + attribute_weight * sum(attribute rows) is written at the first noun
+    row; the group's other rows become zero; every position is kept. Groups are merged in order, each from the rows
+    as the previous groups left them (the reference code's in-place loop).
+    """
+    out = cond.clone()
+    for g in groups:
+        composite = noun_weight * out[:, list(g.noun)].sum(1) + attribute_weight * out[:, list(g.attributes)].sum(1)
+        out[:, list(g.rows[1:])] = 0
+        out[:, g.noun[0]] = composite
+    return out
+
+
+def substitute_end_tokens(cond: torch.Tensor, clean: torch.Tensor, start: int) -> torch.Tensor:
+    """Rows from `start` (the end token) onward taken from the clean prompt's encoding `clean` (same layout)."""
+    if clean.shape[1:] != cond.shape[1:]:
+        raise ValueError(f"clean prompt encoding {tuple(clean.shape)} does not match the prompt's {tuple(cond.shape)}")
+    out = cond.clone()
+    out[:, start:] = clean[:, start:].to(out)
+    return out
+
+
+def token_softmax(maps: torch.Tensor, prompt_end: int, temperature: float = 0.5) -> torch.Tensor:
+    """[B, h, w, T] averaged cross-attention maps -> softmax over the prompt tokens 1..prompt_end-1 (no start, end
+    or padding tokens) at `temperature`; the result's last axis index i is token i + 1."""
+    return torch.softmax(maps[..., 1:prompt_end].float() / temperature, dim=-1)
+
+
+def noun_maps(maps: torch.Tensor, nouns, prompt_end: int, temperature: float = 0.5,
+              eps: float = 1e-8) -> torch.Tensor:
+    """[B, h, w, T] maps -> [B, h, w, K] spatial distributions of the K composite tokens (min-max, then sum 1).
+
+    `eps` guards a spatially constant map, where the reference code divides by zero."""
+    tokens = token_softmax(maps, prompt_end, temperature)[..., [n - 1 for n in nouns]]
+    low, high = tokens.amin(dim=(1, 2), keepdim=True), tokens.amax(dim=(1, 2), keepdim=True)
+    tokens = (tokens - low) / (high - low + eps)
+    return tokens / (tokens.sum(dim=(1, 2), keepdim=True) + eps)
+
+
+def entropy_loss(maps: torch.Tensor, nouns, prompt_end: int, temperature: float = 0.5) -> torch.Tensor:
+    """L_ent per sample: -2 * sum over composite tokens and pixels of q log(q + 1e-5). [B, h, w, T] -> [B]."""
+    q = noun_maps(maps, nouns, prompt_end, temperature)
+    return -2 * (q * torch.log(q + 1e-5)).sum(dim=(1, 2, 3))
+
+
+def pose_loss(maps: torch.Tensor, nouns, prompt_end: int, temperature: float = 0.5) -> torch.Tensor:
+    """The reference's optional layout prior for exactly two groups: pulls the first composite token's centroid to
+    (10, 16) and the second's to (25, 16) on a 32x32 grid (scaled to the map's grid). [B] per sample."""
+    if len(nouns) != 2:
+        raise ValueError("the pose prior needs exactly two groups")
+    tokens = token_softmax(maps, prompt_end, temperature)[..., [n - 1 for n in nouns]]  # [B, h, w, 2]
+    low, high = tokens.amin(dim=(1, 2), keepdim=True), tokens.amax(dim=(1, 2), keepdim=True)
+    tokens = (tokens - low) / (high - low + 1e-8)
+    h, w = tokens.shape[1:3]
+    ys = torch.linspace(0, 1, h, device=maps.device).view(1, h, 1, 1)
+    xs = torch.linspace(0, 1, w, device=maps.device).view(1, 1, w, 1)
+    mass = tokens.sum(dim=(1, 2))
+    centroid = torch.stack(((xs * tokens).sum(dim=(1, 2)) / mass, (ys * tokens).sum(dim=(1, 2)) / mass), -1)
+    scale = torch.tensor([w, h], device=maps.device, dtype=centroid.dtype)
+    targets = torch.tensor(POSE_TARGETS, device=maps.device, dtype=centroid.dtype) / 32 * scale
+    return (0.2 * (centroid * scale - targets) ** 2).mean(-1).sum(-1)
+
+
+def step_size(step: int, steps: int, scale_factor: float = 3.0, scale_range=(1.0, 0.0)) -> float:
+    """eta_i = scale_factor * linspace(scale_range, steps)[i] (reference: 3 * linspace(1, 0, 50))."""
+    if steps <= 1:
+        return scale_factor * scale_range[0]
+    return scale_factor * (scale_range[0] + (scale_range[1] - scale_range[0]) * step / (steps - 1))
+
+
+def entropy_threshold(step: int, steps: int, groups: int, table=REFERENCE_THRESHOLDS) -> float:
+    """The loss below which refinement stops: theta * K / 2 - 2, theta from the reference table for the step at
+    the same fraction of a 50-step schedule (the table covers steps 0..9; later steps use its last value)."""
+    index = min(int(step * REFERENCE_STEPS / max(steps, 1)), len(table) - 1)
+    return table[index] * groups / 2 - 2
+
+
+def iteration_cap(timestep: float, caps=(6, 6)) -> int:
+    """Refinement iterations allowed: caps[0] while the model timestep t/1000 > 0.9, then caps[1]."""
+    return caps[0] if timestep / 1000 > 0.9 else caps[1]
+
+
+def cross_attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, N, H*D] queries, [B, T, H*D] keys -> [B, N, T] softmax probabilities (fp32), averaged over heads."""
+    b, n, inner = q.shape
+    d = inner // heads
+    qh = q.float().view(b, n, heads, d).transpose(1, 2)
+    kh = k.float().view(b, -1, heads, d).transpose(1, 2)
+    return torch.softmax(qh @ kh.transpose(-1, -2) * d ** -0.5, dim=-1).mean(1)
+
+
+class GradThroughInference(TorchFunctionMode):
+    """Inside this context, autograd can differentiate through tensors created under ``torch.inference_mode``
+    (model weights loaded by ComfyUI's loaders). Each such tensor an operation receives is replaced by a zero-copy
+    alias (DLPack) that is an ordinary tensor, so autograd may save it; nothing is copied or changed. Use it
+    together with ``torch.inference_mode(False)`` and ``torch.enable_grad()``."""
+
+    def __init__(self):
+        super().__init__()
+        self._aliases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _alias(self, t):
+        if not isinstance(t, torch.Tensor) or not t.is_inference():
+            return t
+        hit = self._aliases.get(id(t))
+        if hit is None or hit[0] is not t:
+            try:
+                alias = torch.from_dlpack(t.detach())
+            except (RuntimeError, TypeError, BufferError):  # a dtype or layout DLPack cannot carry
+                alias = t.clone()
+            hit = self._aliases[id(t)] = (t, alias)
+        return hit[1]
+
+    def _convert(self, a):
+        if type(a) in (list, tuple) and any(isinstance(x, torch.Tensor) for x in a):  # torch.cat([...]) etc.
+            return type(a)(self._alias(x) for x in a)
+        return self._alias(a)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        args = tuple(self._convert(a) for a in args)
+        kwargs = {k: self._convert(v) for k, v in (kwargs or {}).items()}
+        return func(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Binding groups: 'cat: wearing sunglasses; dog: wearing a hat'
+
+ARTICLES = frozenset({"a", "an", "the"})
+
+
+class GroupError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    noun: PhraseRef
+    attributes: tuple[PhraseRef, ...]
+
+
+def parse_groups(text: str) -> list[GroupSpec]:
+    """'cat: wearing sunglasses; dog: wearing a hat, red' -> one group per line or ';': the noun before ':', its
+    attributes after it, comma-separated. Each is a phrase of the prompt, optionally 'word#n' (n-th occurrence)."""
+    groups = []
+    for line in (p.strip() for p in re.split(r"[;\n]", text or "")):
+        if not line:
+            continue
+        noun, colon, attributes = line.partition(":")
+        if not colon or not noun.strip():
+            raise GroupError(f"'{line}' is not 'noun: attribute, attribute'")
+        noun_refs = parse_phrases(noun, "nouns")
+        if len(noun_refs) != 1:
+            raise GroupError(f"'{noun.strip()}': one noun per group (a multi-word noun is fine: 'teddy bear')")
+        attrs = tuple(parse_phrases(attributes, "attributes"))
+        if not attrs:
+            raise GroupError(f"'{line}' has no attributes after ':'")
+        groups.append(GroupSpec(noun_refs[0], attrs))
+    return groups
+
+
+def _nearest(spans, anchor: tuple[int, int]) -> tuple[int, int]:
+    """The span closest to `anchor`, preferring one after it (attributes usually follow the noun)."""
+    return min(spans, key=lambda s: (s[0] < anchor[0], abs(s[0] - anchor[0])))
+
+
+def resolve_groups(alignment: PromptAlignment, key: str, specs) -> list[Group]:
+    """Token rows (encoder `key`) of every group; each group's anchor phrase is the prompt text it spans, with a
+    preceding article ('a cat wearing sunglasses'). Raises GroupError for overlaps and PhraseNotFoundError."""
+    groups, owner = [], {}
+    for index, spec in enumerate(specs):
+        noun = alignment.find(spec.noun.phrase, spec.noun.occurrence)
+        spans, attributes = [noun.span], []
+        for ref in spec.attributes:
+            if ref.occurrence > 1:
+                span = alignment.find(ref.phrase, ref.occurrence).span
+            else:
+                found = alignment.find_spans(ref.phrase)
+                if not found:
+                    alignment.find(ref.phrase)  # raises with the prompt's words
+                span = _nearest(found, noun.span)
+            spans.append(span)
+            attributes += alignment.encoders[key].positions_in(*span)
+        noun_rows = alignment.encoders[key].positions_in(*noun.span)
+        if not noun_rows:
+            raise GroupError(f"'{spec.noun}' is not read by the {alignment.encoders[key].name} encoder")
+        rows = noun_rows + [r for r in dict.fromkeys(attributes) if r not in noun_rows]
+        if len(rows) == len(noun_rows):
+            raise GroupError(f"the attributes of '{spec.noun}' are the noun itself")
+        for r in rows:
+            if r in owner:
+                raise GroupError(f"'{spec.noun}' and '{specs[owner[r]].noun}' share the word "
+                                 f"'{alignment.encoders[key].tokens[r].word}'; a word can belong to one group")
+            owner[r] = index
+        start, end = min(s[0] for s in spans), max(s[1] for s in spans)
+        before = alignment.prompt[:start].split()
+        if before and before[-1].lower() in ARTICLES:
+            start = alignment.prompt.rindex(before[-1], 0, start)
+        groups.append(Group(tuple(noun_rows), tuple(rows[len(noun_rows):]), alignment.prompt[start:end],
+                            alignment.prompt[noun.span[0]:noun.span[1]]))
+    return groups
+
+
+def clean_prompt(groups) -> str:
+    """The prompt for end-token substitution when none is given: the groups' nouns with their articles, joined
+    ('a cat and a dog'), which is what the reference configs write by hand."""
+    nouns = [_noun_phrase(g) for g in groups]
+    return nouns[0] if len(nouns) == 1 else ", ".join(nouns[:-1]) + " and " + nouns[-1]
+
+
+def _noun_phrase(group: Group) -> str:
+    first = group.anchor.split()[0] if group.anchor else ""
+    return f"{first} {group.noun_text}" if first.lower() in ARTICLES else group.noun_text

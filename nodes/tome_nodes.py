@@ -1,0 +1,472 @@
+"""ToMe semantic binding nodes (SDXL): ToMe Encode (composite tokens, end-token substitution) and ToMe Semantic
+Binding (the entropy and semantic-binding updates during the first steps of sampling).
+
+Not ComfyUI's TomePatchModel, which merges image tokens for speed: this is Hu et al.'s token merging of *prompt*
+tokens for attribute binding. The patch is an APPLY_MODEL wrapper on a clone of the MODEL. In an optimized step it
+runs its own differentiable passes of the model (GradThroughInference lets autograd through the loader's inference
+weights without copying them), updates the positive prompt's rows and the step's model input, then runs the
+sampler's call with them. The update of the text rows persists for the rest of the sampling, as in the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+from . import tome
+from .alignment import PhraseNotFoundError
+from .clip_glue import align_clip, family_of
+from .errors import LeaklessInputError, input_error
+from .flow import SelectionError
+from .sampling_glue import sigma_step
+
+BINDING = io.Custom("LEAKLESS_TOME_BINDING")
+WRAPPER_KEY = "leakless_tome"
+# The reference's maps: diffusers up_blocks.0.attentions.1.transformer_blocks.{1,2,3}.attn2 = ComfyUI's
+# output block 1, transformer blocks 1-3 (32x32 at 1024x1024).
+MAP_LAYERS = (("output", 1, 1), ("output", 1, 2), ("output", 1, 3))
+SIZE_EMBEDDING = 6 * 256  # SDXL's ADM vector is [pooled text, 6 Fourier size embeddings of 256]
+
+
+@dataclass(frozen=True)
+class BindingSpec:
+    """What ToMe Encode hands to the patch: the groups and every encoding the updates need."""
+
+    groups: tuple[tome.Group, ...]
+    merged: torch.Tensor  # [1, 77, D] the prompt with composite tokens (no end-token substitution)
+    substituted: torch.Tensor | None  # the same with end-token substitution, None when it is off
+    ets_start: float
+    eot: int  # row of the end token
+    anchors: torch.Tensor  # [G, 77, D] each group's anchor phrase, encoded alone
+    family: str
+
+
+class ToMeEncode(io.ComfyNode):
+    NAME = "Leakless ToMe Encode"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LeaklessToMeEncode",
+            display_name=cls.NAME,
+            category="Leakless/tome",
+            description=(
+                "ToMe token merging for attribute binding (SDXL; SD1.5 merge only): encodes the prompt like "
+                "CLIPTextEncode, then folds each group's attribute tokens into its noun ('cat: wearing sunglasses' "
+                "-> one composite 'cat' token), so the dog does not get the cat's sunglasses. Optionally replaces "
+                "the end tokens by those of a clean prompt. Not ComfyUI's TomePatchModel (a speed method)."),
+            inputs=[
+                io.Clip.Input("clip", tooltip="The SDXL CLIP (from the checkpoint). SD1.5 works for the merge."),
+                io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
+                    "The prompt, one CLIP chunk (up to 75 tokens): 'a cat wearing sunglasses and a dog wearing a "
+                    "hat'.")),
+                io.String.Input("groups", multiline=True, default="", tooltip=(
+                    "One group per line or ';': 'noun: attribute, attribute', each a phrase of the prompt "
+                    "('cat: wearing sunglasses; dog: wearing a hat'); 'cat#2' for the second 'cat'. Empty: the "
+                    "plain encoding, unchanged.")),
+                io.Float.Input("noun_weight", default=tome.REFERENCE_NOUN_WEIGHT, min=0.0, max=3.0, step=0.05,
+                               tooltip="Composite = noun_weight x noun rows + attribute_weight x attribute rows. "
+                               "1.1 is the reference code's; 1.0 with attribute_weight 1.0 is the paper's plain "
+                               "sum."),
+                io.Float.Input("attribute_weight", default=tome.REFERENCE_ATTRIBUTE_WEIGHT, min=0.0, max=3.0,
+                               step=0.05, tooltip="1.2 is the reference code's (see noun_weight)."),
+                io.Float.Input("end_token_substitution", default=0.0, min=0.0, max=1.0, step=0.01, tooltip=(
+                    "From this fraction of the sampling on, the end token and padding rows come from the clean "
+                    "prompt, so they stop carrying the attributes. 0 = from the start (reference, object "
+                    "binding); 1 = off (reference, attribute binding); in between uses ComfyUI's timestep "
+                    "ranges, like ConditioningSetTimestepRange.")),
+                io.String.Input("clean_prompt", default="", tooltip=(
+                    "The prompt without attributes for end-token substitution. Empty: built from the groups' "
+                    "nouns ('a cat and a dog').")),
+            ],
+            outputs=[
+                io.Conditioning.Output("conditioning", display_name="conditioning",
+                                       tooltip="The merged conditioning: the sampler's positive prompt."),
+                BINDING.Output("binding", display_name="binding", tooltip=(
+                    "The groups and encodings for Leakless ToMe Semantic Binding (optional: the conditioning "
+                    "alone is ToMe's merge + end-token substitution).")),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, clip, text, groups, noun_weight, attribute_weight, end_token_substitution,
+                clean_prompt) -> io.NodeOutput:
+        alignment = align_clip(cls.NAME, clip, text)
+        family = family_of(cls.NAME, alignment)
+        if family == "flux":
+            raise LeaklessInputError(cls.NAME, "clip", "ToMe merges CLIP token rows of SDXL or SD1.5; this is a "
+                                     "FLUX CLIP (T5).", "use an SDXL checkpoint's CLIP; for FLUX leakage use "
+                                     "Leakless DeLeaker or Leak Patch.")
+        tokens = clip.tokenize(text)
+        conditioning = clip.encode_from_tokens_scheduled(tokens)
+        try:
+            specs = tome.parse_groups(groups)
+            if not specs:
+                return io.NodeOutput(conditioning, None)
+            resolved = tuple(tome.resolve_groups(alignment, "l", specs))
+        except (PhraseNotFoundError, SelectionError, tome.GroupError) as e:
+            raise input_error(cls.NAME, "groups", e, "write 'noun: attribute, attribute' with words of the prompt, "
+                              "one group per line, e.g. 'cat: wearing sunglasses; dog: wearing a hat'.") from None
+        encoder = alignment.encoders["l"]
+        if len(encoder.chunk_lengths) > 1:
+            raise LeaklessInputError(cls.NAME, "text", f"the prompt is {encoder.length // 77} CLIP chunks; ToMe "
+                                     "works on one (up to 75 tokens), as the reference does.", "shorten the prompt.")
+        eot = next(t.position for t in encoder.tokens if t.kind == "eos")
+        merged = [[tome.merge_tokens(c, resolved, noun_weight, attribute_weight), dict(m)] for c, m in conditioning]
+        substituted = None
+        if end_token_substitution < 1.0:
+            clean = clean_prompt.strip() or tome.clean_prompt(resolved)
+            clean_cond = clip.encode_from_tokens_scheduled(clip.tokenize(clean))[0][0]
+            if clean_cond.shape[1] != merged[0][0].shape[1]:
+                raise LeaklessInputError(cls.NAME, "clean_prompt", "the clean prompt is longer than one CLIP "
+                                         "chunk.", "shorten it.")
+            substituted = [[tome.substitute_end_tokens(c, clean_cond, eot), dict(m)] for c, m in merged]
+        if substituted is None:
+            out = merged
+        elif end_token_substitution <= 0.0:
+            out = substituted
+        else:  # ComfyUI switches from one to the other at that point of the schedule
+            out = [[c, {**m, "end_percent": end_token_substitution}] for c, m in merged] + \
+                  [[c, {**m, "start_percent": end_token_substitution}] for c, m in substituted]
+        anchors = torch.cat([clip.encode_from_tokens_scheduled(clip.tokenize(g.anchor))[0][0] for g in resolved])
+        spec = BindingSpec(resolved, merged[0][0], None if substituted is None else substituted[0][0],
+                           end_token_substitution, eot, anchors, family)
+        return io.NodeOutput(out, spec)
+
+
+@dataclass(frozen=True)
+class Settings:
+    window: float = 0.2
+    entropy_iterations: int = 6
+    semantic_iterations: int = 3
+    semantic_lr: float = 1e4
+    scale_factor: float = 3.0
+    pose_prior: bool = False
+    temperature: float = 0.5
+
+    @property
+    def updates_anything(self) -> bool:
+        return self.window > 0 and (self.entropy_iterations > 0 or self.semantic_iterations > 0)
+
+
+class _EnoughMaps(Exception):
+    """Raised by the map recorder after the last layer the entropy loss reads: the rest of the forward pass
+    cannot change the loss, so it is not run."""
+
+
+class _Run:
+    """State of one sampling with the patched model, reset by the OUTER_SAMPLE wrapper."""
+
+    def __init__(self, spec: BindingSpec, settings: Settings):
+        self.spec, self.settings = spec, settings
+        self.stats = {"forward": 0, "backward": 0}
+        self.reset()
+
+    def reset(self):
+        self.text = None  # [batch, 77, D] the positive rows as updated so far
+        self.substituted = self.spec.substituted is not None and self.spec.ets_start <= 0
+        self.done = set()  # optimized steps
+        self.latent = {}  # step -> (model input it was computed for, updated model input)
+        self.last = {}  # what the last optimized step measured (for tests and logging)
+
+
+def _rows_match(rows: torch.Tensor, reference: torch.Tensor | None) -> bool:
+    if reference is None:
+        return False
+    rows = rows[:, :reference.shape[1]].float()
+    return torch.allclose(rows, reference.to(rows).expand_as(rows), rtol=1e-3, atol=1e-4)
+
+
+def _record_maps(store: list, previous):
+    def attn2(q, k, v, extra_options):
+        import comfy.ldm.modules.attention as attention
+
+        store.append((tome.cross_attention_probs(q, k, extra_options["n_heads"]),
+                      tuple(extra_options["activations_shape"][-2:])))
+        if len(store) == len(MAP_LAYERS):
+            raise _EnoughMaps
+        if previous is not None:
+            return previous(q, k, v, extra_options)
+        return attention.optimized_attention(q, k, v, extra_options["n_heads"], transformer_options=extra_options)
+
+    return attn2
+
+
+class _Sampling:
+    """One model call's arguments, and passes of the model on chosen rows with chosen context."""
+
+    def __init__(self, executor, x, t, args, kwargs, transformer_options):
+        self.executor, self.x, self.t, self.args, self.kwargs = executor, x, t, args, kwargs
+        self.to = transformer_options
+        flags = transformer_options.get("cond_or_uncond") or [0]
+        self.per = x.shape[0] // len(flags)
+        self.flags = flags
+        first = flags.index(0) if 0 in flags else 0  # rows whose ADM vector carries the positive's size ids
+        self.rows = slice(first * self.per, (first + 1) * self.per)
+
+    def aux_kwargs(self, repeat: int):
+        out = {}
+        for name, value in self.kwargs.items():
+            if torch.is_tensor(value) and value.shape[:1] == self.x.shape[:1]:
+                value = value[self.rows]
+                if name == "y":  # the reference's auxiliary passes use a zero pooled text embedding
+                    value = torch.cat([torch.zeros_like(value[:, :-SIZE_EMBEDDING]), value[:, -SIZE_EMBEDDING:]], 1)
+                value = value.repeat_interleave(repeat, 0)
+            out[name] = value
+        return out
+
+    def run(self, x, context, repeat: int = 1, record: list | None = None):
+        """The model on latent rows `x` (each repeated `repeat` times) with `context`; returns the denoised
+        prediction, or None when `record` collected the maps and the pass stopped early."""
+        to = dict(self.to)
+        to["cond_or_uncond"] = [0]
+        to["sigmas"] = self.t[self.rows].repeat_interleave(repeat, 0)
+        if record is not None:
+            replace = dict(to.get("patches_replace", {}))
+            attn2 = dict(replace.get("attn2", {}))
+            for key in MAP_LAYERS:
+                attn2[key] = _record_maps(record, attn2.get(key, attn2.get(key[:2])))
+            replace["attn2"] = attn2
+            to["patches_replace"] = replace
+        c_concat = self.args[0]
+        if torch.is_tensor(c_concat):  # inpainting models' extra channels
+            c_concat = c_concat[self.rows].repeat_interleave(repeat, 0)
+        try:  # no ControlNet in the auxiliary passes: the reference has none, and its inputs are per batch
+            return self.executor(x.repeat_interleave(repeat, 0), to["sigmas"], c_concat, context, None, to,
+                                 **self.aux_kwargs(repeat))
+        except _EnoughMaps:
+            return None
+
+
+def _eps(sigma, x, denoised):
+    return (x - denoised) / sigma.view(-1, *[1] * (x.dim() - 1))
+
+
+def _semantic_update(run: _Run, call: _Sampling, x, text):
+    """L_sem: each composite token alone must predict the noise its anchor phrase predicts; 'semantic_iterations'
+    gradient steps of size semantic_lr on the composite rows. One batched pass covers every sample and group."""
+    spec, s = run.spec, run.settings
+    groups, batch = len(spec.groups), x.shape[0]
+    nouns = [g.noun[0] for g in spec.groups]
+    sigma = call.t[call.rows].repeat_interleave(groups, 0)
+    xs = x.repeat_interleave(groups, 0)
+    with torch.no_grad():
+        anchors = spec.anchors.to(text).repeat(batch, 1, 1)
+        target = _eps(sigma, xs, call.run(x, anchors, groups))
+    run.stats["forward"] += 1
+    token = text[:, nouns].detach()  # [batch, G, D]
+    for _ in range(s.semantic_iterations):
+        _check_interrupt()
+        token = token.clone().requires_grad_()
+        pred = _eps(sigma, xs, call.run(x, token.reshape(batch * groups, 1, -1), groups))
+        loss = ((pred - target) ** 2).flatten(1).mean(1).sum()  # per (sample, group) MSE; their sum's gradient
+        grad, = torch.autograd.grad(loss, [token])
+        token = (token - s.semantic_lr * grad).detach()
+        run.stats["forward"] += 1
+        run.stats["backward"] += 1
+    text = text.clone()
+    text[:, nouns] = token
+    return text
+
+
+def _entropy_update(run: _Run, call: _Sampling, x, text, step, steps, c_in):
+    """L_ent on the averaged cross-attention maps: update the model input (x 0.5 eta) and every positive text row
+    (x eta) until the loss is under the step's threshold or the iteration cap."""
+    spec, s = run.spec, run.settings
+    nouns = [g.noun[0] for g in spec.groups]
+    eta = tome.step_size(step, steps, s.scale_factor)
+    threshold = tome.entropy_threshold(step, steps, len(nouns))
+    timestep = float(call.executor.class_obj.model_sampling.timestep(call.t[call.rows][:1]).flatten()[0])
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    losses = []
+    for _ in range(tome.iteration_cap(timestep, (s.entropy_iterations, s.entropy_iterations))):
+        _check_interrupt()
+        x_leaf, text_leaf = x.detach().clone().requires_grad_(), text.detach().clone().requires_grad_()
+        maps = []
+        call.run(x_leaf, text_leaf, record=maps)
+        if len(maps) != len(MAP_LAYERS):
+            raise RuntimeError("Leakless ToMe Semantic Binding: the model has no cross-attention at output block "
+                               "1, transformer blocks 1-3 (SDXL's); it is not an SDXL UNet")
+        h, w = maps[0][1]
+        mean = torch.stack([m for m, _ in maps]).mean(0).view(x.shape[0], h, w, -1)
+        loss = tome.entropy_loss(mean, nouns, spec.eot, s.temperature)
+        if s.pose_prior:
+            loss = loss + tome.pose_loss(mean, nouns, spec.eot, s.temperature)
+        losses.append([round(v, 4) for v in loss.tolist()])
+        run.stats["forward"] += 1
+        weight = active.to(loss) * (loss != 0).to(loss)
+        if weight.any():
+            gx, gt = torch.autograd.grad((loss * weight).sum(), [x_leaf, text_leaf])
+            run.stats["backward"] += 1
+            # the reference steps the *scaled* model input: d/dx_in = d/dx / c_in, and x = x_in / c_in
+            x = (x_leaf - 0.5 * eta * gx / c_in ** 2).detach()
+            text = (text_leaf - eta * gt).detach()
+        active &= loss.detach() >= threshold
+        if not active.any():
+            break
+    run.last.update(entropy=losses, threshold=threshold, step_size=eta)
+    return x, text
+
+
+def _check_interrupt():
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def _optimize(run: _Run, call: _Sampling, step: int, steps: int):
+    """One optimized step: L_sem on the composite tokens, then L_ent on the latent and the text rows (reference
+    order). Returns the updated latent rows (this step's model input only) and stores the text rows."""
+    import comfy.utils
+
+    s = run.settings
+    x = call.x[call.rows].detach()
+    sigma = call.t[call.rows]
+    c_in = call.executor.class_obj.model_sampling.calculate_input(sigma, torch.ones_like(x))
+    bar = comfy.utils.ProgressBar(s.semantic_iterations + s.entropy_iterations)
+    with torch.inference_mode(False), torch.enable_grad(), tome.GradThroughInference():
+        text = run.text.clone()
+        if s.semantic_iterations:
+            text = _semantic_update(run, call, x, text)
+            bar.update(s.semantic_iterations)
+        if s.entropy_iterations:
+            x, text = _entropy_update(run, call, x, text, step, steps, c_in)
+        bar.update(s.entropy_iterations)
+    run.last.update(step=step, text_change=float((text - run.text).abs().max()),
+                    latent_change=float((x - call.x[call.rows]).abs().max()))
+    logging.debug("Leakless ToMe step %d: %s", step, run.last)
+    with torch.inference_mode():
+        run.text = text.clone()
+        return x.clone()
+
+
+def _make_apply_model_wrapper(run: _Run):
+    spec, settings = run.spec, run.settings
+
+    def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
+        to = transformer_options or {}
+        call = _Sampling(executor, x, t, (c_concat, control), kwargs, to)
+        step, steps = sigma_step(to, ToMeSemanticBinding.NAME)
+        if c_crossattn is not None:  # follow ComfyUI's switch to the substituted conditioning
+            for c, flag in enumerate(call.flags):
+                rows = c_crossattn[c * call.per:(c + 1) * call.per]
+                if flag != 0:
+                    continue
+                if _rows_match(rows, spec.substituted) and not _rows_match(rows, spec.merged):
+                    if run.text is not None and not run.substituted:
+                        run.text = run.text.clone()
+                        run.text[:, spec.eot:] = spec.substituted[:, spec.eot:].to(run.text)
+                    run.substituted = True
+                elif not _rows_match(rows, spec.merged):
+                    raise RuntimeError(
+                        "Leakless ToMe Semantic Binding: the positive prompt the sampler sees is not the one from "
+                        "Leakless ToMe Encode. Connect ToMe Encode's conditioning as the positive of the sampler "
+                        "that uses this model (its binding output goes to this node).")
+        if run.text is None:
+            base = spec.substituted if run.substituted else spec.merged
+            run.text = base.to(x.device, torch.float32).repeat(call.per, 1, 1)
+        x_in = x
+        if step < int(settings.window * steps + 0.5):  # the first 20% of 50 steps: 0..9
+            if step not in run.done:
+                run.done.add(step)
+                run.latent[step] = (x[call.rows].clone(), _optimize(run, call, step, steps))
+            before, after = run.latent.get(step, (None, None))
+            if before is not None and torch.equal(before, x[call.rows]):  # first evaluation of the step
+                x_in = after.to(x).repeat(len(call.flags), *[1] * (x.dim() - 1))
+        if c_crossattn is not None:
+            c_crossattn = c_crossattn.clone()
+            tiled = run.text.to(c_crossattn).repeat(1, c_crossattn.shape[1] // run.text.shape[1], 1)
+            for c, flag in enumerate(call.flags):
+                if flag == 0:
+                    c_crossattn[c * call.per:(c + 1) * call.per] = tiled
+        out = executor(x_in, t, c_concat, c_crossattn, control, to, **kwargs)
+        # the reference steps from the un-updated latent with the noise predicted at the updated one
+        return out if x_in is x else out + (x - x_in)
+
+    return wrapper
+
+
+def _make_outer_wrapper(run: _Run):
+    def wrapper(executor, *args, **kwargs):
+        run.reset()
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            run.latent.clear()
+
+    return wrapper
+
+
+def _check_sdxl(node: str, model):
+    import comfy.model_base
+
+    base = getattr(model, "model", None)
+    if not isinstance(base, comfy.model_base.SDXL):
+        name = type(base).__name__
+        raise LeaklessInputError(node, "model", f"ToMe Semantic Binding reads SDXL's cross-attention (output "
+                                 f"block 1); this model is {name}.", "connect an SDXL checkpoint's MODEL. FLUX "
+                                 "leakage: use Leakless DeLeaker. SD1.5: ToMe Encode's merge works alone.")
+
+
+class ToMeSemanticBinding(io.ComfyNode):
+    NAME = "Leakless ToMe Semantic Binding"
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LeaklessToMeSemanticBinding",
+            display_name=cls.NAME,
+            category="Leakless/tome",
+            description=(
+                "ToMe's inference-time updates (SDXL): during the first steps, makes each composite token's "
+                "cross-attention map compact (entropy loss: updates the latent and the prompt rows) and each "
+                "composite token mean what its phrase means (semantic binding loss). Needs gradients, so it is "
+                "several times slower than plain sampling in its window; see the fast settings in the README."),
+            inputs=[
+                io.Model.Input("model", tooltip="An SDXL model. The input is not changed; a patched clone is "
+                               "returned."),
+                BINDING.Input("binding", tooltip=(
+                    "From Leakless ToMe Encode, whose conditioning must be this sampler's positive prompt.")),
+                io.Float.Input("steps_fraction", default=0.2, min=0.0, max=1.0, step=0.01, tooltip=(
+                    "The updates run during this first fraction of the sampler's steps: 0.2 (the paper; 10 of "
+                    "50). The reference demos use 0.14 and 0.1. 0 turns the node off. Fast: 0.1.")),
+                io.Int.Input("entropy_iterations", default=6, min=0, max=20, tooltip=(
+                    "Most entropy-loss updates per step (fewer if the loss falls under the reference's "
+                    "threshold). 6: reference object-binding demo; 4: attribute demo; 0: off. Fast: 1.")),
+                io.Int.Input("semantic_iterations", default=3, min=0, max=10, tooltip=(
+                    "Semantic-binding updates of each composite token per step (reference: 3). 0: off. Fast: 1.")),
+                io.Float.Input("semantic_lr", default=1e4, min=0.0, max=1e6, step=100.0, tooltip=(
+                    "Step size of the semantic-binding update (reference: 10000).")),
+                io.Float.Input("entropy_step", default=3.0, min=0.0, max=20.0, step=0.1, tooltip=(
+                    "Entropy step size at the first step, falling linearly to 0 at the last (reference: 3).")),
+                io.Boolean.Input("pose_prior", default=False, tooltip=(
+                    "The reference's optional layout prior for two groups: first subject left, second right. "
+                    "Off by default.")),
+            ],
+            outputs=[io.Model.Output("patched", display_name="model", tooltip="The patched clone.")],
+        )
+
+    @classmethod
+    def execute(cls, model, binding, steps_fraction, entropy_iterations, semantic_iterations, semantic_lr,
+                entropy_step, pose_prior) -> io.NodeOutput:
+        _check_sdxl(cls.NAME, model)
+        settings = Settings(steps_fraction, entropy_iterations, semantic_iterations, semantic_lr, entropy_step,
+                            pose_prior)
+        if binding is None or not settings.updates_anything:
+            return io.NodeOutput(model)
+        if binding.family != "sdxl":
+            raise LeaklessInputError(cls.NAME, "binding", f"the binding comes from a {binding.family} CLIP.",
+                                     "encode the prompt with the SDXL checkpoint's CLIP.")
+        if pose_prior and len(binding.groups) != 2:
+            raise LeaklessInputError(cls.NAME, "pose_prior", f"the pose prior places two subjects; there are "
+                                     f"{len(binding.groups)} groups.", "turn it off or use two groups.")
+        import comfy.patcher_extension as ext
+
+        run = _Run(binding, settings)
+        patched = model.clone()
+        patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _make_outer_wrapper(run))
+        patched.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _make_apply_model_wrapper(run))
+        return io.NodeOutput(patched)

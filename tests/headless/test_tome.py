@@ -1,0 +1,218 @@
+"""Leakless ToMe on the tiny SDXL checkpoint loaded by CheckpointLoaderSimple: merge and end-token substitution
+against the plain encoding, the gradient path inside KSampler (inference-mode weights), identity, isolation,
+samplers, errors. The pure functions are checked against NumPy in tests/unit/test_tome_pure.py."""
+
+import pytest
+import torch
+
+TEXT = "a cat wearing sunglasses and a dog wearing a hat"
+GROUPS = "cat: wearing sunglasses; dog: wearing a hat"
+ENCODE = dict(noun_weight=1.1, attribute_weight=1.2, end_token_substitution=0.0, clean_prompt="")
+BIND = dict(steps_fraction=0.5, entropy_iterations=2, semantic_iterations=2, semantic_lr=1e4, entropy_step=3.0,
+            pose_prior=False)
+
+
+@pytest.fixture(scope="module")
+def parts(comfy_nodes, leakless):
+    nodes, _ = comfy_nodes
+    model, clip, _ = nodes.CheckpointLoaderSimple().load_checkpoint("sd_xl_base_1.0.safetensors")
+    m = nodes.NODE_CLASS_MAPPINGS
+    return {"nodes": nodes, "m": m, "model": model, "clip": clip}
+
+
+def encode(parts, text=TEXT, groups=GROUPS, **overrides):
+    return parts["m"]["LeaklessToMeEncode"].execute(clip=parts["clip"], text=text, groups=groups,
+                                                    **{**ENCODE, **overrides}).args
+
+
+def bind(parts, binding, model=None, **overrides):
+    return parts["m"]["LeaklessToMeSemanticBinding"].execute(model=model or parts["model"], binding=binding,
+                                                             **{**BIND, **overrides}).args[0]
+
+
+def plain(parts, text):
+    return parts["nodes"].CLIPTextEncode().encode(parts["clip"], text)[0]
+
+
+def sample(parts, model, positive, negative=None, cfg=5.0, batch=2, sampler="KSampler", w=256, h=192, steps=4,
+           latent=None, denoise=1.0):
+    nodes = parts["nodes"]
+    negative = negative or plain(parts, "low res, ugly, blurry, artifact, unreal, with many more tokens here")
+    latent = latent or {"samples": torch.zeros(batch, 4, h // 8, w // 8)}
+    if sampler == "KSampler":
+        return nodes.KSampler().sample(model, 3, steps, cfg, "euler", "normal", positive, negative, latent,
+                                       denoise=denoise)[0]["samples"]
+    return nodes.KSamplerAdvanced().sample(model, "enable", 3, steps, cfg, "euler", "normal", positive, negative,
+                                           latent, 0, 10000, "disable")[0]["samples"]
+
+
+def run_of(model):
+    import comfy.patcher_extension as ext
+
+    wrapper = model.wrappers[ext.WrappersMP.APPLY_MODEL]["leakless_tome"][0]
+    return next(c.cell_contents for c in wrapper.__closure__ if type(c.cell_contents).__name__ == "_Run")
+
+
+def test_merge_and_substitution_match_the_plain_encoding(parts):
+    base = plain(parts, TEXT)[0][0]
+    cond, spec = encode(parts, end_token_substitution=1.0)
+    merged = cond[0][0]
+    assert merged.shape == base.shape and len(cond) == 1
+    (cat, sunglasses), (dog, hat) = [(g.noun, g.attributes) for g in spec.groups]
+    assert [g.anchor for g in spec.groups] == ["a cat wearing sunglasses", "a dog wearing a hat"]
+    assert torch.allclose(merged[0, cat[0]], 1.1 * base[0, list(cat)].sum(0) + 1.2 * base[0, list(sunglasses)].sum(0))
+    assert not merged[0, list(sunglasses) + list(hat)].any()
+    untouched = [i for i in range(77) if i not in cat + sunglasses + dog + hat]
+    assert torch.equal(merged[0, untouched], base[0, untouched])
+    assert torch.equal(cond[0][1]["pooled_output"], plain(parts, TEXT)[0][1]["pooled_output"])
+    substituted, spec = encode(parts)
+    clean = plain(parts, "a cat and a dog")[0][0]
+    assert torch.equal(substituted[0][0][0, spec.eot:], clean[0, spec.eot:])
+    assert torch.equal(substituted[0][0][0, :spec.eot], merged[0, :spec.eot])
+    ranged, _ = encode(parts, end_token_substitution=0.3)
+    assert [(c[1].get("start_percent"), c[1].get("end_percent")) for c in ranged] == [(None, 0.3), (0.3, None)]
+
+
+def test_empty_groups_are_the_plain_encoding(parts):
+    cond, spec = encode(parts, groups="  ")
+    assert spec is None
+    assert torch.equal(cond[0][0], plain(parts, TEXT)[0][0])
+    assert bind(parts, None) is parts["model"]
+
+
+def _spy(calls):
+    def spy(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kw):
+        calls.append({"flags": list(transformer_options.get("cond_or_uncond")), "sigma": float(t[0]),
+                      "x": x.clone(), "c": c_crossattn.clone()})
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kw)
+
+    return spy
+
+
+def test_updates_change_text_and_latent_inside_the_window_only(parts):
+    """What the model receives, seen by a wrapper before the patch (the sampler's call) and one after it."""
+    import comfy.patcher_extension as ext
+
+    cond, spec = encode(parts)
+    outer_calls, inner_calls = [], []
+    outer = parts["model"].clone()
+    outer.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, "test_outer", _spy(outer_calls))
+    model = bind(parts, spec, model=outer)  # steps_fraction 0.5 of 4 steps: steps 0 and 1
+    model.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, "test_inner", _spy(inner_calls))
+    run = run_of(model)
+    sample(parts, model, cond, steps=4)
+    assert run.done == {0, 1}
+    main = [c for c in inner_calls if len(c["flags"]) == 2]
+    aux = [c for c in inner_calls if len(c["flags"]) == 1]
+    assert len(main) == len(outer_calls) == 4
+    # per optimized step: 1 anchor pass + 2 semantic + at most 2 entropy passes (early exit, no full forward)
+    assert 2 * 3 < len(aux) <= 2 * 5 and run.stats["backward"] == len(aux) - 2
+    for step, (seen, given) in enumerate(zip(outer_calls, main, strict=True)):
+        cond_chunk = given["flags"].index(0)
+        rows = slice(cond_chunk * 2, cond_chunk * 2 + 2)
+        other = slice((1 - cond_chunk) * 2, (1 - cond_chunk) * 2 + 2)
+        assert torch.equal(given["c"][other], seen["c"][other])  # the negative is never touched
+        assert not torch.equal(given["c"][rows], seen["c"][rows])  # the text rows, updated from step 0 on
+        if step < 2:
+            assert (given["x"] - seen["x"]).abs().max() > 0  # the step's model input is updated...
+            assert torch.equal(given["x"][rows], given["x"][other])  # ... for both CFG halves
+        else:
+            assert torch.equal(given["x"], seen["x"])
+    assert torch.equal(main[2]["c"], main[3]["c"])  # nothing changes after the window
+    assert not torch.equal(main[1]["c"], main[2]["c"]) or not torch.equal(main[0]["c"], main[1]["c"])
+
+
+def test_sampler_custom_advanced_and_img2img(parts):
+    import comfy.samplers
+    import comfy.sample
+
+    cond, spec = encode(parts)
+    model = bind(parts, spec)
+    negative = plain(parts, "low res")
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(cond, negative)
+    guider.set_cfg(5.0)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 5)
+    latent = torch.zeros(2, 4, 24, 32)
+    noise = comfy.sample.prepare_noise(latent, 1)
+    out = guider.sample(noise, latent, comfy.samplers.sampler_object("dpmpp_2m"), sigmas, seed=1)
+    assert torch.isfinite(out).all() and run_of(model).done == {0, 1, 2}  # 0.5 of 5 steps, rounded up
+    img2img = sample(parts, model, cond, latent={"samples": torch.randn(2, 4, 24, 32)}, denoise=0.6, steps=5)
+    assert torch.isfinite(img2img).all() and run_of(model).done == {0, 1, 2}  # 5 steps of a longer schedule
+
+
+def test_updates_off_is_bit_identical_to_merge_only(parts):
+    cond, spec = encode(parts)
+    merge_only = sample(parts, parts["model"], cond)
+    for overrides in ({"entropy_iterations": 0, "semantic_iterations": 0}, {"steps_fraction": 0.0}):
+        model = bind(parts, spec, **overrides)
+        assert model is parts["model"]
+        assert torch.equal(sample(parts, model, cond), merge_only)
+
+
+def test_original_model_unchanged_and_requeue_identical(parts):
+    cond, spec = encode(parts)
+    before = sample(parts, parts["model"], cond)
+    model = bind(parts, spec)
+    first = sample(parts, model, cond)
+    assert torch.equal(sample(parts, parts["model"], cond), before)
+    assert torch.equal(sample(parts, model, cond), first)
+
+
+@pytest.mark.parametrize("sampler", ["KSampler", "KSamplerAdvanced"])
+def test_samplers_cfg1_batch_and_nonsquare(parts, sampler):
+    cond, spec = encode(parts)
+    model = bind(parts, spec)
+    for cfg in (1.0, 5.0):
+        out = sample(parts, model, cond, cfg=cfg, sampler=sampler, w=320, h=192)
+        assert out.shape == (2, 4, 24, 40) and torch.isfinite(out).all()
+
+
+def test_errors_name_node_input_and_fix(parts, comfy_nodes):
+    with pytest.raises(ValueError, match=r"Leakless ToMe Encode: input 'groups'.*'horse' is not in the "
+                       r"prompt.*Fix:"):
+        encode(parts, groups="horse: wearing a hat")
+    with pytest.raises(ValueError, match=r"input 'groups'.*share the word 'wearing'"):
+        encode(parts, groups="cat: wearing sunglasses; dog: wearing sunglasses")
+    with pytest.raises(ValueError, match=r"input 'groups'.*not 'noun: attribute"):
+        encode(parts, groups="cat wearing sunglasses")
+    _, spec = encode(parts)
+    nodes, _ = comfy_nodes
+    flux = nodes.UNETLoader().load_unet("flux1-dev.safetensors", "default")[0]
+    with pytest.raises(ValueError, match=r"Leakless ToMe Semantic Binding: input 'model'.*Flux.*Fix:"):
+        bind(parts, spec, model=flux)
+    flux_clip = nodes.DualCLIPLoader().load_clip("t5xxl_fp16.safetensors", "clip_l.safetensors", "flux")[0]
+    with pytest.raises(ValueError, match=r"input 'clip'.*FLUX"):
+        parts["m"]["LeaklessToMeEncode"].execute(clip=flux_clip, text=TEXT, groups=GROUPS, **ENCODE)
+    other = plain(parts, "a photo of a tree")
+    with pytest.raises(Exception, match="not the one from Leakless ToMe Encode"):
+        sample(parts, bind(parts, spec), other)
+
+
+def test_stacks_with_lora_and_other_patches(parts):
+    """A LoRA-patched clone and an attn2 replace patch already on the model keep working under the patch."""
+    cond, spec = encode(parts)
+    calls = []
+
+    def replace(q, k, v, extra_options):
+        import comfy.ldm.modules.attention as attention
+
+        calls.append(extra_options["block"])
+        return attention.optimized_attention(q, k, v, extra_options["n_heads"])
+
+    base = parts["model"].clone()
+    key = next(k for k in base.model_state_dict() if k.endswith("attn2.to_q.weight"))
+    base.add_patches({key: (torch.ones_like(base.model_state_dict()[key]) * 0.01,)}, 1.0)
+    base.set_model_attn2_replace(replace, "output", 1)
+    model = bind(parts, spec, model=base)
+    out = sample(parts, model, cond)
+    assert torch.isfinite(out).all() and calls and run_of(model).done
+    assert not torch.equal(out, sample(parts, base, cond))
+
+
+def test_example_workflow_runs_headless(comfy_nodes):
+    import comfy_env
+    from workflows.examples import EXAMPLES, shrink
+
+    outputs = comfy_env.run_prompt(shrink(EXAMPLES["sdxl_tome"](), size=128, steps=5))
+    assert outputs
