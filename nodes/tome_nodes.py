@@ -162,10 +162,10 @@ class _Run:
 
     def __init__(self, spec: BindingSpec, settings: Settings):
         self.spec, self.settings = spec, settings
-        self.stats = {"forward": 0, "backward": 0}
         self.reset()
 
     def reset(self):
+        self.stats = {"forward": 0, "backward": 0}  # auxiliary model passes in this sampling
         self.text = None  # [batch, 77, D] the positive rows as updated so far
         self.substituted = self.spec.substituted is not None and self.spec.ets_start <= 0
         self.done = set()  # optimized steps

@@ -80,10 +80,10 @@ def test_empty_groups_are_the_plain_encoding(parts):
     assert bind(parts, None) is parts["model"]
 
 
-def _spy(calls):
+def _spy(calls, keep_y=False):
     def spy(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kw):
         calls.append({"flags": list(transformer_options.get("cond_or_uncond")), "sigma": float(t[0]),
-                      "x": x.clone(), "c": c_crossattn.clone()})
+                      "x": x.clone(), "c": c_crossattn.clone(), "y": kw["y"].clone() if keep_y else None})
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kw)
 
     return spy
@@ -216,3 +216,64 @@ def test_example_workflow_runs_headless(comfy_nodes):
 
     outputs = comfy_env.run_prompt(shrink(EXAMPLES["sdxl_tome"](), size=128, steps=5))
     assert outputs
+
+
+def test_one_entropy_step_matches_an_independent_reference(parts):
+    """Step 0 with one entropy iteration, recomputed here from the UNet's own modules: a deep copy with ordinary
+    weights, forward hooks on output block 1's attn2 layers 1-3, the loss written out densely, autograd on the
+    scaled model input and the text rows. The patch's text rows and model input must be that update."""
+    import copy
+
+    import comfy.patcher_extension as ext
+
+    cond, spec = encode(parts)
+    outer_calls, inner_calls = [], []
+    outer = parts["model"].clone()
+    outer.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, "test_outer", _spy(outer_calls, keep_y=True))
+    model = bind(parts, spec, model=outer, steps_fraction=0.25, entropy_iterations=1, semantic_iterations=0)
+    model.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, "test_inner", _spy(inner_calls))
+    sample(parts, model, cond, batch=1, steps=4)
+    seen = outer_calls[0]
+    given = next(c for c in inner_calls if len(c["flags"]) == 2)
+    row = seen["flags"].index(0)
+
+    with torch.inference_mode(False), torch.enable_grad():
+        unet = copy.deepcopy(parts["model"].model.diffusion_model)
+        sampling = parts["model"].model.model_sampling
+        sigma = torch.tensor([seen["sigma"]])
+        c_in = float(sampling.calculate_input(sigma, torch.ones(1)))
+        x_in = (seen["x"][row:row + 1].clone() * c_in).requires_grad_()
+        text = spec.substituted.clone().requires_grad_()  # end-token substitution from the start
+        y = seen["y"][row:row + 1].clone()
+        y[:, :-1536] = 0  # zero pooled text embedding in the auxiliary pass, as the reference
+        maps = []
+
+        def hook(module, args, kwargs, output):
+            q, k = module.to_q(args[0]), module.to_k(kwargs["context"])
+            d = q.shape[-1] // module.heads
+            qh = q.view(1, -1, module.heads, d).transpose(1, 2)
+            kh = k.view(1, -1, module.heads, d).transpose(1, 2)
+            maps.append(torch.softmax(qh @ kh.transpose(-1, -2) / d ** 0.5, -1).mean(1))
+
+        block = next(m for m in unet.output_blocks[1] if hasattr(m, "transformer_blocks"))
+        for i in (1, 2, 3):
+            block.transformer_blocks[i].attn2.register_forward_hook(hook, with_kwargs=True)
+        unet(x_in, sampling.timestep(sigma).float(), context=text, y=y)
+        h, w = x_in.shape[2] // 2, x_in.shape[3] // 2
+        avg = torch.stack(maps).mean(0).view(1, h, w, -1)[0]
+        probs = torch.softmax(avg[:, :, 1:spec.eot] / 0.5, -1)
+        loss = 0
+        for g in spec.groups:
+            m = probs[:, :, g.noun[0] - 1]
+            m = (m - m.min()) / (m.max() - m.min())
+            m = m / m.sum()
+            loss = loss - 2 * (m * torch.log(m + 1e-5)).sum()
+        gx, gt = torch.autograd.grad(loss, [x_in, text])
+        eta = 3.0  # 3 * linspace(1, 0, 4)[0]
+        want_x = (x_in - 0.5 * eta * gx) / c_in
+        want_text = text - eta * gt
+    # the update is far above the comparison tolerance, so the comparison below is not vacuous
+    assert (want_text - text).abs().max() > 1e-2 and (want_x - x_in / c_in).abs().max() > 1e-2
+    got_row = given["flags"].index(0)
+    assert torch.allclose(given["c"][got_row:got_row + 1, :77], want_text, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(given["x"][got_row:got_row + 1], want_x, rtol=1e-4, atol=1e-5)
