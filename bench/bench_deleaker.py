@@ -13,11 +13,10 @@ import json
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
-from common import REPO, flux_setup
+from common import REPO, flux_setup, run_each_in_own_process
 
 CONFIGS = ["unpatched", "all edits", "no image-image", "dense reference"]
 SIZE, STEPS = 512, 4
@@ -123,13 +122,7 @@ def main():
         return run_config(sys.argv[2])
     import torch
 
-    results = {}
-    for config in CONFIGS:
-        r = subprocess.run([sys.executable, __file__, "--config", config], capture_output=True, text=True)
-        line = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-        if not line:
-            raise SystemExit(r.stderr[-3000:])
-        results[config] = json.loads(line[-1])
+    results = run_each_in_own_process(__file__, CONFIGS)
     base = results["unpatched"]
     lines = [
         "# DeLeaker (FLUX)",

@@ -1,6 +1,8 @@
 """Shared benchmark helpers: the test environment's ComfyUI, and a median timer."""
 
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,3 +41,17 @@ def flux_setup(hidden=512, heads=4, depth=2, single=2):
                                                offload_device=comfy.model_management.unet_offload_device())
     clip = nodes.DualCLIPLoader().load_clip("t5xxl_fp16.safetensors", "clip_l.safetensors", "flux")[0]
     return nodes, patcher, clip
+
+
+def run_each_in_own_process(script, configs) -> dict:
+    """Runs `script --config NAME` for every configuration, each in a fresh process so its peak memory (max RSS)
+    is its own; each prints one JSON line. Returns {name: that JSON}."""
+    results = {}
+    for name in configs:
+        r = subprocess.run([sys.executable, script, "--config", name], capture_output=True, text=True)
+        line = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+        if not line:
+            raise SystemExit(r.stderr[-3000:])
+        results[name] = json.loads(line[-1])
+        print(results[name], flush=True)
+    return results

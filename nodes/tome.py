@@ -69,14 +69,18 @@ def token_softmax(maps: torch.Tensor, prompt_end: int, temperature: float = 0.5)
     return torch.softmax(maps[..., 1:prompt_end].float() / temperature, dim=-1)
 
 
+def _minmax_noun_maps(maps, nouns, prompt_end, temperature, eps):
+    tokens = token_softmax(maps, prompt_end, temperature)[..., [n - 1 for n in nouns]]
+    low, high = tokens.amin(dim=(1, 2), keepdim=True), tokens.amax(dim=(1, 2), keepdim=True)
+    return (tokens - low) / (high - low + eps)
+
+
 def noun_maps(maps: torch.Tensor, nouns, prompt_end: int, temperature: float = 0.5,
               eps: float = 1e-8) -> torch.Tensor:
     """[B, h, w, T] maps -> [B, h, w, K] spatial distributions of the K composite tokens (min-max, then sum 1).
 
     `eps` guards a spatially constant map, where the reference code divides by zero."""
-    tokens = token_softmax(maps, prompt_end, temperature)[..., [n - 1 for n in nouns]]
-    low, high = tokens.amin(dim=(1, 2), keepdim=True), tokens.amax(dim=(1, 2), keepdim=True)
-    tokens = (tokens - low) / (high - low + eps)
+    tokens = _minmax_noun_maps(maps, nouns, prompt_end, temperature, eps)
     return tokens / (tokens.sum(dim=(1, 2), keepdim=True) + eps)
 
 
@@ -91,9 +95,7 @@ def pose_loss(maps: torch.Tensor, nouns, prompt_end: int, temperature: float = 0
     (10, 16) and the second's to (25, 16) on a 32x32 grid (scaled to the map's grid). [B] per sample."""
     if len(nouns) != 2:
         raise ValueError("the pose prior needs exactly two groups")
-    tokens = token_softmax(maps, prompt_end, temperature)[..., [n - 1 for n in nouns]]  # [B, h, w, 2]
-    low, high = tokens.amin(dim=(1, 2), keepdim=True), tokens.amax(dim=(1, 2), keepdim=True)
-    tokens = (tokens - low) / (high - low + 1e-8)
+    tokens = _minmax_noun_maps(maps, nouns, prompt_end, temperature, 1e-8)  # [B, h, w, 2]
     h, w = tokens.shape[1:3]
     ys = torch.linspace(0, 1, h, device=maps.device).view(1, h, 1, 1)
     xs = torch.linspace(0, 1, w, device=maps.device).view(1, 1, w, 1)
@@ -116,11 +118,6 @@ def entropy_threshold(step: int, steps: int, groups: int, table=REFERENCE_THRESH
     the same fraction of a 50-step schedule (the table covers steps 0..9; later steps use its last value)."""
     index = min(int(step * REFERENCE_STEPS / max(steps, 1)), len(table) - 1)
     return table[index] * groups / 2 - 2
-
-
-def iteration_cap(timestep: float, caps=(6, 6)) -> int:
-    """Refinement iterations allowed: caps[0] while the model timestep t/1000 > 0.9, then caps[1]."""
-    return caps[0] if timestep / 1000 > 0.9 else caps[1]
 
 
 def cross_attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:

@@ -279,10 +279,9 @@ def _entropy_update(run: _Run, call: _Sampling, x, text, step, steps, c_in):
     nouns = [g.noun[0] for g in spec.groups]
     eta = tome.step_size(step, steps, s.scale_factor)
     threshold = tome.entropy_threshold(step, steps, len(nouns))
-    timestep = float(call.executor.class_obj.model_sampling.timestep(call.t[call.rows][:1]).flatten()[0])
     active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     losses = []
-    for _ in range(tome.iteration_cap(timestep, (s.entropy_iterations, s.entropy_iterations))):
+    for _ in range(s.entropy_iterations):  # the reference's cap (its two caps, before and after t = 900, are equal)
         _check_interrupt()
         x_leaf, text_leaf = x.detach().clone().requires_grad_(), text.detach().clone().requires_grad_()
         maps = []

@@ -277,3 +277,18 @@ def test_one_entropy_step_matches_an_independent_reference(parts):
     got_row = given["flags"].index(0)
     assert torch.allclose(given["c"][got_row:got_row + 1, :77], want_text, rtol=1e-4, atol=1e-5)
     assert torch.allclose(given["x"][got_row:got_row + 1], want_x, rtol=1e-4, atol=1e-5)
+
+
+def test_sd15_merge_works_and_the_patch_refuses_it(comfy_nodes, parts):
+    """SD1.5 (CLIP-L only): the merge is the same operation on 768-wide rows; the patch's layer mapping was not
+    verified for SD1.5, so it says so instead of guessing."""
+    nodes, _ = comfy_nodes
+    model, clip, _ = nodes.CheckpointLoaderSimple().load_checkpoint("v1-5-pruned-emaonly.safetensors")
+    cond, spec = parts["m"]["LeaklessToMeEncode"].execute(clip=clip, text=TEXT, groups=GROUPS, **ENCODE).args
+    base = nodes.CLIPTextEncode().encode(clip, TEXT)[0][0][0]
+    cat = spec.groups[0]
+    assert spec.family == "sd15" and cond[0][0].shape == base.shape
+    assert torch.allclose(cond[0][0][0, cat.noun[0]],
+                          1.1 * base[0, cat.noun[0]] + 1.2 * base[0, list(cat.attributes)].sum(0))
+    with pytest.raises(ValueError, match=r"ToMe Semantic Binding: input 'model'.*SD1.5: ToMe Encode's merge"):
+        bind(parts, spec, model=model)
