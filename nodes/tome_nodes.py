@@ -28,6 +28,7 @@ WRAPPER_KEY = "leakless_tome"
 # The reference's maps: diffusers up_blocks.0.attentions.1.transformer_blocks.{1,2,3}.attn2 = ComfyUI's
 # output block 1, transformer blocks 1-3 (32x32 at 1024x1024).
 MAP_LAYERS = (("output", 1, 1), ("output", 1, 2), ("output", 1, 3))
+LATENT_OPTIONS = ["main latent", "anchor latent (reference code)"]
 SIZE_EMBEDDING = 6 * 256  # SDXL's ADM vector is [pooled text, 6 Fourier size embeddings of 256]
 
 
@@ -145,6 +146,7 @@ class Settings:
     semantic_lr: float = 1e4
     scale_factor: float = 3.0
     pose_prior: bool = False
+    anchor_latent: bool = False  # the reference code's separate latent for the semantic-binding loss
     temperature: float = 0.5
 
     @property
@@ -171,6 +173,8 @@ class _Run:
         self.done = set()  # optimized steps
         self.latent = {}  # step -> (model input it was computed for, updated model input)
         self.last = {}  # what the last optimized step measured (for tests and logging)
+        self.anchor_latent = None  # [batch * groups, ...] the reference code's per-anchor latents
+        self.cfg, self.negative = 1.0, None  # the guider's, for advancing the anchor latents
 
 
 def _rows_match(rows: torch.Tensor, reference: torch.Tensor | None) -> bool:
@@ -219,8 +223,8 @@ class _Sampling:
         return out
 
     def run(self, x, context, repeat: int = 1, record: list | None = None):
-        """The model on latent rows `x` (each repeated `repeat` times) with `context`; returns the denoised
-        prediction, or None when `record` collected the maps and the pass stopped early."""
+        """The model on latent rows `x` (batch x repeat rows, each sample's rows together) with `context`; returns
+        the denoised prediction, or None when `record` collected the maps and the pass stopped early."""
         to = dict(self.to)
         to["cond_or_uncond"] = [0]
         to["sigmas"] = self.t[self.rows].repeat_interleave(repeat, 0)
@@ -235,8 +239,7 @@ class _Sampling:
         if torch.is_tensor(c_concat):  # inpainting models' extra channels
             c_concat = c_concat[self.rows].repeat_interleave(repeat, 0)
         try:  # no ControlNet in the auxiliary passes: the reference has none, and its inputs are per batch
-            return self.executor(x.repeat_interleave(repeat, 0), to["sigmas"], c_concat, context, None, to,
-                                 **self.aux_kwargs(repeat))
+            return self.executor(x, to["sigmas"], c_concat, context, None, to, **self.aux_kwargs(repeat))
         except _EnoughMaps:
             return None
 
@@ -245,7 +248,7 @@ def _eps(sigma, x, denoised):
     return (x - denoised) / sigma.view(-1, *[1] * (x.dim() - 1))
 
 
-def _semantic_update(run: _Run, call: _Sampling, x, text):
+def _semantic_update(run: _Run, call: _Sampling, x, text, step: int):
     """L_sem: each composite token alone must predict the noise its anchor phrase predicts; 'semantic_iterations'
     gradient steps of size semantic_lr on the composite rows. One batched pass covers every sample and group."""
     spec, s = run.spec, run.settings
@@ -253,23 +256,45 @@ def _semantic_update(run: _Run, call: _Sampling, x, text):
     nouns = [g.noun[0] for g in spec.groups]
     sigma = call.t[call.rows].repeat_interleave(groups, 0)
     xs = x.repeat_interleave(groups, 0)
+    if s.anchor_latent:
+        if run.anchor_latent is None:  # the reference starts every anchor latent from the initial latent
+            run.anchor_latent = xs.detach().clone()
+        xs = run.anchor_latent
     with torch.no_grad():
         anchors = spec.anchors.to(text).repeat(batch, 1, 1)
-        target = _eps(sigma, xs, call.run(x, anchors, groups))
+        target = _eps(sigma, xs, call.run(xs, anchors, groups))
     run.stats["forward"] += 1
     token = text[:, nouns].detach()  # [batch, G, D]
     for _ in range(s.semantic_iterations):
         _check_interrupt()
         token = token.clone().requires_grad_()
-        pred = _eps(sigma, xs, call.run(x, token.reshape(batch * groups, 1, -1), groups))
+        pred = _eps(sigma, xs, call.run(xs, token.reshape(batch * groups, 1, -1), groups))
         loss = ((pred - target) ** 2).flatten(1).mean(1).sum()  # per (sample, group) MSE; their sum's gradient
         grad, = torch.autograd.grad(loss, [token])
         token = (token - s.semantic_lr * grad).detach()
         run.stats["forward"] += 1
         run.stats["backward"] += 1
+    if s.anchor_latent:
+        _advance_anchor_latent(run, call, xs, sigma, target, step)
     text = text.clone()
     text[:, nouns] = token
     return text
+
+
+def _advance_anchor_latent(run: _Run, call: _Sampling, xs, sigma, anchor_eps, step: int):
+    """The reference code's anchor-latent step: an Euler step of the *scaled* latent with the inverted guidance
+    null + cfg * (null - anchor), the scaling re-applied every step (it compounds, as in the code)."""
+    if run.negative is None:
+        raise RuntimeError("Leakless ToMe Semantic Binding: 'anchor latent' needs the sampler's negative prompt "
+                           "(KSampler, or SamplerCustomAdvanced with CFGGuider); use the main latent otherwise")
+    negative = run.negative.to(xs).expand(xs.shape[0], -1, -1)
+    with torch.no_grad():
+        null = _eps(sigma, xs, call.run(xs, negative, len(run.spec.groups)))
+    run.stats["forward"] += 1
+    sample_sigmas = call.to["sample_sigmas"]
+    c_in = call.executor.class_obj.model_sampling.calculate_input(sigma, torch.ones_like(xs))
+    delta = (sample_sigmas[step + 1] - sample_sigmas[step]).to(xs)
+    run.anchor_latent = (xs * c_in + delta * (null + run.cfg * (null - anchor_eps))).detach()
 
 
 def _entropy_update(run: _Run, call: _Sampling, x, text, step, steps, c_in):
@@ -329,7 +354,7 @@ def _optimize(run: _Run, call: _Sampling, step: int, steps: int):
     with torch.inference_mode(False), torch.enable_grad(), tome.GradThroughInference():
         text = run.text.clone()
         if s.semantic_iterations:
-            text = _semantic_update(run, call, x, text)
+            text = _semantic_update(run, call, x, text, step)
             bar.update(s.semantic_iterations)
         if s.entropy_iterations:
             x, text = _entropy_update(run, call, x, text, step, steps, c_in)
@@ -391,10 +416,15 @@ def _make_apply_model_wrapper(run: _Run):
 def _make_outer_wrapper(run: _Run):
     def wrapper(executor, *args, **kwargs):
         run.reset()
+        guider = executor.class_obj
+        run.cfg = float(getattr(guider, "cfg", 1.0))
+        negative = getattr(guider, "original_conds", {}).get("negative") or [{}]
+        run.negative = negative[0].get("cross_attn")
         try:
             return executor(*args, **kwargs)
         finally:
             run.latent.clear()
+            run.anchor_latent = run.negative = None
 
     return wrapper
 
@@ -444,16 +474,20 @@ class ToMeSemanticBinding(io.ComfyNode):
                 io.Boolean.Input("pose_prior", default=False, tooltip=(
                     "The reference's optional layout prior for two groups: first subject left, second right. "
                     "Off by default.")),
+                io.Combo.Input("semantic_latent", options=LATENT_OPTIONS, default=LATENT_OPTIONS[0], tooltip=(
+                    "The latent the semantic-binding loss predicts noise from: the sampling's own (default, as the "
+                    "paper describes it), or the reference code's separate per-anchor latent, advanced with "
+                    "inverted guidance (it looks unintended; for comparisons). Costs one more pass per step.")),
             ],
             outputs=[io.Model.Output("patched", display_name="model", tooltip="The patched clone.")],
         )
 
     @classmethod
     def execute(cls, model, binding, steps_fraction, entropy_iterations, semantic_iterations, semantic_lr,
-                entropy_step, pose_prior) -> io.NodeOutput:
+                entropy_step, pose_prior, semantic_latent=LATENT_OPTIONS[0]) -> io.NodeOutput:
         _check_sdxl(cls.NAME, model)
         settings = Settings(steps_fraction, entropy_iterations, semantic_iterations, semantic_lr, entropy_step,
-                            pose_prior)
+                            pose_prior, semantic_latent == LATENT_OPTIONS[1])
         if binding is None or not settings.updates_anything:
             return io.NodeOutput(model)
         if binding.family != "sdxl":

@@ -14,6 +14,7 @@ SCHEMAS = {
     "LeaklessToMeEncode": ["clip", "text", "groups", "noun_weight", "attribute_weight", "end_token_substitution",
                            "clean_prompt"],
     "LeaklessToMeSemanticBinding": ["model", "binding", "steps_fraction", "entropy_iterations",
-                                    "semantic_iterations", "semantic_lr", "entropy_step", "pose_prior"],
+                                    "semantic_iterations", "semantic_lr", "entropy_step", "pose_prior",
+                                    "semantic_latent"],
 }
 EXPECTED_NODE_IDS = sorted(SCHEMAS)

@@ -292,3 +292,24 @@ def test_sd15_merge_works_and_the_patch_refuses_it(comfy_nodes, parts):
                           1.1 * base[0, cat.noun[0]] + 1.2 * base[0, list(cat.attributes)].sum(0))
     with pytest.raises(ValueError, match=r"ToMe Semantic Binding: input 'model'.*SD1.5: ToMe Encode's merge"):
         bind(parts, spec, model=model)
+
+
+def test_reference_anchor_latent_variant(parts):
+    """The reference code's separate per-anchor latents: started from the initial latent, advanced each optimized
+    step with one more (no-grad) pass, released after sampling; they need the guider's negative prompt."""
+    import comfy.samplers
+    import comfy_extras.nodes_custom_sampler as custom
+
+    cond, spec = encode(parts)
+    main = bind(parts, spec)
+    variant = bind(parts, spec, semantic_latent="anchor latent (reference code)")
+    out_main, out_variant = sample(parts, main, cond), sample(parts, variant, cond)
+    assert not torch.equal(out_main, out_variant)
+    assert run_of(variant).stats["forward"] == run_of(main).stats["forward"] + 2  # steps 0 and 1
+    assert run_of(variant).anchor_latent is None
+    guider = custom.Guider_Basic(variant)  # no negative prompt
+    guider.set_conds(cond)
+    sigmas = comfy.samplers.calculate_sigmas(variant.get_model_object("model_sampling"), "normal", 4)
+    latent = torch.zeros(1, 4, 16, 16)
+    with pytest.raises(RuntimeError, match="'anchor latent' needs the sampler's negative prompt"):
+        guider.sample(torch.randn_like(latent), latent, comfy.samplers.sampler_object("euler"), sigmas, seed=1)

@@ -147,7 +147,8 @@ def sdxl_tome():
         "_meta": {"title": "ToMe Encode"}}
     g["61"] = {"class_type": "LeaklessToMeSemanticBinding", "inputs": {
         "model": ["4", 0], "binding": ["60", 1], "steps_fraction": 0.2, "entropy_iterations": 6,
-        "semantic_iterations": 3, "semantic_lr": 10000.0, "entropy_step": 3.0, "pose_prior": False},
+        "semantic_iterations": 3, "semantic_lr": 10000.0, "entropy_step": 3.0, "pose_prior": False,
+        "semantic_latent": "main latent"},
         "_meta": {"title": "ToMe Semantic Binding"}}
     _shared_prompt(g, [], text, title="Positive prompt")
     g["3"]["inputs"]["positive"] = ["60", 0]
