@@ -100,12 +100,80 @@ def run_config(name):
                       "peak_mb": peak_mb, "passes": passes}))
 
 
+SDXL_UNET = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+                 num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320,
+                 num_res_blocks=[2, 2, 2], transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4],
+                 transformer_depth_middle=10, use_linear_in_transformer=True, context_dim=2048, num_head_channels=64,
+                 transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], use_temporal_attention=False,
+                 use_temporal_resblock=False)
+
+
+def memory_estimate(size=1024):
+    """GB kept for the backward pass by each kind of gradient pass on the real SDXL UNet in fp16, counted on the
+    meta device (shapes only, nothing computed): autograd's saved tensors, each storage once, weights excluded.
+    Attention saves q, k, v, its output and the log-sum-exp, as the fused GPU kernels do."""
+    import comfy_env
+
+    comfy_env.import_comfy()
+    import comfy.ops
+    import torch
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from conftest import import_pack_as
+
+    import_pack_as("leakless")
+    from leakless.nodes import tome_nodes
+
+    dtype = torch.float16
+    unet = UNetModel(**SDXL_UNET, dtype=dtype, device="meta", operations=comfy.ops.disable_weight_init)
+    weights = {id(p) for p in unet.parameters()}
+
+    class FusedAttention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            ctx.save_for_backward(q, k, v, out, torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32))
+            return out
+
+    def attention(func, q, k, v, heads, **kwargs):
+        b, _, inner = q.shape
+        d = inner // heads
+        qh, kh, vh = (t.view(b, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+        return FusedAttention.apply(qh, kh, vh).transpose(1, 2).reshape(b, -1, inner)
+
+    def saved_gb(early_exit: bool, context: int) -> float:
+        saved = {}
+
+        def pack(t):
+            if id(t) not in weights:
+                saved[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+            return t
+
+        maps = []
+        to = {"optimized_attention_override": attention}
+        if early_exit:
+            to["patches_replace"] = {"attn2": {k: tome_nodes._record_maps(maps, None) for k in tome_nodes.MAP_LAYERS}}
+        x = torch.empty(1, 4, size // 8, size // 8, device="meta", dtype=dtype, requires_grad=early_exit)
+        ctx = torch.empty(1, context, 2048, device="meta", dtype=dtype, requires_grad=True)
+        y = torch.empty(1, 2816, device="meta", dtype=dtype)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            try:
+                unet(x, torch.empty(1, device="meta"), context=ctx, y=y, transformer_options=to)
+            except tome_nodes._EnoughMaps:
+                pass
+        return sum(saved.values()) / 2**30
+
+    print(json.dumps({"config": "memory", "size": size,
+                      "weights_gb": sum(p.numel() for p in unet.parameters()) * 2 / 2**30,
+                      "entropy_gb": saved_gb(True, 77), "semantic_gb": saved_gb(False, 1),
+                      "full_gb": saved_gb(False, 77)}))
+
+
 def main():
     if len(sys.argv) > 2 and sys.argv[1] == "--config":
-        return run_config(sys.argv[2])
+        return memory_estimate() if sys.argv[2] == "memory" else run_config(sys.argv[2])
     if len(sys.argv) > 2 and sys.argv[1] == "--render":  # the table again from saved result lines
         return render({r["config"]: r for r in map(json.loads, open(sys.argv[2]))})
-    render(run_each_in_own_process(__file__, CONFIGS))
+    render(run_each_in_own_process(__file__, [*CONFIGS, "memory"]))
 
 
 def render(results):
@@ -136,23 +204,49 @@ def render(results):
                      f"{r['peak_mb'] / base['peak_mb']:.2f} | {p['steps'] if p else ''} | {passes} |")
     lines += [
         "",
-        "Passes per optimized step: 1 no-grad anchor pass (batch = groups) + each semantic iteration (forward and "
-        "backward, batch = groups, one-token context) + each entropy iteration (forward up to output block 1's "
-        "transformer block 3, then backward, batch 1). The sampler's own call for the step (batch 2, cond and "
-        "uncond) is not counted: it is the plain sampling's call. No pass is repeated: the anchors' prediction is "
-        "computed once per step and reused by every semantic iteration; an entropy pass ends where the loss's last "
-        "layer is.",
+        "Passes per optimized step, with G groups and B latents: 1 no-grad anchor pass (batch B x G) + each "
+        "semantic iteration (B x G passes of one row, forward and backward, one-token context) + each entropy "
+        "iteration (B passes of one row, forward up to output block 1's transformer block 3, then backward). The "
+        "sampler's own call for the step (cond and uncond) is not counted: plain sampling makes it too. No pass is "
+        "repeated: the anchors' prediction is computed once per step and reused by every semantic iteration; an "
+        "entropy pass ends where the loss's last layer is. Gradient passes take one row each, so their memory does "
+        "not grow with the batch or the number of groups.",
         "",
         "At this size output block 1 is 12x12, and the entropy of two composite-token maps cannot exceed the "
         "reference's thresholds (set for 32x32 maps at 1024x1024), so every entropy loop stops after its first "
         "update: the reference row shows 1 entropy pass per step where SDXL at 1024x1024 may run up to 6. One "
-        "entropy pass (forward to output block 1, backward) costs about one plain step here (the 'entropy only' "
-        "row: 5 passes add 0.10x of 50 steps), so each extra entropy pass in all 10 optimized steps adds about 0.2x "
-        "to the reference row: at most about 3.5x with all 6.",
+        "entropy pass (forward to output block 1, backward) costs about half a plain step here (the 'entropy "
+        "only' row: 5 passes add 0.05x of 50 steps), so each extra entropy pass in all 10 optimized steps adds "
+        "about 0.1x to the reference row: at most about 3.5x with all 6.",
+    ]
+    memory = results.get("memory")
+    if memory:
+        w, e, sem, full = (memory[k] for k in ("weights_gb", "entropy_gb", "semantic_gb", "full_gb"))
+        lines += [
+            "",
+            f"## GPU memory at SDXL dimensions, {memory['size']}x{memory['size']} (estimated)",
+            "",
+            "No GPU was lent to this task, so this is counted, not measured: the real SDXL UNet (2.57 B parameters) "
+            "in fp16 is run on PyTorch's meta device (shapes only) and autograd's saved tensors are summed, each "
+            "storage once; attention is counted as the fused GPU kernels keep it (q, k, v, output, log-sum-exp).",
+            "",
+            "| what | GB |",
+            "|---|---:|",
+            f"| UNet weights (fp16) | {w:.1f} |",
+            f"| kept for backward: one entropy pass (ends at output block 1) | {e:.1f} |",
+            f"| kept for backward: one semantic pass (one row, one-token context) | {sem:.1f} |",
+            f"| kept for backward: a whole-UNet pass, for comparison | {full:.1f} |",
+            "",
+            f"Weights plus the largest pass come to {w + max(e, sem):.1f} GB before the backward pass's own transient "
+            "buffers: a 24 GB card holds the reference settings as they are. A 16 GB card does not: there the first "
+            "gradient pass runs out of memory, and the node then keeps the saved activations in CPU memory "
+            "(`torch.autograd.graph.save_on_cpu`) for the rest of the run, which leaves about the weights and one "
+            "layer's activations on the GPU, at the cost of copying them over PCIe twice per pass.",
+        ]
+    lines += [
         "",
-        "GPU at SDXL dimensions (1024x1024, reference settings): not measured, no GPU machine was lent to this task. "
-        "Peak memory at 1024x1024 on a 16 GB card is therefore not established; the entropy passes keep activations "
-        "only up to output block 1 for the backward pass, and the semantic passes use a one-token context.",
+        "GPU timings at SDXL dimensions (1024x1024, reference settings): not measured, no GPU machine was lent to "
+        "this task.",
     ]
     out = REPO / "bench" / "results" / "tome.md"
     out.write_text("\n".join(lines) + "\n")

@@ -164,6 +164,7 @@ class _Run:
 
     def __init__(self, spec: BindingSpec, settings: Settings):
         self.spec, self.settings = spec, settings
+        self.offload = False  # keep gradient passes' activations in CPU memory (set after an out-of-memory)
         self.reset()
 
     def reset(self):
@@ -211,23 +212,16 @@ class _Sampling:
         first = flags.index(0) if 0 in flags else 0  # rows whose ADM vector carries the positive's size ids
         self.rows = slice(first * self.per, (first + 1) * self.per)
 
-    def aux_kwargs(self, repeat: int):
-        out = {}
-        for name, value in self.kwargs.items():
-            if torch.is_tensor(value) and value.shape[:1] == self.x.shape[:1]:
-                value = value[self.rows]
-                if name == "y":  # the reference's auxiliary passes use a zero pooled text embedding
-                    value = torch.cat([torch.zeros_like(value[:, :-SIZE_EMBEDDING]), value[:, -SIZE_EMBEDDING:]], 1)
-                value = value.repeat_interleave(repeat, 0)
-            out[name] = value
-        return out
+    def _per_row(self, value, samples):
+        return value[self.rows][samples]
 
-    def run(self, x, context, repeat: int = 1, record: list | None = None):
-        """The model on latent rows `x` (batch x repeat rows, each sample's rows together) with `context`; returns
-        the denoised prediction, or None when `record` collected the maps and the pass stopped early."""
+    def run(self, x, context, samples: list[int], record: list | None = None):
+        """The model on latent rows `x` with `context`, row i belonging to sample `samples[i]` of the cond chunk
+        (its sigma and ADM vector); returns the denoised prediction, or None when `record` collected the maps
+        and the pass stopped early."""
         to = dict(self.to)
         to["cond_or_uncond"] = [0]
-        to["sigmas"] = self.t[self.rows].repeat_interleave(repeat, 0)
+        to["sigmas"] = self._per_row(self.t, samples)
         if record is not None:
             replace = dict(to.get("patches_replace", {}))
             attn2 = dict(replace.get("attn2", {}))
@@ -235,11 +229,18 @@ class _Sampling:
                 attn2[key] = _record_maps(record, attn2.get(key, attn2.get(key[:2])))
             replace["attn2"] = attn2
             to["patches_replace"] = replace
+        kwargs = {}
+        for name, value in self.kwargs.items():
+            if torch.is_tensor(value) and value.shape[:1] == self.x.shape[:1]:
+                value = self._per_row(value, samples)
+                if name == "y":  # the reference's auxiliary passes use a zero pooled text embedding
+                    value = torch.cat([torch.zeros_like(value[:, :-SIZE_EMBEDDING]), value[:, -SIZE_EMBEDDING:]], 1)
+            kwargs[name] = value
         c_concat = self.args[0]
         if torch.is_tensor(c_concat):  # inpainting models' extra channels
-            c_concat = c_concat[self.rows].repeat_interleave(repeat, 0)
+            c_concat = self._per_row(c_concat, samples)
         try:  # no ControlNet in the auxiliary passes: the reference has none, and its inputs are per batch
-            return self.executor(x, to["sigmas"], c_concat, context, None, to, **self.aux_kwargs(repeat))
+            return self.executor(x, to["sigmas"], c_concat, context, None, to, **kwargs)
         except _EnoughMaps:
             return None
 
@@ -248,40 +249,66 @@ def _eps(sigma, x, denoised):
     return (x - denoised) / sigma.view(-1, *[1] * (x.dim() - 1))
 
 
+def _with_gradient(run: _Run, fn):
+    """Runs a pass that is differentiated, one latent row at a time so memory does not grow with the batch or the
+    groups. If the device runs out of memory, the activations kept for the backward pass move to CPU memory
+    (torch's save_on_cpu) from then on: slower, and the GPU then holds about the weights and one layer's
+    activations (counted on the meta device; not yet run on a GPU)."""
+    import comfy.model_management
+
+    if not run.offload:
+        try:
+            return fn()
+        except torch.OutOfMemoryError:
+            comfy.model_management.soft_empty_cache()
+            run.offload = True
+            logging.warning("Leakless ToMe: out of GPU memory in a gradient pass; keeping its activations in CPU "
+                            "memory from now on (slower)")
+    with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+        return fn()
+
+
 def _semantic_update(run: _Run, call: _Sampling, x, text, step: int):
     """L_sem: each composite token alone must predict the noise its anchor phrase predicts; 'semantic_iterations'
-    gradient steps of size semantic_lr on the composite rows. One batched pass covers every sample and group."""
+    gradient steps of size semantic_lr on the composite rows, one (sample, group) row per gradient pass."""
     spec, s = run.spec, run.settings
     groups, batch = len(spec.groups), x.shape[0]
     nouns = [g.noun[0] for g in spec.groups]
-    sigma = call.t[call.rows].repeat_interleave(groups, 0)
+    samples = [b for b in range(batch) for _ in range(groups)]  # row r = sample r // G, group r % G
+    sigma = call._per_row(call.t, samples)
     xs = x.repeat_interleave(groups, 0)
     if s.anchor_latent:
         if run.anchor_latent is None:  # the reference starts every anchor latent from the initial latent
             run.anchor_latent = xs.detach().clone()
         xs = run.anchor_latent
-    with torch.no_grad():
+    with torch.no_grad():  # the anchors' noise, once per step for every iteration (no activations are kept)
         anchors = spec.anchors.to(text).repeat(batch, 1, 1)
-        target = _eps(sigma, xs, call.run(xs, anchors, groups))
+        target = _eps(sigma, xs, call.run(xs, anchors, samples))
     run.stats["forward"] += 1
-    token = text[:, nouns].detach()  # [batch, G, D]
+    token = text[:, nouns].detach().reshape(batch * groups, 1, -1)
     for _ in range(s.semantic_iterations):
-        _check_interrupt()
-        token = token.clone().requires_grad_()
-        pred = _eps(sigma, xs, call.run(xs, token.reshape(batch * groups, 1, -1), groups))
-        loss = ((pred - target) ** 2).flatten(1).mean(1).sum()  # per (sample, group) MSE; their sum's gradient
-        grad, = torch.autograd.grad(loss, [token])
-        token = (token - s.semantic_lr * grad).detach()
-        run.stats["forward"] += 1
-        run.stats["backward"] += 1
+        rows = []
+        for r, b in enumerate(samples):
+            _check_interrupt()
+
+            def row_grad(r=r, b=b, token=token):
+                leaf = token[r:r + 1].clone().requires_grad_()
+                pred = _eps(sigma[r:r + 1], xs[r:r + 1], call.run(xs[r:r + 1], leaf, [b]))
+                grad, = torch.autograd.grad(((pred - target[r:r + 1]) ** 2).mean(), [leaf])
+                return grad
+
+            rows.append(token[r:r + 1] - s.semantic_lr * _with_gradient(run, row_grad))
+            run.stats["forward"] += 1
+            run.stats["backward"] += 1
+        token = torch.cat(rows).detach()
     if s.anchor_latent:
-        _advance_anchor_latent(run, call, xs, sigma, target, step)
+        _advance_anchor_latent(run, call, xs, sigma, target, samples, step)
     text = text.clone()
-    text[:, nouns] = token
+    text[:, nouns] = token.reshape(batch, groups, -1)
     return text
 
 
-def _advance_anchor_latent(run: _Run, call: _Sampling, xs, sigma, anchor_eps, step: int):
+def _advance_anchor_latent(run: _Run, call: _Sampling, xs, sigma, anchor_eps, samples, step: int):
     """The reference code's anchor-latent step: an Euler step of the *scaled* latent with the inverted guidance
     null + cfg * (null - anchor), the scaling re-applied every step (it compounds, as in the code)."""
     if run.negative is None:
@@ -289,7 +316,7 @@ def _advance_anchor_latent(run: _Run, call: _Sampling, xs, sigma, anchor_eps, st
                            "(KSampler, or SamplerCustomAdvanced with CFGGuider); use the main latent otherwise")
     negative = run.negative.to(xs).expand(xs.shape[0], -1, -1)
     with torch.no_grad():
-        null = _eps(sigma, xs, call.run(xs, negative, len(run.spec.groups)))
+        null = _eps(sigma, xs, call.run(xs, negative, samples))
     run.stats["forward"] += 1
     sample_sigmas = call.to["sample_sigmas"]
     c_in = call.executor.class_obj.model_sampling.calculate_input(sigma, torch.ones_like(xs))
@@ -299,40 +326,47 @@ def _advance_anchor_latent(run: _Run, call: _Sampling, xs, sigma, anchor_eps, st
 
 def _entropy_update(run: _Run, call: _Sampling, x, text, step, steps, c_in):
     """L_ent on the averaged cross-attention maps: update the model input (x 0.5 eta) and every positive text row
-    (x eta) until the loss is under the step's threshold or the iteration cap."""
+    (x eta) until the loss is under the step's threshold or the iteration cap; each sample on its own."""
     spec, s = run.spec, run.settings
     nouns = [g.noun[0] for g in spec.groups]
     eta = tome.step_size(step, steps, s.scale_factor)
     threshold = tome.entropy_threshold(step, steps, len(nouns))
-    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    losses = []
-    for _ in range(s.entropy_iterations):  # the reference's cap (its two caps, before and after t = 900, are equal)
-        _check_interrupt()
-        x_leaf, text_leaf = x.detach().clone().requires_grad_(), text.detach().clone().requires_grad_()
-        maps = []
-        call.run(x_leaf, text_leaf, record=maps)
-        if len(maps) != len(MAP_LAYERS):
-            raise RuntimeError("Leakless ToMe Semantic Binding: the model has no cross-attention at output block "
-                               "1, transformer blocks 1-3 (SDXL's); it is not an SDXL UNet")
-        h, w = maps[0][1]
-        mean = torch.stack([m for m, _ in maps]).mean(0).view(x.shape[0], h, w, -1)
-        loss = tome.entropy_loss(mean, nouns, spec.eot, s.temperature)
-        if s.pose_prior:
-            loss = loss + tome.pose_loss(mean, nouns, spec.eot, s.temperature)
-        losses.append([round(v, 4) for v in loss.tolist()])
-        run.stats["forward"] += 1
-        weight = active.to(loss) * (loss != 0).to(loss)
-        if weight.any():
-            gx, gt = torch.autograd.grad((loss * weight).sum(), [x_leaf, text_leaf])
-            run.stats["backward"] += 1
-            # the reference steps the *scaled* model input: d/dx_in = d/dx / c_in, and x = x_in / c_in
-            x = (x_leaf - 0.5 * eta * gx / c_in ** 2).detach()
-            text = (text_leaf - eta * gt).detach()
-        active &= loss.detach() >= threshold
-        if not active.any():
-            break
+    xs, texts, losses = list(x.detach()), list(text.detach()), []
+    for b in range(x.shape[0]):
+        history = []
+        for _ in range(s.entropy_iterations):  # the reference's cap (its two caps, before and after t = 900, agree)
+            _check_interrupt()
+
+            def sample_grad(b=b):
+                x_leaf = xs[b][None].clone().requires_grad_()
+                text_leaf = texts[b][None].clone().requires_grad_()
+                maps = []
+                call.run(x_leaf, text_leaf, [b], record=maps)
+                if len(maps) != len(MAP_LAYERS):
+                    raise RuntimeError("Leakless ToMe Semantic Binding: the model has no cross-attention at output "
+                                       "block 1, transformer blocks 1-3 (SDXL's); it is not an SDXL UNet")
+                h, w = maps[0][1]
+                mean = torch.stack([m for m, _ in maps]).mean(0).view(1, h, w, -1)
+                loss = tome.entropy_loss(mean, nouns, spec.eot, s.temperature)
+                if s.pose_prior:
+                    loss = loss + tome.pose_loss(mean, nouns, spec.eot, s.temperature)
+                if float(loss.detach()) == 0:
+                    return loss.detach(), None, None
+                return (loss.detach(), *torch.autograd.grad(loss.sum(), [x_leaf, text_leaf]))
+
+            loss, gx, gt = _with_gradient(run, sample_grad)
+            run.stats["forward"] += 1
+            history.append(round(float(loss), 4))
+            if gx is not None:
+                run.stats["backward"] += 1
+                # the reference steps the *scaled* model input: d/dx_in = d/dx / c_in, and x = x_in / c_in
+                xs[b] = (xs[b] - 0.5 * eta * gx[0] / c_in[b] ** 2).detach()
+                texts[b] = (texts[b] - eta * gt[0]).detach()
+            if float(loss) < threshold:
+                break
+        losses.append(history)
     run.last.update(entropy=losses, threshold=threshold, step_size=eta)
-    return x, text
+    return torch.stack(xs), torch.stack(texts)
 
 
 def _check_interrupt():

@@ -10,7 +10,8 @@ from expected import EXPECTED_NODE_IDS
 
 from conftest import HARNESS, REPO
 
-PURE_MODULES = ["alignment.py", "errors.py", "flow.py", "redundancy.py", "grid.py"]  # never import ComfyUI
+# never import ComfyUI
+PURE_MODULES = ["alignment.py", "errors.py", "flow.py", "redundancy.py", "grid.py", "deleaker.py", "tome.py"]
 COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "nodes", "folder_paths", "server", "execution",
                  "node_helpers", "latent_preview"}
 
@@ -80,3 +81,43 @@ def test_every_node_is_documented_and_shown_in_an_example():
     for node_id in EXPECTED_NODE_IDS:
         assert node_id in readme, f"{node_id} missing from README.md"
         assert node_id in used, f"{node_id} used by no workflow in examples_workflows/"
+
+
+def _ignored(paths: list[str]) -> set[str]:
+    """Which of `paths` .gitignore or .comfyignore exclude (git matches the patterns, as gitwildmatch does)."""
+    r = subprocess.run(
+        ["git", "-c", f"core.excludesFile={REPO / '.comfyignore'}", "check-ignore", "--no-index", "--stdin"],
+        cwd=REPO, input="\n".join(paths), capture_output=True, text=True)
+    return set(r.stdout.splitlines())
+
+
+def published_files() -> list[str]:
+    """The files `comfy node pack` puts in the registry archive: a walk of the pack folder without .git, minus
+    what .gitignore and .comfyignore exclude."""
+    top = [p.name + "/" if p.is_dir() else p.name for p in REPO.iterdir() if p.name != ".git"]
+    kept_top = [name for name in top if name not in _ignored(top)]
+    walked = [name for name in kept_top if not name.endswith("/")]
+    for name in kept_top:
+        if name.endswith("/"):
+            walked += [p.relative_to(REPO).as_posix() for p in (REPO / name).rglob("*") if p.is_file()]
+    return sorted(set(walked) - _ignored(walked))
+
+
+def test_registry_archive_holds_the_pack_and_no_test_caches(tmp_path):
+    import zipfile
+
+    files = published_files()
+    archive = tmp_path / "node.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in files:
+            z.write(REPO / name, name)
+    names = set(zipfile.ZipFile(archive).namelist())
+    for required in ("__init__.py", "pyproject.toml", "LICENSE", "README.md", "CHANGELOG.md", "requirements.txt",
+                     "icon.svg", "js/leakless.js", "nodes/extension.py", "nodes/tome.py"):
+        assert required in names, required
+    assert {f"js/docs/{node_id}.md" for node_id in EXPECTED_NODE_IDS} <= names
+    assert any(n.startswith("examples_workflows/") for n in names)
+    for name in names:
+        assert not name.startswith((".cache/", "test-output/", "tests/", "bench/", ".ci/")), name
+        assert "__pycache__" not in name and not name.endswith(".pyc"), name
+    assert archive.stat().st_size < 1_000_000

@@ -1,4 +1,5 @@
-"""The real ComfyUI server with Leakless in custom_nodes: /object_info, /extensions, /prompt and /history."""
+"""The real ComfyUI server with Leakless in custom_nodes: /object_info, /extensions, help pages, /prompt and
+/history."""
 
 import pytest
 from expected import EXPECTED_NODE_IDS
@@ -20,6 +21,22 @@ def test_object_info_lists_every_leakless_node(comfy_server):
 def test_extension_js_is_served(comfy_server):
     extensions = comfy_server.get("/extensions")
     assert "/extensions/leakless/leakless.js" in extensions
+    assert not [e for e in extensions if "leakless" in e and not e.endswith("/leakless.js")]  # only the module
+
+
+def test_every_node_has_its_help_page(comfy_server):
+    """The frontend shows WEB_DIRECTORY/docs/<NodeId>.md as the node's help: served for every node, titled with
+    its display name, describing every input."""
+    import urllib.request
+
+    info = comfy_server.get("/object_info")
+    for node_id in EXPECTED_NODE_IDS:
+        with urllib.request.urlopen(f"{comfy_server.url}/extensions/leakless/docs/{node_id}.md") as r:  # noqa: S310
+            page = r.read().decode()
+        assert page.startswith(f"# {info[node_id]['display_name']}\n"), node_id
+        inputs = {**info[node_id]["input"].get("required", {}), **info[node_id]["input"].get("optional", {})}
+        for name in inputs:
+            assert f"`{name}`" in page, (node_id, name)
 
 
 def test_flux_graph_with_inspector_via_prompt_endpoint(comfy_server):

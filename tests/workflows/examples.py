@@ -157,6 +157,28 @@ def sdxl_tome():
     return g
 
 
+def flux_leak_patch_deleaker():
+    """Two methods together: Leak Patch gives 'bat' its isolated meaning, DeLeaker keeps the bat and the baseball
+    player apart in attention. One prompt feeds both; Leak Patch edits DeLeaker Encode's conditioning."""
+    text = "a bat flying next to a baseball player in a stadium at night"
+    g = graphs.flux_dev(width=512, height=512, steps=20)
+    g["60"] = {"class_type": "LeaklessDeLeakerEncode", "inputs": {
+        "clip": ["11", 0], "text": [PROMPT_NODE, 0], "entities": "bat, baseball player"},
+        "_meta": {"title": "DeLeaker Encode"}}
+    g["61"] = {"class_type": "LeaklessLeakPatch", "inputs": {
+        "clip": ["11", 0], "text": [PROMPT_NODE, 0], "items": "bat", "conditioning": ["60", 0]},
+        "_meta": {"title": "Leak Patch"}}
+    g["62"] = {"class_type": "LeaklessDeLeaker", "inputs": {
+        "model": ["30", 0], "entities": ["60", 1], "mask_threshold": 1.0, "image_threshold": 1.0, "alpha": 1.2,
+        "mask_history": 0.6, "cross_text": True, "self_text": True, "image_image": True, "alpha_per_pair": False,
+        "overlap": "reference"}, "_meta": {"title": "DeLeaker"}}
+    _shared_prompt(g, [], text)
+    g["26"]["inputs"]["conditioning"] = ["61", 0]
+    g["22"]["inputs"]["model"] = ["62", 0]
+    del g["6"]
+    return g
+
+
 EXAMPLES = {
     "token_inspector_flux": token_inspector_flux,
     "token_inspector_sdxl": token_inspector_sdxl,
@@ -168,6 +190,7 @@ EXAMPLES = {
     "flux_redundant_token_mask": flux_redundant_token_mask,
     "sdxl_redundant_token_mask": sdxl_redundant_token_mask,
     "sdxl_tome": sdxl_tome,
+    "flux_leak_patch_deleaker": flux_leak_patch_deleaker,
 }
 
 
