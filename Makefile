@@ -1,7 +1,7 @@
 # Leakless developer commands. Everything installs what it needs into .cache/ (git-ignored) on first use.
 PY := $(or $(LEAKLESS_CACHE),.cache)/venv/bin/python
 
-.PHONY: test run env lint bench workflows clean
+.PHONY: test run env lint bench workflows screenshots clean
 
 ## make test: build the cached test environment if needed, then run all four test layers
 test: env
@@ -26,6 +26,11 @@ bench: env
 ## make workflows: regenerate examples_workflows/ from tests/workflows/examples.py through the real frontend
 workflows: env
 	$(PY) tests/harness/export_workflows.py
+
+## make screenshots: the README's workflow screenshots (docs/screenshots/), from the browser tests
+screenshots: env
+	$(PY) -m pytest tests/browser -k pinned -q
+	$(PY) tests/harness/export_screenshots.py
 
 clean:
 	rm -rf .cache test-output

@@ -1,6 +1,12 @@
-// Leakless frontend extension: shows a node's text result (token table, report) on the node after it runs.
-// Uses only the stable extension API (registerExtension, beforeRegisterNodeDef, onExecuted).
+// Leakless frontend extension.
+// - Shows a node's text result (token table, report) on the node after it runs.
+// - Token picker: on the nodes that take words of the prompt (items, entities, groups, selections), shows the
+//   prompt's tokens as chips per encoder (from POST /leakless/tokenize) and writes clicked words into the input
+//   in the node's syntax. The text input keeps working by hand; without the route the picker says so and stays out
+//   of the way.
+// Uses only the stable extension API (registerExtension, beforeRegisterNodeDef, onNodeCreated, onExecuted).
 import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
 
 // Node id -> minimum size of the node once its text is shown.
 const TEXT_NODES = new Map([
@@ -8,6 +14,16 @@ const TEXT_NODES = new Map([
   ["LeaklessRedundantTokenMask", [420, 0]],
   ["LeaklessLeakPatch", [420, 0]],
 ]);
+
+// Node id -> the input the picker writes, how it writes it, and the model family to tokenize for by default.
+const PICKER_NODES = new Map([
+  ["LeaklessTokenTrace", { input: "selection", syntax: "list", family: "flux" }],
+  ["LeaklessRedundantTokenMask", { input: "items", syntax: "items", family: "flux" }],
+  ["LeaklessLeakPatch", { input: "items", syntax: "items", family: "flux" }],
+  ["LeaklessDeLeakerEncode", { input: "entities", syntax: "list", family: "flux" }],
+  ["LeaklessToMeEncode", { input: "groups", syntax: "groups", family: "sdxl" }],
+]);
+const FAMILIES = [["flux", "FLUX"], ["sdxl", "SDXL"], ["sd15", "SD1.5"]];
 
 function showText(node, text, [minWidth, minHeight]) {
   let widget = node.widgets?.find((w) => w.name === "leakless_table");
@@ -23,6 +39,131 @@ function showText(node, text, [minWidth, minHeight]) {
   node.setDirtyCanvas?.(true, true);
 }
 
+// The prompt text of a node: its own "text" widget, or the string widget of the node linked to its "text" input.
+function promptOf(node) {
+  const input = node.inputs?.find((i) => i.name === "text");
+  if (input?.link != null) {
+    const link = node.graph?.links?.[input.link] ?? node.graph?.links?.get?.(input.link);
+    const source = link && node.graph.getNodeById(link.origin_id);
+    const widget = source?.widgets?.find((w) => typeof w.value === "string");
+    if (widget) return widget.value;
+  }
+  const own = node.widgets?.find((w) => w.name === "text");
+  return typeof own?.value === "string" ? own.value : "";
+}
+
+// The new input value after picking `word` (`extend`: shift-click, i.e. a longer phrase or, for groups, a new group).
+export function pickInto(value, word, syntax, extend) {
+  const text = (value ?? "").replace(/\s+$/, "");
+  if (syntax === "groups") {  // "noun: attribute, attribute", one group per line
+    const lines = text ? text.split("\n") : [];
+    const last = lines.pop() ?? "";
+    if (!last) return [...lines, `${word}: `].join("\n");
+    if (extend) return [...lines, last, `${word}: `].join("\n");
+    const colon = last.indexOf(":");
+    if (colon < 0) return [...lines, `${last}: ${word}`].join("\n");
+    const attributes = last.slice(colon + 1).trim();
+    return [...lines, `${last.slice(0, colon)}: ${attributes ? `${attributes}, ${word}` : word}`].join("\n");
+  }
+  if (!text) return word;
+  if (extend) return `${text} ${word}`;
+  const separator = syntax === "items" ? "\n" : ", ";
+  return `${text}${separator}${word}`;
+}
+
+function setWidget(node, name, value) {
+  const widget = node.widgets?.find((w) => w.name === name);
+  if (!widget) return;
+  widget.value = value;
+  widget.callback?.(value);
+  node.setDirtyCanvas?.(true, true);
+}
+
+function chip(label, title, className) {
+  const el = document.createElement("span");
+  el.textContent = label;
+  el.title = title;
+  el.className = className;
+  el.style.cssText = "display:inline-block;margin:1px 2px;padding:0 4px;border-radius:4px;cursor:pointer;" +
+    "font:11px monospace;background:#3a3f4b;color:#ddd;border:1px solid #555;";
+  return el;
+}
+
+function renderTokens(box, data, node, spec) {
+  box.replaceChildren();
+  const words = new Map(data.words.map((w) => [w.word.toLowerCase(), w]));
+  for (const encoder of data.encoders) {
+    const row = document.createElement("div");
+    row.className = "leakless-picker-encoder";
+    row.dataset.encoder = encoder.key;
+    const name = document.createElement("b");
+    name.textContent = `${encoder.name}: `;
+    name.style.cssText = "font:11px sans-serif;color:#aaa;";
+    row.append(name);
+    for (const token of encoder.tokens) {
+      const info = token.word ? words.get(token.word.toLowerCase()) : null;
+      const multi = info && info.tokens[encoder.key] > 1;
+      const el = chip(token.text.replace("</w>", "").replace("\u2581", "_"),
+        `position ${token.position}${token.word ? ` · word '${token.word}'` : ""}${multi ? " · multi-token word" : ""}`,
+        `leakless-chip${token.word ? " leakless-word" : " leakless-special"}${multi ? " leakless-multi" : ""}`);
+      el.dataset.word = token.word;
+      el.dataset.position = token.position;
+      if (multi) el.style.borderColor = "#d9a441";
+      if (!token.word) el.style.opacity = "0.5";
+      else el.onclick = (event) => {
+        const current = node.widgets?.find((w) => w.name === spec.input)?.value ?? "";
+        setWidget(node, spec.input, pickInto(current, token.word, spec.syntax, event.shiftKey));
+      };
+      row.append(el);
+    }
+    box.append(row);
+  }
+}
+
+function addPicker(node, spec) {
+  const root = document.createElement("div");
+  root.className = "leakless-picker";
+  root.style.cssText = "width:100%;font:11px sans-serif;color:#ccc;overflow:auto;max-height:220px;";
+  const bar = document.createElement("div");
+  const family = document.createElement("select");
+  family.className = "leakless-picker-family";
+  for (const [value, label] of FAMILIES) family.append(new Option(label, value, value === spec.family, value === spec.family));
+  const show = document.createElement("button");
+  show.className = "leakless-picker-show";
+  show.textContent = "Show tokens";
+  const hint = document.createElement("span");
+  hint.className = "leakless-picker-hint";
+  hint.textContent = spec.syntax === "groups"
+    ? " click: noun, then its attributes; shift-click: new group"
+    : " click: add a word; shift-click: extend the last phrase";
+  bar.append(family, show, hint);
+  const box = document.createElement("div");
+  box.className = "leakless-picker-tokens";
+  root.append(bar, box);
+  show.onclick = async () => {
+    box.textContent = "…";
+    try {
+      const response = await api.fetchApi("/leakless/tokenize", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ text: promptOf(node), family: family.value }),
+      });
+      const data = await response.json();
+      if (!response.ok) throw new Error(data?.error ?? response.statusText);
+      renderTokens(box, data, node, spec);
+      if (!root.dataset.grown) {  // make room for the chips once; the user can resize the node afterwards
+        root.dataset.grown = "1";
+        node.setSize([Math.max(node.size[0], 480), node.size[1] + Math.min(260, 48 * data.encoders.length + 60)]);
+        node.setDirtyCanvas?.(true, true);
+      }
+    } catch (error) {
+      box.textContent = `Token picker unavailable (${error.message}); type in '${spec.input}' by hand.`;
+      box.className = "leakless-picker-tokens leakless-picker-error";
+    }
+  };
+  node.addDOMWidget("leakless_picker", "leakless_picker", root, { serialize: false, getValue: () => undefined, setValue: () => {} });
+}
+
 app.registerExtension({
   name: "leakless.core",
   async setup() {
@@ -30,12 +171,22 @@ app.registerExtension({
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     const minSize = TEXT_NODES.get(nodeData.name);
-    if (!minSize) return;
-    const onExecuted = nodeType.prototype.onExecuted;
-    nodeType.prototype.onExecuted = function (message) {
-      onExecuted?.apply(this, arguments);
-      const text = message?.text?.[0];
-      if (typeof text === "string") showText(this, text, minSize);
-    };
+    if (minSize) {
+      const onExecuted = nodeType.prototype.onExecuted;
+      nodeType.prototype.onExecuted = function (message) {
+        onExecuted?.apply(this, arguments);
+        const text = message?.text?.[0];
+        if (typeof text === "string") showText(this, text, minSize);
+      };
+    }
+    const picker = PICKER_NODES.get(nodeData.name);
+    if (picker) {
+      const onNodeCreated = nodeType.prototype.onNodeCreated;
+      nodeType.prototype.onNodeCreated = function () {
+        const result = onNodeCreated?.apply(this, arguments);
+        addPicker(this, picker);
+        return result;
+      };
+    }
   },
 });

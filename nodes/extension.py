@@ -5,11 +5,13 @@ from comfy_api.latest import ComfyExtension, io
 from .deleaker_nodes import DeLeaker, DeLeakerEncode, DeLeakerMasks
 from .flow_nodes import LeakPatch, RedundantTokenMask, TokenTrace, TraceGrid, register_model_folder
 from .inspector_nodes import TokenInspector
+from .routes import register_routes
 from .tome_nodes import ToMeEncode, ToMeSemanticBinding
 
 
 class LeaklessExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         register_model_folder()
+        register_routes()
         return [TokenInspector, TokenTrace, TraceGrid, RedundantTokenMask, LeakPatch, DeLeakerEncode, DeLeaker,
                 DeLeakerMasks, ToMeEncode, ToMeSemanticBinding]

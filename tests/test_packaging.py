@@ -118,6 +118,13 @@ def test_registry_archive_holds_the_pack_and_no_test_caches(tmp_path):
     assert {f"js/docs/{node_id}.md" for node_id in EXPECTED_NODE_IDS} <= names
     assert any(n.startswith("examples_workflows/") for n in names)
     for name in names:
-        assert not name.startswith((".cache/", "test-output/", "tests/", "bench/", ".ci/")), name
+        assert not name.startswith((".cache/", "test-output/", "tests/", "bench/", ".ci/", "docs/")), name
         assert "__pycache__" not in name and not name.endswith(".pyc"), name
     assert archive.stat().st_size < 1_000_000
+
+
+def test_every_example_workflow_has_its_readme_screenshot():
+    readme = (REPO / "README.md").read_text()
+    for path in (REPO / "examples_workflows").glob("*.json"):
+        shot = f"docs/screenshots/{path.stem}.jpg"
+        assert (REPO / shot).is_file() and shot in readme, f"{shot}: run make screenshots and link it in README.md"

@@ -26,13 +26,35 @@ LOAD = """async (wf) => {
 }"""
 
 
+NEWEST = REPO / ".cache" / "frontend-newest" / "comfyui_frontend_package" / "static"
+
+
+@pytest.fixture(scope="module", params=["pinned", "newest"])
+def frontend(request, comfy_server, output_dir):
+    """The server with the pinned frontend (requirements.txt), then with the newest release tested
+    (tests/harness/setup_env.sh installs it into .cache/frontend-newest)."""
+    if request.param == "pinned":
+        comfy_server.frontend_name = "pinned"
+        yield comfy_server
+        return
+    if not NEWEST.is_dir():
+        pytest.skip("the newest frontend is not installed (run tests/harness/setup_env.sh)")
+    from live_server import ComfyServer
+
+    server = ComfyServer(log_path=output_dir / "server-newest-frontend.log",
+                         extra_args=["--front-end-root", str(NEWEST)]).start()
+    server.frontend_name = "newest"
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="module")
-def page(comfy_server, output_dir):
+def page(frontend, output_dir):
     console = []
-    with comfy_page(comfy_server, console) as page:
+    with comfy_page(frontend, console) as page:
         page.console_log = console
         yield page
-    (output_dir / "browser-console.log").write_text("\n".join(console))
+    (output_dir / f"browser-console-{frontend.frontend_name}.log").write_text("\n".join(console))
 
 
 def test_extension_and_nodes_registered(page):
@@ -46,13 +68,13 @@ def test_every_example_workflow_is_generated_from_its_definition():
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_example_workflow_loads_converts_and_runs(page, comfy_server, output_dir, path):
+def test_example_workflow_loads_converts_and_runs(page, frontend, output_dir, path):
     wf = json.loads(path.read_text())
     result = page.evaluate(LOAD, wf)
     assert result["missing"] == [], f"{path.name}: node types missing in the frontend"
     assert result["loaded"] == len(wf["nodes"])
-    page.screenshot(path=str(output_dir / f"workflow-{path.stem}.png"))
-    outputs = comfy_server.run(shrink(result["prompt"]))
+    page.screenshot(path=str(output_dir / f"workflow-{path.stem}-{frontend.frontend_name}.png"))
+    outputs = frontend.run(shrink(result["prompt"]))
     output_nodes = [k for k, v in result["prompt"].items()
                     if v["class_type"] in ("SaveImage", "PreviewImage", "LeaklessTokenInspector")]
     assert output_nodes and all(outputs.get(k) for k in output_nodes)
@@ -78,3 +100,54 @@ def test_token_table_is_shown_on_the_node_after_queueing_from_the_ui(page, outpu
     text = page.evaluate("() => document.querySelector('.leakless-token-table').value")
     assert "sunglasses</w>" in text and "1.2" in text
     page.screenshot(path=str(output_dir / "token-inspector-after-run.png"))
+
+
+PICK = """async ([wf, nodeType, text, clicks]) => {
+  await window.app.loadGraphData(wf);
+  const node = window.app.graph._nodes.find((n) => n.type === nodeType);
+  const textWidget = node.widgets.find((w) => w.name === 'text');
+  if (textWidget && text !== null) textWidget.value = text;
+  const picker = node.widgets.find((w) => w.name === 'leakless_picker').element;
+  picker.querySelector('.leakless-picker-show').click();
+  const started = Date.now();
+  while (!picker.querySelector('.leakless-chip') && !picker.querySelector('.leakless-picker-error')) {
+    if (Date.now() - started > 30000) throw new Error('no chips');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const rows = [...picker.querySelectorAll('.leakless-picker-encoder')].map((r) => r.dataset.encoder);
+  const multi = [...picker.querySelectorAll('.leakless-multi')].map((c) => c.dataset.word);
+  for (const [word, shift] of clicks) {
+    const chip = [...picker.querySelectorAll('.leakless-word')].find((c) => c.dataset.word === word);
+    chip.dispatchEvent(new MouseEvent('click', { shiftKey: shift, bubbles: true }));
+  }
+  const p = await window.app.graphToPrompt();
+  return { rows, multi, prompt: p.output, error: picker.querySelector('.leakless-picker-error')?.textContent };
+}"""
+
+
+def test_token_picker_writes_flux_entities_and_the_workflow_runs(page, frontend, output_dir):
+    wf = json.loads((REPO / "examples_workflows" / "flux_deleaker.json").read_text())
+    picked = page.evaluate(PICK, [wf, "LeaklessDeLeakerEncode", "A cow and a horse in a farm",
+                                  [["cow", False], ["horse", False]]])
+    assert picked["error"] is None and picked["rows"] == ["l", "t5xxl"]
+    node = next(v for v in picked["prompt"].values() if v["class_type"] == "LeaklessDeLeakerEncode")
+    assert node["inputs"]["entities"] == "cow, horse"
+    page.screenshot(path=str(output_dir / f"token-picker-flux-{frontend.frontend_name}.png"))
+    outputs = frontend.run(shrink(picked["prompt"]))
+    assert any(outputs.values())
+
+
+def test_token_picker_writes_sdxl_groups_and_the_workflow_runs(page, frontend, output_dir):
+    wf = json.loads((REPO / "examples_workflows" / "sdxl_tome.json").read_text())
+    for node in wf["nodes"]:
+        if node["type"] == "LeaklessToMeEncode":
+            node["widgets_values"][1] = ""  # groups (after the linked text): the picker writes them
+    clicks = [["cat", False], ["wearing", False], ["sunglasses", False], ["dog", True], ["wearing", False],
+              ["a", False], ["hat", False]]
+    picked = page.evaluate(PICK, [wf, "LeaklessToMeEncode", None, clicks])  # the prompt comes from a linked node
+    assert picked["error"] is None and picked["rows"] == ["g", "l"]
+    node = next(v for v in picked["prompt"].values() if v["class_type"] == "LeaklessToMeEncode")
+    assert node["inputs"]["groups"] == "cat: wearing, sunglasses\ndog: wearing, a, hat"
+    page.screenshot(path=str(output_dir / f"token-picker-sdxl-{frontend.frontend_name}.png"))
+    outputs = frontend.run(shrink(picked["prompt"], size=64, steps=2))
+    assert any(outputs.values())

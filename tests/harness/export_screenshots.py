@@ -1,0 +1,29 @@
+"""Copies the browser test's screenshots (pinned frontend) into docs/screenshots/ for the README, as small JPEGs.
+
+    make screenshots        (runs the browser tests first)
+"""
+
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE, DEST = REPO / "test-output", REPO / "docs" / "screenshots"
+
+
+def main():
+    DEST.mkdir(parents=True, exist_ok=True)
+    shots = sorted(SOURCE.glob("workflow-*-pinned.png")) + sorted(SOURCE.glob("token-picker-*-pinned.png"))
+    if not shots:
+        sys.exit("no screenshots in test-output/: run the browser tests first")
+    for shot in shots:
+        name = shot.stem.removeprefix("workflow-").removesuffix("-pinned")
+        image = Image.open(shot).convert("RGB")
+        image.thumbnail((1200, 1200))
+        image.save(DEST / f"{name}.jpg", quality=80, optimize=True)
+        print(f"wrote {DEST / (name + '.jpg')}")
+
+
+if __name__ == "__main__":
+    main()
