@@ -151,3 +151,27 @@ def test_token_picker_writes_sdxl_groups_and_the_workflow_runs(page, frontend, o
     page.screenshot(path=str(output_dir / f"token-picker-sdxl-{frontend.frontend_name}.png"))
     outputs = frontend.run(shrink(picked["prompt"], size=64, steps=2))
     assert any(outputs.values())
+
+
+def test_token_picker_degrades_to_the_text_input_without_the_route(page):
+    wf = json.loads((REPO / "examples_workflows" / "flux_deleaker.json").read_text())
+    page.route("**/leakless/tokenize", lambda route: route.abort())
+    try:
+        result = page.evaluate("""async (wf) => {
+          await window.app.loadGraphData(wf);
+          const node = window.app.graph._nodes.find((n) => n.type === 'LeaklessDeLeakerEncode');
+          const picker = node.widgets.find((w) => w.name === 'leakless_picker').element;
+          picker.querySelector('.leakless-picker-show').click();
+          const started = Date.now();
+          while (!picker.querySelector('.leakless-picker-error') && Date.now() - started < 30000)
+            await new Promise((r) => setTimeout(r, 50));
+          node.widgets.find((w) => w.name === 'entities').value = 'cow, horse';  // typed by hand
+          const p = await window.app.graphToPrompt();
+          const entry = Object.values(p.output).find((v) => v.class_type === 'LeaklessDeLeakerEncode');
+          const message = picker.querySelector('.leakless-picker-error')?.textContent;
+          return { message, entities: entry.inputs.entities };
+        }""", wf)
+    finally:
+        page.unroute("**/leakless/tokenize")
+    assert "Token picker unavailable" in result["message"] and "by hand" in result["message"]
+    assert result["entities"] == "cow, horse"
