@@ -326,3 +326,22 @@ def test_activations_on_cpu_give_the_same_result(parts):
     normal = sample(parts, model, cond)
     run_of(model).offload = True
     assert torch.equal(sample(parts, model, cond), normal)
+
+
+def test_end_token_substitution_mid_schedule_follows_comfyui_switch(parts):
+    """With substitution from half the schedule, ComfyUI switches conditioning entries; the patch follows the
+    switch: its (updated) end rows become the clean prompt's there and stay so, as the reference's overwrite."""
+    import comfy.patcher_extension as ext
+
+    cond, spec = encode(parts, end_token_substitution=0.5)
+    calls = []
+    model = bind(parts, spec, steps_fraction=0.25)  # the update runs in step 0 only
+    model.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, "test_inner", _spy(calls))
+    sample(parts, model, cond, steps=6)
+    main = [c for c in calls if len(c["flags"]) == 2]
+    rows = [c["c"][c["flags"].index(0) * 2][:77] for c in main]
+    clean_end = spec.substituted[0, spec.eot:]
+    assert not torch.allclose(rows[0][spec.eot:], clean_end)
+    assert torch.equal(rows[-1][spec.eot:], clean_end.to(rows[-1]))
+    assert run_of(model).substituted
+    assert torch.equal(rows[-1][:spec.eot], rows[1][:spec.eot])  # the updated prompt rows persist across the switch
