@@ -93,7 +93,7 @@ def run_config(name):
     passes = None
     wrappers = used.wrappers.get("apply_model", {}).get("leakless_tome")
     if wrappers:
-        run = next(c.cell_contents for c in wrappers[0].__closure__ if type(c.cell_contents).__name__ == "_Run")
+        run = wrappers[0].leakless_run
         passes = {k: v / len(run.done) for k, v in run.stats.items()} | {"steps": len(run.done)}  # last sampling
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"config": name, "seconds": statistics.median(times), "ratio": statistics.median(ratios),

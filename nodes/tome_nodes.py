@@ -21,7 +21,7 @@ from .alignment import PhraseNotFoundError
 from .clip_glue import align_clip, family_of
 from .errors import LeaklessInputError, input_error
 from .flow import SelectionError
-from .sampling_glue import sigma_step
+from .sampling_glue import cond_rows, sigma_step
 
 BINDING = io.Custom("LEAKLESS_TOME_BINDING")
 WRAPPER_KEY = "leakless_tome"
@@ -203,8 +203,8 @@ def _record_maps(store: list, previous):
 class _Sampling:
     """One model call's arguments, and passes of the model on chosen rows with chosen context."""
 
-    def __init__(self, executor, x, t, args, kwargs, transformer_options):
-        self.executor, self.x, self.t, self.args, self.kwargs = executor, x, t, args, kwargs
+    def __init__(self, executor, x, t, c_concat, kwargs, transformer_options):
+        self.executor, self.x, self.t, self.c_concat, self.kwargs = executor, x, t, c_concat, kwargs
         self.to = transformer_options
         flags = transformer_options.get("cond_or_uncond") or [0]
         self.per = x.shape[0] // len(flags)
@@ -212,7 +212,8 @@ class _Sampling:
         first = flags.index(0) if 0 in flags else 0  # rows whose ADM vector carries the positive's size ids
         self.rows = slice(first * self.per, (first + 1) * self.per)
 
-    def _per_row(self, value, samples):
+    def per_row(self, value, samples):
+        """Rows of `value` (batch-first, like x) for the cond-chunk samples `samples`."""
         return value[self.rows][samples]
 
     def run(self, x, context, samples: list[int], record: list | None = None):
@@ -221,7 +222,7 @@ class _Sampling:
         and the pass stopped early."""
         to = dict(self.to)
         to["cond_or_uncond"] = [0]
-        to["sigmas"] = self._per_row(self.t, samples)
+        to["sigmas"] = self.per_row(self.t, samples)
         if record is not None:
             replace = dict(to.get("patches_replace", {}))
             attn2 = dict(replace.get("attn2", {}))
@@ -232,13 +233,13 @@ class _Sampling:
         kwargs = {}
         for name, value in self.kwargs.items():
             if torch.is_tensor(value) and value.shape[:1] == self.x.shape[:1]:
-                value = self._per_row(value, samples)
+                value = self.per_row(value, samples)
                 if name == "y":  # the reference's auxiliary passes use a zero pooled text embedding
                     value = torch.cat([torch.zeros_like(value[:, :-SIZE_EMBEDDING]), value[:, -SIZE_EMBEDDING:]], 1)
             kwargs[name] = value
-        c_concat = self.args[0]
+        c_concat = self.c_concat
         if torch.is_tensor(c_concat):  # inpainting models' extra channels
-            c_concat = self._per_row(c_concat, samples)
+            c_concat = self.per_row(c_concat, samples)
         try:  # no ControlNet in the auxiliary passes: the reference has none, and its inputs are per batch
             return self.executor(x, to["sigmas"], c_concat, context, None, to, **kwargs)
         except _EnoughMaps:
@@ -275,7 +276,7 @@ def _semantic_update(run: _Run, call: _Sampling, x, text, step: int):
     groups, batch = len(spec.groups), x.shape[0]
     nouns = [g.noun[0] for g in spec.groups]
     samples = [b for b in range(batch) for _ in range(groups)]  # row r = sample r // G, group r % G
-    sigma = call._per_row(call.t, samples)
+    sigma = call.per_row(call.t, samples)
     xs = x.repeat_interleave(groups, 0)
     if s.anchor_latent:
         if run.anchor_latent is None:  # the reference starts every anchor latent from the initial latent
@@ -406,23 +407,21 @@ def _make_apply_model_wrapper(run: _Run):
 
     def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
         to = transformer_options or {}
-        call = _Sampling(executor, x, t, (c_concat, control), kwargs, to)
+        call = _Sampling(executor, x, t, c_concat, kwargs, to)
         step, steps = sigma_step(to, ToMeSemanticBinding.NAME)
-        if c_crossattn is not None:  # follow ComfyUI's switch to the substituted conditioning
-            for c, flag in enumerate(call.flags):
-                rows = c_crossattn[c * call.per:(c + 1) * call.per]
-                if flag != 0:
-                    continue
-                if _rows_match(rows, spec.substituted) and not _rows_match(rows, spec.merged):
-                    if run.text is not None and not run.substituted:
-                        run.text = run.text.clone()
-                        run.text[:, spec.eot:] = spec.substituted[:, spec.eot:].to(run.text)
-                    run.substituted = True
-                elif not _rows_match(rows, spec.merged):
-                    raise RuntimeError(
-                        "Leakless ToMe Semantic Binding: the positive prompt the sampler sees is not the one from "
-                        "Leakless ToMe Encode. Connect ToMe Encode's conditioning as the positive of the sampler "
-                        "that uses this model (its binding output goes to this node).")
+        rows = cond_rows(to, x.shape[0])
+        if c_crossattn is not None and rows:  # follow ComfyUI's switch to the substituted conditioning
+            seen = c_crossattn[rows]
+            if _rows_match(seen, spec.substituted) and not _rows_match(seen, spec.merged):
+                if run.text is not None and not run.substituted:
+                    run.text = run.text.clone()
+                    run.text[:, spec.eot:] = spec.substituted[:, spec.eot:].to(run.text)
+                run.substituted = True
+            elif not _rows_match(seen, spec.merged):
+                raise RuntimeError(
+                    "Leakless ToMe Semantic Binding: the positive prompt the sampler sees is not the one from "
+                    "Leakless ToMe Encode. Connect ToMe Encode's conditioning as the positive of the sampler "
+                    "that uses this model (its binding output goes to this node).")
         if run.text is None:
             base = spec.substituted if run.substituted else spec.merged
             run.text = base.to(x.device, torch.float32).repeat(call.per, 1, 1)
@@ -434,16 +433,15 @@ def _make_apply_model_wrapper(run: _Run):
             before, after = run.latent.get(step, (None, None))
             if before is not None and torch.equal(before, x[call.rows]):  # first evaluation of the step
                 x_in = after.to(x).repeat(len(call.flags), *[1] * (x.dim() - 1))
-        if c_crossattn is not None:
+        if c_crossattn is not None and rows:  # the positive rows as updated so far, tiled like ComfyUI tiles them
             c_crossattn = c_crossattn.clone()
             tiled = run.text.to(c_crossattn).repeat(1, c_crossattn.shape[1] // run.text.shape[1], 1)
-            for c, flag in enumerate(call.flags):
-                if flag == 0:
-                    c_crossattn[c * call.per:(c + 1) * call.per] = tiled
+            c_crossattn[rows] = tiled.repeat(len(rows) // call.per, 1, 1)
         out = executor(x_in, t, c_concat, c_crossattn, control, to, **kwargs)
         # the reference steps from the un-updated latent with the noise predicted at the updated one
         return out if x_in is x else out + (x - x_in)
 
+    wrapper.leakless_run = run  # for inspection (tests, benchmark): the state of the last sampling
     return wrapper
 
 

@@ -50,7 +50,7 @@ def run_of(model):
     import comfy.patcher_extension as ext
 
     wrapper = model.wrappers[ext.WrappersMP.APPLY_MODEL]["leakless_tome"][0]
-    return next(c.cell_contents for c in wrapper.__closure__ if type(c.cell_contents).__name__ == "_Run")
+    return wrapper.leakless_run
 
 
 def test_merge_and_substitution_match_the_plain_encoding(parts):
