@@ -8,11 +8,13 @@ B x H x L x L logits and a same-sized history in every layer; here nothing of th
 - the mask history is the running mean of those scores ([B, K, N]), which equals the reference's running mean of
   the full probabilities read at the same columns (the mean is linear);
 - text edits are key edits: blocking entity j's tokens for rows of M_i drops those keys, and multiplying the
-  self-entity logits by alpha equals multiplying those key vectors by alpha, so each group of image rows with the
-  same entity membership is one attention call over edited keys;
-- the image-image statistics need probabilities only on the M_i x M_j blocks (with each row's edited normaliser),
-  and the resulting blocks become a boolean mask over that group's rows.
-Softmax and statistics run in fp32. Every edited row keeps the non-entity text tokens, so no row is all -inf.
+  self-entity logits by alpha equals multiplying those key vectors by alpha. Image rows with the same entity
+  membership get the same edits; a MaskPlan, made once per mask state, orders the rows so that each such group is
+  a contiguous run, and each group is one call of the model's own attention (any chained backend) over edited keys;
+- the image-image statistics need probabilities only on the M_i x M_j blocks (with each row's edited normaliser,
+  from per-chunk fp32 logits), and the blocks become a boolean mask for that group's fused SDPA calls.
+Softmax and statistics run in fp32. Every edited row keeps the non-entity text tokens, so no row is all -inf. A
+mask the model itself passes to attention is kept everywhere (added after the edits).
 
 Reference semantics kept (tokeron/DeLeaker ``attention_processor.py``): masks threshold head-averaged
 post-softmax probabilities at mean + beta1 * std (unbiased), then 3x3 opening and 3x3 closing twice; per entity
@@ -70,6 +72,18 @@ class Layout:
             self._index[key] = torch.tensor(self.entities[e], device=device)
         return self._index[key]
 
+    def kept_keys(self, blocked: tuple[int, ...], length: int, device):
+        """Key positions without the `blocked` entities' tokens, and each entity's token positions among them."""
+        key = ("kept", blocked, length, str(device))
+        if key not in self._index:
+            drop = {p for e in blocked for p in self.entities[e]}
+            kept = [p for p in range(length) if p not in drop]
+            where = {p: n for n, p in enumerate(kept)}
+            shifted = {e: torch.tensor([where[p] for p in t], device=device)
+                       for e, t in enumerate(self.entities) if e not in blocked}
+            self._index[key] = (torch.tensor(kept, device=device), shifted)
+        return self._index[key]
+
     @property
     def n_img(self) -> int:
         return self.grid[0] * self.grid[1]
@@ -83,10 +97,11 @@ def _rows_per_chunk(heads: int, keys: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, heads * keys))
 
 
-def entity_scores(q: torch.Tensor, k: torch.Tensor, layout: Layout) -> torch.Tensor:
+def entity_scores(q: torch.Tensor, k: torch.Tensor, layout: Layout, mask=None) -> torch.Tensor:
     """mean over heads and each entity's tokens of softmax(q k^T / sqrt(d)) on the image rows: [B, K, N].
 
-    q, k: [B, H, L, D] after RoPE. Only [B, H, chunk, L] logits exist at a time.
+    q, k: [B, H, L, D] after RoPE; mask: the model's attention mask for these rows ([B or 1, H or 1, L, L]) or None.
+    Only [B, H, chunk, L] logits exist at a time.
     """
     b, h, length, d = q.shape
     scale = 1.0 / math.sqrt(d)
@@ -96,7 +111,9 @@ def entity_scores(q: torch.Tensor, k: torch.Tensor, layout: Layout) -> torch.Ten
     step = _rows_per_chunk(h, length)
     for start in range(0, layout.n_img, step):
         rows = slice(layout.txt_len + start, layout.txt_len + min(start + step, layout.n_img))
-        logits = torch.matmul(q[:, :, rows].float(), kf.transpose(-1, -2)) * scale
+        logits = torch.matmul(q[:, :, rows].float(), kf.transpose(-1, -2)).mul_(scale)
+        if mask is not None:
+            _add_mask(logits, mask[:, :, rows])
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
         for e, c in enumerate(cols):
             out[:, e, start:start + logits.shape[2]] = (logits[..., c] - lse).exp().mean(dim=(-1, 1))
@@ -170,190 +187,250 @@ def entity_masks(scores: torch.Tensor, layout: Layout, settings: Settings) -> to
 # The edited attention
 
 
-@dataclass
-class _RowEdits:
-    """Edits of one sample's image rows: per row, the entity tokens blocked and the self-token multiplier, plus
-    image->image blocks stored compactly for the rows of any mask. Indexed by image row (0..N-1)."""
-
-    n_entities: int
-    n_img: int
-    device: torch.device
-    blocked_text: torch.Tensor = field(init=False)  # [N, K] bool: tokens of entity k blocked for the row
-    alpha_power: torch.Tensor = field(init=False)  # [N, K] float: exponent of alpha on entity k's logits
-    slot: torch.Tensor = field(init=False)  # [N] long: the row's line in `blocked_image`, -1 for none
-    blocked_image: torch.Tensor | None = None  # [R, N] bool: image keys blocked for the row
-
-    def __post_init__(self):
-        self.blocked_text = torch.zeros(self.n_img, self.n_entities, dtype=torch.bool, device=self.device)
-        self.alpha_power = torch.zeros(self.n_img, self.n_entities, device=self.device)
-        self.slot = torch.full((self.n_img,), -1, dtype=torch.long, device=self.device)
-
-    def block_image(self, rows: torch.Tensor, blocks: torch.Tensor):
-        new = rows[self.slot[rows] < 0]
-        if new.numel():
-            start = 0 if self.blocked_image is None else self.blocked_image.shape[0]
-            self.slot[new] = torch.arange(start, start + new.numel(), device=self.device)
-            grow = torch.zeros(new.numel(), self.n_img, dtype=torch.bool, device=self.device)
-            self.blocked_image = grow if self.blocked_image is None else torch.cat([self.blocked_image, grow])
-        self.blocked_image[self.slot[rows]] |= blocks
-
-    def image_blocks(self, rows: torch.Tensor) -> torch.Tensor | None:
-        """[len(rows), N] bool of blocked image keys, or None when no row has any."""
-        if self.blocked_image is None:
-            return None
-        slots = self.slot[rows]
-        has = slots >= 0
-        if not bool(has.any()):
-            return None
-        out = torch.zeros(rows.numel(), self.n_img, dtype=torch.bool, device=self.device)
-        out[has] = self.blocked_image[slots[has]]
-        return out
-
-    @property
-    def edited_rows(self) -> torch.Tensor:
-        rows = self.blocked_text.any(dim=1) | (self.alpha_power != 0).any(dim=1) | (self.slot >= 0)
-        return rows.nonzero().flatten()
+def attention_mask_4d(mask: torch.Tensor | None, batch_index=None) -> torch.Tensor | None:
+    """A ComfyUI attention mask ([L, L], [B, L, L] or [B, H, L, L]; bool = may attend, float = added to the
+    logits) as [B or 1, H or 1, L, L], its batch rows restricted to `batch_index` when it has more than one."""
+    if mask is None:
+        return None
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    return mask[batch_index] if batch_index is not None and mask.shape[0] > 1 else mask
 
 
-def _edited_logits(q_rows, k, rows, edits: _RowEdits, layout: Layout, alpha: float, scale: float):
-    """fp32 logits [H, len(rows), L] of one sample's image rows with the current edits applied."""
-    logits = torch.matmul(q_rows.float(), k.float().transpose(-1, -2)) * scale
-    for e in range(len(layout.entities)):
-        cols = layout.entity_index(e, logits.device)
-        power = edits.alpha_power[rows, e]
-        blocked = edits.blocked_text[rows, e]
-        if bool((power != 0).any()) or bool(blocked.any()):
-            sub = logits[:, :, cols] * (alpha ** power)[None, :, None]
-            logits[:, :, cols] = sub.masked_fill(blocked[None, :, None], float("-inf"))
-    blocks = edits.image_blocks(rows)
-    if blocks is not None:
-        logits[:, :, layout.img] = logits[:, :, layout.img].masked_fill(blocks[None], float("-inf"))
-    return logits
+def _sub_mask(mask: torch.Tensor | None, rows: torch.Tensor, keys: torch.Tensor | None):
+    """[H or 1, L, L] -> [H or 1, len(rows), len(keys)] (keys None: all)."""
+    if mask is None:
+        return None
+    sub = mask.index_select(-2, rows)
+    return sub if keys is None else sub.index_select(-1, keys)
 
 
-def _pair_image_blocks(q, k, mi, mj, edits, layout, settings, scale):
-    """For entity pair (i, j): which image keys to block for rows of M_i (keys in M_j) and rows of M_j (keys in
-    M_i): head-averaged probability above mean + beta*std of the block's non-zero values, with probabilities as
-    the edits of the previous pairs leave them. Each row's normaliser is computed once for both directions."""
-    union = (mi | mj).nonzero().flatten()
-    if union.numel() == 0 or not bool(mi.any()) or not bool(mj.any()):
-        return []
-    cols = {"i": mj.nonzero().flatten(), "j": mi.nonzero().flatten()}
-    parts = {"i": [], "j": []}
-    h = q.shape[0]
-    step = _rows_per_chunk(h, k.shape[1])
-    for start in range(0, union.numel(), step):
-        r = union[start:start + step]
-        logits = _edited_logits(q[:, layout.txt_len + r], k, r, edits, layout, settings.alpha, scale)
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-        p_img = (logits[..., layout.img] - lse).exp().mean(dim=0)  # [len(r), N]
-        for side, member in (("i", mi[r]), ("j", mj[r])):
-            if bool(member.any()):
-                parts[side].append(p_img[member][:, cols[side]])
-    out = []
-    for side, rows in (("i", mi.nonzero().flatten()), ("j", mj.nonzero().flatten())):
-        p = torch.cat(parts[side])  # [|M_src|, |M_dst|]
-        nz = p[p != 0]
-        if nz.numel() == 0:
-            continue
-        thr = nz.mean() + settings.beta_image * nz.std()
-        full = torch.zeros(rows.numel(), layout.n_img, dtype=torch.bool, device=q.device)
-        full[:, cols[side]] = p > thr
-        out.append((rows, full))
+def _batch_of_one(mask):
+    return None if mask is None else mask[None]
+
+
+def _add_mask(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return logits
+    return logits.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else logits.add_(mask.float())
+
+
+def _chunks(count: int, step: int):
+    return ((start, min(start + step, count)) for start in range(0, count, step))
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """Image rows inside the same entities' masks: they get the same text edits."""
+
+    rows: torch.Tensor  # image row indices (long)
+    members: tuple[int, ...]  # the entities whose masks hold these rows
+    start: int  # where these rows begin in MaskPlan.order
+
+
+class MaskPlan:
+    """What DeLeaker derives from one sample's masks ([K, N] bool) alone, made once per mask state: the image rows
+    ordered by entity membership (rows in no mask first, then one run per group of rows with the same entities) and
+    each group's text edits after any number of entity pairs. Built with one host sync; the per-call work then
+    slices contiguous runs instead of gathering through boolean masks."""
+
+    def __init__(self, masks: torch.Tensor, settings: Settings):
+        n_ent = masks.shape[0]
+        self.settings = settings
+        self.pairs = list(combinations(range(n_ent), 2))
+        self.members = [m.nonzero().flatten() for m in masks]  # image rows of each entity's mask
+        code = (masks.long() << torch.arange(n_ent, device=masks.device)[:, None]).sum(0)  # membership bits
+        self.order = torch.argsort(code, stable=True)
+        counts = torch.bincount(code, minlength=1 << n_ent).tolist()
+        self.n_plain = counts[0]
+        self.groups: list[RowGroup] = []
+        start = counts[0]
+        for bits, count in enumerate(counts[1:], start=1):
+            if count:
+                members = tuple(e for e in range(n_ent) if bits >> e & 1)
+                self.groups.append(RowGroup(self.order[start:start + count], members, start))
+                start += count
+        self.nonempty = [m.numel() > 0 for m in self.members]
+        self._query_order = {}
+
+    def text_edits(self, group: RowGroup, pairs: int | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(entities whose tokens the group's rows may not see, exponent of alpha on each entity's logits) after
+        the first `pairs` entity pairs (all by default), in the reference's pair order."""
+        st = self.settings
+        blocked, powers = set(), [0] * len(self.members)
+        for i, j in self.pairs[:pairs]:
+            for src, dst in ((i, j), (j, i)):
+                if src in group.members:
+                    if st.cross_text:
+                        blocked.add(dst)
+                    if st.self_text and st.alpha != 1.0:
+                        powers[src] = powers[src] + 1 if st.alpha_per_pair else 1
+        return tuple(sorted(blocked)), tuple(powers)
+
+    def query_order(self, txt_len: int, length: int) -> tuple[torch.Tensor, int]:
+        """The joint sequence's query rows as [text, trailing (e.g. Kontext) tokens, image rows in plan order], and
+        how many of them come before the first edited row."""
+        key = (txt_len, length)
+        if key not in self._query_order:
+            dev = self.order.device
+            n_img = self.order.numel()
+            perm = torch.cat([torch.arange(txt_len, device=dev), torch.arange(txt_len + n_img, length, device=dev),
+                              txt_len + self.order])
+            self._query_order[key] = (perm, length - n_img + self.n_plain)
+        return self._query_order[key]
+
+
+def _edited_keys(k, v, layout: Layout, blocked, powers, alpha: float):
+    """Keys and values ([H, L', D]) without the tokens of the `blocked` entities, each other entity's keys
+    multiplied by alpha^power (the same as its logits); the kept key positions (None: all) and where the image keys
+    begin among them."""
+    if not blocked and not any(powers):
+        return k, v, None, layout.txt_len
+    keep, shifted = layout.kept_keys(blocked, k.shape[-2], k.device)
+    k2 = k.index_select(-2, keep)
+    v2 = None if v is None else v.index_select(-2, keep)
+    for e, power in enumerate(powers):
+        if power and e not in blocked:
+            k2[..., shifted[e], :] *= alpha ** power
+    return k2, v2, keep, layout.txt_len - sum(len(layout.entities[e]) for e in blocked)
+
+
+@dataclass(frozen=True)
+class ImageBlock:
+    """One direction of one entity pair's image-image edit: keys in M_dst blocked for rows in M_src."""
+
+    blocked: torch.Tensor  # [rows, N] bool, False outside M_dst; rows: the groups holding src, in plan order
+    starts: dict  # group index -> its first row in `blocked`
+
+    def rows_of(self, group_index: int, c0: int, c1: int) -> torch.Tensor | None:
+        start = self.starts.get(group_index)
+        return None if start is None else self.blocked[start + c0:start + c1]
+
+
+def _image_blocks_of(group_index: int, blocks, c0: int, c1: int) -> torch.Tensor | None:
+    """[c1 - c0, N] bool: the image keys blocked for rows c0..c1 of a group, or None when no block covers it."""
+    out = None
+    for block in blocks:
+        part = block.rows_of(group_index, c0, c1)
+        if part is not None:
+            out = part.clone() if out is None else out.logical_or_(part)
     return out
 
 
-def plan_edits(q: torch.Tensor, k: torch.Tensor, masks: torch.Tensor, layout: Layout, settings: Settings):
-    """The row edits of one sample (q, k: [H, L, D]; masks: [K, N]), pair by pair as the reference does."""
-    n_ent = masks.shape[0]
-    edits = _RowEdits(n_ent, layout.n_img, q.device)
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    for i, j in combinations(range(n_ent), 2):
-        new_blocks = []
-        if settings.image_image:  # statistics on probabilities as the previous pairs left them
-            new_blocks = _pair_image_blocks(q, k, masks[i], masks[j], edits, layout, settings, scale)
-        if settings.cross_text:
-            edits.blocked_text[masks[i], j] = True
-            edits.blocked_text[masks[j], i] = True
-        if settings.self_text and settings.alpha != 1.0:
-            for e in (i, j):
-                if settings.alpha_per_pair:
-                    edits.alpha_power[masks[e], e] += 1
-                else:
-                    edits.alpha_power[masks[e], e] = 1
-        for rows, blocks in new_blocks:
-            edits.block_image(rows, blocks)
-    return edits
+def _nonzero_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased std of the non-zero entries, without a host sync (NaN when there are too few)."""
+    nonzero = x != 0
+    count = nonzero.sum()
+    mean = x.sum() / count
+    var = (((x - mean) * nonzero) ** 2).sum() / (count - 1)
+    return mean, var.sqrt()
 
 
-def edited_attention_rows(q, k, v, edits: _RowEdits, layout: Layout, settings: Settings):
-    """Attention output [H, R, D] of one sample's edited image rows (and their indices), one fused call per group
-    of rows that share text edits; image->image blocks enter as a boolean mask over the group's rows."""
-    rows = edits.edited_rows
-    if rows.numel() == 0:
-        return rows, None
-    h, length, d = k.shape
-    out = torch.empty(h, rows.numel(), d, device=q.device, dtype=torch.float32)
-    pattern = torch.cat([edits.blocked_text[rows].float(), edits.alpha_power[rows]], dim=1)
-    groups = torch.unique(pattern, dim=0)
-    kf, vf = k.float(), v.float()
-    for g in groups:
-        member = (pattern == g).all(dim=1)
-        idx = member.nonzero().flatten()
-        keys = kf.clone()
-        keep = torch.ones(length, dtype=torch.bool, device=q.device)
-        for e in range(len(layout.entities)):
-            cols = layout.entity_index(e, q.device)
-            if bool(g[e]):
-                keep[cols] = False
-            power = float(g[len(layout.entities) + e])
-            if power:
-                keys[:, cols] = keys[:, cols] * settings.alpha ** power
-        group_rows = rows[idx]
-        step = _rows_per_chunk(h, length)
-        for start in range(0, group_rows.numel(), step):
-            chunk = group_rows[start:start + step]
-            blocks = edits.image_blocks(chunk)
-            mask = None
-            if blocks is not None or not bool(keep.all()):
-                mask = keep.expand(chunk.numel(), length).clone()
-                if blocks is not None:
-                    mask[:, layout.img] &= ~blocks
-                mask = mask[None, None]
-            o = F.scaled_dot_product_attention(q[:, layout.txt_len + chunk].float()[None], keys[None], vf[None],
-                                               attn_mask=mask)
-            out[:, idx[start:start + chunk.numel()]] = o[0]
-    return rows, out
+def image_image_blocks(q, k, plan: MaskPlan, layout: Layout, settings: Settings, mask=None) -> list[ImageBlock]:
+    """The image-image edit of one sample (q, k: [H, L, D]; mask: its [H or 1, L, L] attention mask), pair by pair
+    as the reference does: the head-averaged probability of rows of M_i on keys of M_j (and back), with the text
+    edits and image blocks of the earlier pairs, blocked above mean + beta2 * std of the block's non-zero values.
+    Probabilities exist only on the M_i x M_j blocks; logits only per query chunk (fp32)."""
+    heads, _, d = q.shape
+    scale = 1.0 / math.sqrt(d)
+    kf = k.float()
+    in_mask = [m.new_zeros(layout.n_img, dtype=torch.float32).index_fill_(0, m, 1.0) for m in plan.members]
+    blocks: list[ImageBlock] = []
+    for p, (i, j) in enumerate(plan.pairs):
+        if not (plan.nonempty[i] and plan.nonempty[j]):
+            continue
+        parts, starts, done = {i: [], j: []}, {i: {}, j: {}}, {i: 0, j: 0}
+        for g_index, group in enumerate(plan.groups):
+            sides = [s for s in (i, j) if s in group.members]
+            if not sides:
+                continue
+            keys, _, keep, img0 = _edited_keys(kf, None, layout, *plan.text_edits(group, p), settings.alpha)
+            for s in sides:
+                starts[s][g_index] = done[s]
+                done[s] += group.rows.numel()
+            for c0, c1 in _chunks(group.rows.numel(), _rows_per_chunk(heads, keys.shape[-2])):
+                rows = layout.txt_len + group.rows[c0:c1]
+                logits = torch.matmul(q.index_select(-2, rows).float(), keys.transpose(-1, -2)).mul_(scale)
+                _add_mask(logits, _sub_mask(mask, rows, keep))
+                earlier = _image_blocks_of(g_index, blocks, c0, c1)
+                if earlier is not None:
+                    logits[..., img0:img0 + layout.n_img].masked_fill_(earlier, float("-inf"))
+                # softmax with one exp pass, in place; then the head mean on the image keys
+                weights = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+                p_img = (weights[..., img0:img0 + layout.n_img] / weights.sum(dim=-1, keepdim=True)).mean(dim=0)
+                for s in sides:  # zero outside M_other, as the reference's masked block
+                    parts[s].append(p_img * in_mask[j if s == i else i])
+        for s, t in ((i, j), (j, i)):
+            prob = torch.cat(parts[s])
+            mean, std = _nonzero_mean_std(prob)
+            blocked = (prob > mean + settings.beta_image * std).logical_and_(in_mask[t].bool())
+            blocks.append(ImageBlock(blocked, starts[s]))
+    return blocks
 
 
-def deleaker_attention(q, k, v, base, masks: torch.Tensor, layout: Layout, settings: Settings,
-                       batch_rows) -> torch.Tensor:
+def _group_attention(q_rows, k, v, g_index, group, plan, blocks, layout, settings, attend, mask, rows):
+    """[R, H*D] attention of one group's image rows (q_rows: [H, R, D]; rows: their joint-sequence indices) with
+    every edit: through the model's own attention with edited keys, or, where image keys are blocked, through one
+    fused SDPA call per query chunk with a boolean mask."""
+    heads = q_rows.shape[0]
+    keys, values, keep, img0 = _edited_keys(k, v, layout, *plan.text_edits(group), settings.alpha)
+    covering = [b for b in blocks if g_index in b.starts]
+    if not any(bool(b.rows_of(g_index, 0, group.rows.numel()).any()) for b in covering):
+        return attend(q_rows[None], keys[None], values[None], _batch_of_one(_sub_mask(mask, rows, keep)))[0]
+    out = []
+    for c0, c1 in _chunks(group.rows.numel(), _rows_per_chunk(heads, keys.shape[-2])):
+        allowed = torch.ones(c1 - c0, keys.shape[-2], dtype=torch.bool, device=q_rows.device)
+        allowed[:, img0:img0 + layout.n_img] = ~_image_blocks_of(g_index, covering, c0, c1)
+        attn_mask = allowed[None]
+        sub = _sub_mask(mask, rows[c0:c1], keep)
+        if sub is not None:
+            attn_mask = attn_mask & sub if sub.dtype == torch.bool else \
+                sub.to(q_rows.dtype).masked_fill(~attn_mask, float("-inf"))
+        o = F.scaled_dot_product_attention(q_rows[None, :, c0:c1], keys[None], values[None], attn_mask=attn_mask[None])
+        out.append(o[0].transpose(0, 1).reshape(c1 - c0, -1))
+    return torch.cat(out)
+
+
+def _edited_sample(q, k, v, attend, plan: MaskPlan, layout: Layout, settings: Settings, mask):
+    """[L, H*D] attention of one sample (q, k, v: [H, L, D]) with the edits in its image-query rows: one gather of
+    the queries into plan order, one call per row group, one scatter back."""
+    blocks = image_image_blocks(q, k, plan, layout, settings, mask) if settings.image_image else []
+    perm, n_plain = plan.query_order(layout.txt_len, q.shape[1])
+    q_perm = q.index_select(1, perm)
+    plain = _batch_of_one(_sub_mask(mask, perm[:n_plain], None))
+    pieces = [attend(q_perm[None, :, :n_plain], k[None], v[None], plain)[0]]
+    for g_index, group in enumerate(plan.groups):
+        at = n_plain + group.start - plan.n_plain
+        span = slice(at, at + group.rows.numel())
+        pieces.append(_group_attention(q_perm[:, span], k, v, g_index, group, plan, blocks, layout, settings,
+                                       attend, mask, perm[span]))
+    out = torch.cat([piece.to(pieces[0].dtype) for piece in pieces])
+    return torch.empty_like(out).index_copy_(0, perm, out)
+
+
+def deleaker_attention(q, k, v, attend, plans: list[MaskPlan], layout: Layout, settings: Settings, batch_rows,
+                       mask=None) -> torch.Tensor:
     """Attention output [B, L, H*D] with DeLeaker's edits in the image-query rows of `batch_rows`.
 
-    q, k, v: [B, H, L, D]; masks: [len(batch_rows), K, N]. ``base(batch_index, query_index)`` runs the unedited
-    attention (whatever backend or chained override the model uses) for those batch rows and query rows
-    (``None``: all) and returns [len(batch_index), rows, H*D]; it is never asked for the rows edited here.
-    """
-    b_count, heads, length, d = q.shape
+    q, k, v: [B, H, L, D]; plans: one MaskPlan per batch row in `batch_rows`; mask: the model's attention mask, if
+    any. ``attend(q, k, v, mask)`` is the model's own attention (whatever backend or chained override it uses) on
+    [b, H, *, D] tensors, returning [b, rows, H*D]: it runs every row DeLeaker leaves alone, and the edited rows
+    whose edits are all on text keys (those keys removed or scaled)."""
     edited = {}
+    given, mask = mask, attention_mask_4d(mask)
     if settings.edits_anything and len(layout.entities) >= 2:
-        for m, b in enumerate(batch_rows):
-            plan = plan_edits(q[b], k[b], masks[m], layout, settings)
-            rows, rows_out = edited_attention_rows(q[b], k[b], v[b], plan, layout, settings)
-            if rows_out is not None:
-                edited[b] = (layout.txt_len + rows, rows_out.transpose(0, 1).reshape(-1, heads * d))
-    plain = [b for b in range(b_count) if b not in edited]
-    out = None
+        for plan, b in zip(plans, batch_rows, strict=True):
+            if plan.groups:
+                sample_mask = None if mask is None else mask[b if mask.shape[0] > 1 else 0]
+                edited[b] = _edited_sample(q[b], k[b], v[b], attend, plan, layout, settings, sample_mask)
+    if not edited:
+        return attend(q, k, v, given)
+    plain = [b for b in range(q.shape[0]) if b not in edited]
+    parts = dict(edited)
     if plain:
-        part = base(plain, None)
-        out = part.new_empty(b_count, length, part.shape[-1])
-        out[plain] = part
-    for b, (rows, rows_out) in edited.items():
-        keep = torch.ones(length, dtype=torch.bool, device=q.device)
-        keep[rows] = False
-        part = base([b], keep.nonzero().flatten())
-        if out is None:
-            out = part.new_empty(b_count, length, part.shape[-1])
-        out[b, keep] = part[0]
-        out[b, rows] = rows_out.to(out.dtype)
-    return out
+        out = attend(q[plain], k[plain], v[plain], attention_mask_4d(mask, plain))
+        parts.update(zip(plain, out, strict=True))
+    dtype = next(iter(parts.values())).dtype
+    return torch.stack([parts[b].to(dtype) for b in range(q.shape[0])])

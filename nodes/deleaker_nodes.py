@@ -106,6 +106,7 @@ class _Run:
         self.history = deleaker.MaskHistory()
         self.call = None  # (layout, double blocks, single blocks, step, steps) of the model call in progress
         self.masks = None  # last masks used: [cond rows, K, N] bool
+        self.plans = None  # their MaskPlans, one per cond row
         self.layout = None  # the layout those masks belong to
         self.masks_key = None  # the history state they were made from
 
@@ -133,8 +134,9 @@ def _make_wrapper(run: _Run):
 
 def _make_override(run: _Run, previous):
     def override(func, *args, **kwargs):
-        def attention(*a):
-            return previous(func, *a, **kwargs) if previous is not None else func(*a, **kwargs)
+        def attention(*a, **changed):
+            kw = dict(kwargs, **changed) if changed else kwargs
+            return previous(func, *a, **kw) if previous is not None else func(*a, **kw)
 
         to = kwargs.get("transformer_options") or {}
         if run.call is None or to.get("block_type") not in ("double", "single") or not kwargs.get("skip_reshape") \
@@ -165,28 +167,23 @@ def _make_override(run: _Run, previous):
             run.history.reset()
         scores = None
         if in_history or run.history.mean is None or b <= hist_start:
-            scores = deleaker.entity_scores(q[rows], k[rows], layout)
+            scores = deleaker.entity_scores(q[rows], k[rows], layout,
+                                            deleaker.attention_mask_4d(kwargs.get("mask"), rows))
         if in_history:
             run.history.update(scores)
         if not intervene:
             return attention(*args)
         from_history = run.history.mean is not None and b > hist_start
         key = (run.history.epoch, run.history.count, layout) if from_history else None
-        if key is None or key != run.masks_key:  # a frozen history gives the same masks: make them once
+        if key is None or key != run.masks_key:  # a frozen history gives the same masks: plan them once
             use = run.history.mean if from_history else scores
             run.masks, run.layout, run.masks_key = deleaker.entity_masks(use, layout, run.settings), layout, key
-        masks = run.masks
-        if kwargs.get("mask") is not None:  # a backend mask over all rows: run the whole batch once, slice it
-            full = attention(*args)
+            run.plans = [deleaker.MaskPlan(m, run.settings) for m in run.masks]
 
-            def base(batch_index, query_index):
-                part = full[batch_index]
-                return part if query_index is None else part[:, query_index]
-        else:
-            def base(batch_index, query_index):
-                qb = q[batch_index] if query_index is None else q[batch_index][:, :, query_index]
-                return attention(qb, k[batch_index], v[batch_index], heads, *args[4:])
-        return deleaker.deleaker_attention(q, k, v, base, masks, layout, run.settings, rows)
+        def attend(qx, kx, vx, mask):  # the model's own attention on any rows and (edited) keys
+            return attention(qx, kx, vx, heads, *args[4:], mask=mask)
+
+        return deleaker.deleaker_attention(q, k, v, attend, run.plans, layout, run.settings, rows, kwargs.get("mask"))
 
     return override
 

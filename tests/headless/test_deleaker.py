@@ -102,6 +102,27 @@ def test_cfg_with_a_negative_of_another_length_batch_two(parts, sampler):
     assert run.masks.shape[0] == 2  # per-sample masks for the two cond rows
 
 
+def test_keeps_the_models_own_attention_mask(parts):
+    """An attention mask in the conditioning (as StyleModelApply's attn_bias writes it) reaches FLUX's attention;
+    DeLeaker keeps it in its statistics and in every edited row."""
+    length = parts["spec"].t5_length + 12 * 16  # text + the 192x256 px image's 12x16 tokens
+
+    def with_mask(bias):
+        return [[t, {**d, "attention_mask": bias, "attention_mask_img_shape": (12, 16)}] for t, d in parts["cond"]]
+
+    bias = torch.zeros(1, length, length)
+    bias[:, :, parts["spec"].t5_length + 40:parts["spec"].t5_length + 90] = -3.0  # attend less to some image keys
+    patched, run = deleak(parts)
+    masked = sample(parts, patched, positive=with_mask(bias), negative=parts["cond"], cfg=2.0)
+    assert torch.isfinite(masked).all() and bool(run.masks.any(dim=-1).all())
+    assert not torch.equal(masked, sample(parts, parts["model"], positive=with_mask(bias), negative=parts["cond"],
+                                          cfg=2.0))
+    unmasked = sample(parts, patched, cfg=2.0)
+    assert not torch.allclose(masked, unmasked, atol=1e-3)  # the mask is not dropped
+    zero = sample(parts, patched, positive=with_mask(torch.zeros(1, length, length)), cfg=2.0)
+    assert torch.allclose(zero, unmasked, atol=1e-4)  # ... and adds nothing of its own
+
+
 def test_masks_node_outputs(parts):
     patched, run = deleak(parts)
     sample(parts, patched, batch=2)

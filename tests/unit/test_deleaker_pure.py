@@ -19,8 +19,16 @@ def dl(leakless):
 # ---------------------------------------------------------------- the dense reference (one sample: [H, L, D])
 
 
-def dense_scores(q, k, txt, n_img, entities):
-    p = torch.softmax((q.double() @ k.double().transpose(-1, -2)) / math.sqrt(q.shape[-1]), dim=-1)
+def with_bias(s, bias):
+    """The model's attention mask added to the logits (bool: False = may not attend)."""
+    if bias is None:
+        return s
+    return s.masked_fill(~bias, float("-inf")) if bias.dtype == torch.bool else s + bias.double()
+
+
+def dense_scores(q, k, txt, n_img, entities, bias=None):
+    s = with_bias((q.double() @ k.double().transpose(-1, -2)) / math.sqrt(q.shape[-1]), bias)
+    p = torch.softmax(s, dim=-1)
     return torch.stack([p[:, txt:txt + n_img][:, :, list(t)].mean(-1).mean(0) for t in entities])  # [K, N]
 
 
@@ -51,10 +59,11 @@ def dense_masks(scores, grid, beta, smoothing=True):
     return torch.tensor(np.stack(out))
 
 
-def dense_attention(q, k, v, txt, n_img, entities, masks, st):
-    """The reference processor's intervention on one sample, written out in full."""
+def dense_attention(q, k, v, txt, n_img, entities, masks, st, bias=None):
+    """The reference processor's intervention on one sample, written out in full. The edits act on q.k logits; a
+    model's attention mask is added after them."""
     s = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    p = torch.softmax(s, dim=-1)
+    p = torch.softmax(with_bias(s, bias), dim=-1)
     img = slice(txt, txt + n_img)
     strengthened = set()
     for i, j in combinations(range(len(entities)), 2):
@@ -89,7 +98,7 @@ def dense_attention(q, k, v, txt, n_img, entities, masks, st):
                 block = s[:, img, img]
                 block[:, weighted > thr] = float("-inf")
                 s[:, img, img] = block
-        p = torch.softmax(s, dim=-1)
+        p = torch.softmax(with_bias(s, bias), dim=-1)
     return p @ v.double()  # [H, L, D]
 
 
@@ -113,18 +122,21 @@ def make(seed, heads=4, d=16, txt=12, grid=(6, 5), batch=2, blobs=True):
     return q, k, v
 
 
-def run_ours(dl, q, k, v, layout, masks, st, batch_rows):
-    import torch.nn.functional as F
+def sdpa(q, k, v, mask=None):
+    """The model's own attention in these tests: [b, H, Lq, D] -> [b, Lq, H*D]."""
+    o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return o.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
+
+def run_ours(dl, q, k, v, layout, masks, st, batch_rows, mask=None):
     asked = []
 
-    def base(batch_index, query_index):  # the model's own attention, for the rows DeLeaker leaves alone
-        qb = q[batch_index] if query_index is None else q[batch_index][:, :, query_index]
-        asked.append((list(batch_index), None if query_index is None else query_index.tolist()))
-        o = F.scaled_dot_product_attention(qb, k[batch_index], v[batch_index])
-        return o.transpose(1, 2).reshape(qb.shape[0], qb.shape[2], -1)
+    def attend(qx, kx, vx, m):  # records how many query rows each call to the model's attention gets
+        asked.append(qx.shape[2])
+        return sdpa(qx, kx, vx, m)
 
-    out = dl.deleaker_attention(q, k, v, base, masks, layout, st, batch_rows)
+    plans = [dl.MaskPlan(m, st) for m in masks]
+    out = dl.deleaker_attention(q, k, v, attend, plans, layout, st, batch_rows, mask)
     run_ours.asked = asked
     return out
 
@@ -170,17 +182,16 @@ def test_edited_attention_matches_dense(dl, n_entities, switch, monkeypatch):
     masks = dl.entity_masks(dl.entity_scores(q, k, layout), layout, st)[1:]  # row 1 is "cond"
     assert bool(masks.any(dim=-1).all()), "every entity needs a mask for the test to mean something"
     if st.image_image:
-        blocks = dl.plan_edits(q[1], k[1], masks[0], layout, st).blocked_image
-        assert blocks is not None and bool(blocks.any()), "image-image must block something"
+        blocks = dl.image_image_blocks(q[1], k[1], dl.MaskPlan(masks[0], st), layout, st)
+        assert any(bool(b.blocked.any()) for b in blocks), "image-image must block something"
     monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 45 * 5)
     out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1])
     ref = dense_attention(q[1], k[1], v[1], 12, layout.n_img, ents, masks[0], st)
     ref = ref.transpose(0, 1).reshape(q.shape[2], -1)
     assert torch.allclose(out[1].double(), ref, atol=2e-5), (out[1].double() - ref).abs().max()
-    base = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, q.shape[2], -1)
+    base = sdpa(q, k, v)
     assert torch.allclose(out[0], base[0], atol=1e-6)  # the uncond row is untouched
-    edited = [a for a in run_ours.asked if a[1] is not None]
-    assert all(len(rows) < q.shape[2] for _, rows in edited)  # edited rows are not computed twice
+    assert sum(run_ours.asked) <= 2 * q.shape[2]  # no row is computed twice
     assert torch.allclose(out[1, :12], base[1, :12], atol=1e-6)  # text queries are untouched
     assert torch.allclose(out[1, 12 + layout.n_img:], base[1, 12 + layout.n_img:], atol=1e-6)  # ref tokens too
     assert torch.isfinite(out).all()
@@ -206,12 +217,37 @@ def test_overlapping_masks_reference_and_exclusive(dl):
     assert torch.equal(exclusive[0].float().argmax(0), scores[0].argmax(0))
 
 
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_model_attention_mask_is_kept(dl, kind, monkeypatch):
+    """A mask the model passes to its attention (ComfyUI's [L, L], [B, L, L] or [B, H, L, L]) holds in the entity
+    scores, the image-image statistics and every edited row."""
+    q, k, v = make(5)
+    length, layout = q.shape[2], dl.Layout(12, (6, 5), ((2, 3), (5,), (8, 9, 10)))
+    g = torch.Generator().manual_seed(9)
+    if kind == "bool":  # per batch row; no row fully masked
+        mask = torch.rand(2, length, length, generator=g) > 0.2
+        mask[..., 0] = True
+    else:  # shared by the batch, per head
+        mask = torch.randn(1, 4, length, length, generator=g)
+    st = dl.Settings()
+    full = dl.attention_mask_4d(mask)
+    scores = dl.entity_scores(q[1:], k[1:], layout, dl.attention_mask_4d(mask, [1]))
+    bias = full[1 if full.shape[0] > 1 else 0]
+    assert torch.allclose(scores[0].double(), dense_scores(q[1], k[1], 12, 30, layout.entities, bias), atol=1e-6)
+    masks = dl.entity_masks(scores, layout, st)
+    monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 45 * 5)
+    out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], mask=mask)
+    ref = dense_attention(q[1], k[1], v[1], 12, 30, layout.entities, masks[0], st, bias)
+    assert torch.allclose(out[1].double(), ref.transpose(0, 1).reshape(length, -1), atol=2e-5)
+    assert torch.allclose(out[0], sdpa(q, k, v, full)[0], atol=1e-6)
+
+
 def test_no_edits_or_one_entity_is_identity(dl):
     q, k, v = make(3)
     layout = dl.Layout(12, (6, 5), ((2,), (5,)))
     masks = torch.ones(2, 2, 30, dtype=torch.bool)
     off = dl.Settings(cross_text=False, self_text=False, image_image=False)
-    base = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, 45, -1)
+    base = sdpa(q, k, v)
     assert torch.equal(run_ours(dl, q, k, v, layout, masks, off, [0, 1]), base)
     one = dl.Layout(12, (6, 5), ((2,),))
     assert torch.equal(run_ours(dl, q, k, v, one, masks[:, :1], dl.Settings(), [0, 1]), base)
