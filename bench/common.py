@@ -43,6 +43,22 @@ def flux_setup(hidden=512, heads=4, depth=2, single=2):
     return nodes, patcher, clip
 
 
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def peak_rss_during(fn) -> tuple[float, float]:
+    """(peak resident memory while fn runs, that peak minus the memory resident before it), in MB. Linux: the
+    process's high-water mark is reset first (/proc/self/clear_refs), so earlier peaks (model loading) don't count."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _rss_kb("VmRSS")
+    fn()
+    peak = _rss_kb("VmHWM")
+    return peak / 1024, (peak - before) / 1024
+
+
 def run_each_in_own_process(script, configs) -> dict:
     """Runs `script --config NAME` for every configuration, each in a fresh process so its peak memory (max RSS)
     is its own; each prints one JSON line. Returns {name: that JSON}."""

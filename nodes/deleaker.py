@@ -93,6 +93,12 @@ class Layout:
         return slice(self.txt_len, self.txt_len + self.n_img)
 
 
+def _softmax_parts_(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the last dim with one exp pass, in place: (exp(logits - max), 1 / row sums)."""
+    weights = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+    return weights, weights.sum(dim=-1, keepdim=True).reciprocal_()
+
+
 def _rows_per_chunk(heads: int, keys: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, heads * keys))
 
@@ -103,21 +109,30 @@ def entity_scores(q: torch.Tensor, k: torch.Tensor, layout: Layout, mask=None) -
     q, k: [B, H, L, D] after RoPE; mask: the model's attention mask for these rows ([B or 1, H or 1, L, L]) or None.
     Only [B, H, chunk, L] logits exist at a time.
     """
+    return scores_and_image_probs(q, k, layout, mask, image_probs=False)[0]
+
+
+def scores_and_image_probs(q, k, layout: Layout, mask=None, image_probs=True):
+    """entity_scores, and (image_probs) from the same logits the head-averaged image->image probabilities
+    [B, N, N] that the first entity pair's image-image statistics need, so a layer that updates the mask history
+    does not compute them twice."""
     b, h, length, d = q.shape
     scale = 1.0 / math.sqrt(d)
     cols = [layout.entity_index(e, q.device) for e in range(len(layout.entities))]
     kf = k.float()
     out = torch.empty(b, len(cols), layout.n_img, device=q.device, dtype=torch.float32)
-    step = _rows_per_chunk(h, length)
-    for start in range(0, layout.n_img, step):
-        rows = slice(layout.txt_len + start, layout.txt_len + min(start + step, layout.n_img))
+    probs = torch.empty(b, layout.n_img, layout.n_img, device=q.device) if image_probs else None
+    for start, end in _chunks(layout.n_img, _rows_per_chunk(h, length)):
+        rows = slice(layout.txt_len + start, layout.txt_len + end)
         logits = torch.matmul(q[:, :, rows].float(), kf.transpose(-1, -2)).mul_(scale)
         if mask is not None:
             _add_mask(logits, mask[:, :, rows])
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        weights, norm = _softmax_parts_(logits)
         for e, c in enumerate(cols):
-            out[:, e, start:start + logits.shape[2]] = (logits[..., c] - lse).exp().mean(dim=(-1, 1))
-    return out
+            out[:, e, start:end] = (weights[..., c] * norm).mean(dim=(-1, 1))
+        if probs is not None:
+            probs[:, start:end] = weights[..., layout.img].mul_(norm).mean(dim=1)
+    return out, probs
 
 
 class MaskHistory:
@@ -241,17 +256,18 @@ class MaskPlan:
         self.settings = settings
         self.pairs = list(combinations(range(n_ent), 2))
         self.members = [m.nonzero().flatten() for m in masks]  # image rows of each entity's mask
-        code = (masks.long() << torch.arange(n_ent, device=masks.device)[:, None]).sum(0)  # membership bits
-        self.order = torch.argsort(code, stable=True)
-        counts = torch.bincount(code, minlength=1 << n_ent).tolist()
-        self.n_plain = counts[0]
+        # membership patterns, sorted (so "in no mask" comes first), and each row's pattern
+        patterns, which = torch.unique(masks.t(), dim=0, return_inverse=True)
+        self.order = torch.argsort(which, stable=True)
+        counts = torch.bincount(which, minlength=patterns.shape[0]).tolist()
         self.groups: list[RowGroup] = []
-        start = counts[0]
-        for bits, count in enumerate(counts[1:], start=1):
-            if count:
-                members = tuple(e for e in range(n_ent) if bits >> e & 1)
+        start = 0
+        for pattern, count in zip(patterns.tolist(), counts, strict=True):
+            members = tuple(e for e in range(n_ent) if pattern[e])
+            if members:
                 self.groups.append(RowGroup(self.order[start:start + count], members, start))
-                start += count
+            start += count
+        self.n_plain = self.groups[0].start if self.groups else start
         self.nonempty = [m.numel() > 0 for m in self.members]
         self._query_order = {}
 
@@ -328,11 +344,13 @@ def _nonzero_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, var.sqrt()
 
 
-def image_image_blocks(q, k, plan: MaskPlan, layout: Layout, settings: Settings, mask=None) -> list[ImageBlock]:
+def image_image_blocks(q, k, plan: MaskPlan, layout: Layout, settings: Settings, mask=None,
+                       first_pair_probs=None) -> list[ImageBlock]:
     """The image-image edit of one sample (q, k: [H, L, D]; mask: its [H or 1, L, L] attention mask), pair by pair
     as the reference does: the head-averaged probability of rows of M_i on keys of M_j (and back), with the text
     edits and image blocks of the earlier pairs, blocked above mean + beta2 * std of the block's non-zero values.
-    Probabilities exist only on the M_i x M_j blocks; logits only per query chunk (fp32)."""
+    Logits exist only per query chunk (fp32). The first pair sees no earlier edits, so its probabilities may be
+    given ([N, N], from scores_and_image_probs)."""
     heads, _, d = q.shape
     scale = 1.0 / math.sqrt(d)
     kf = k.float()
@@ -350,6 +368,11 @@ def image_image_blocks(q, k, plan: MaskPlan, layout: Layout, settings: Settings,
             for s in sides:
                 starts[s][g_index] = done[s]
                 done[s] += group.rows.numel()
+            if p == 0 and first_pair_probs is not None:
+                p_img = first_pair_probs.index_select(0, group.rows)
+                for s in sides:
+                    parts[s].append(p_img * in_mask[j if s == i else i])
+                continue
             for c0, c1 in _chunks(group.rows.numel(), _rows_per_chunk(heads, keys.shape[-2])):
                 rows = layout.txt_len + group.rows[c0:c1]
                 logits = torch.matmul(q.index_select(-2, rows).float(), keys.transpose(-1, -2)).mul_(scale)
@@ -357,9 +380,8 @@ def image_image_blocks(q, k, plan: MaskPlan, layout: Layout, settings: Settings,
                 earlier = _image_blocks_of(g_index, blocks, c0, c1)
                 if earlier is not None:
                     logits[..., img0:img0 + layout.n_img].masked_fill_(earlier, float("-inf"))
-                # softmax with one exp pass, in place; then the head mean on the image keys
-                weights = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
-                p_img = (weights[..., img0:img0 + layout.n_img] / weights.sum(dim=-1, keepdim=True)).mean(dim=0)
+                weights, norm = _softmax_parts_(logits)
+                p_img = weights[..., img0:img0 + layout.n_img].mul_(norm).mean(dim=0)  # head mean: [rows, N]
                 for s in sides:  # zero outside M_other, as the reference's masked block
                     parts[s].append(p_img * in_mask[j if s == i else i])
         for s, t in ((i, j), (j, i)):
@@ -393,10 +415,10 @@ def _group_attention(q_rows, k, v, g_index, group, plan, blocks, layout, setting
     return torch.cat(out)
 
 
-def _edited_sample(q, k, v, attend, plan: MaskPlan, layout: Layout, settings: Settings, mask):
+def _edited_sample(q, k, v, attend, plan: MaskPlan, layout: Layout, settings: Settings, mask, probs):
     """[L, H*D] attention of one sample (q, k, v: [H, L, D]) with the edits in its image-query rows: one gather of
     the queries into plan order, one call per row group, one scatter back."""
-    blocks = image_image_blocks(q, k, plan, layout, settings, mask) if settings.image_image else []
+    blocks = image_image_blocks(q, k, plan, layout, settings, mask, probs) if settings.image_image else []
     perm, n_plain = plan.query_order(layout.txt_len, q.shape[1])
     q_perm = q.index_select(1, perm)
     plain = _batch_of_one(_sub_mask(mask, perm[:n_plain], None))
@@ -411,20 +433,22 @@ def _edited_sample(q, k, v, attend, plan: MaskPlan, layout: Layout, settings: Se
 
 
 def deleaker_attention(q, k, v, attend, plans: list[MaskPlan], layout: Layout, settings: Settings, batch_rows,
-                       mask=None) -> torch.Tensor:
+                       mask=None, image_probs=None) -> torch.Tensor:
     """Attention output [B, L, H*D] with DeLeaker's edits in the image-query rows of `batch_rows`.
 
     q, k, v: [B, H, L, D]; plans: one MaskPlan per batch row in `batch_rows`; mask: the model's attention mask, if
-    any. ``attend(q, k, v, mask)`` is the model's own attention (whatever backend or chained override it uses) on
+    any; image_probs: this layer's [len(batch_rows), N, N] from scores_and_image_probs, if made.
+    ``attend(q, k, v, mask)`` is the model's own attention (whatever backend or chained override it uses) on
     [b, H, *, D] tensors, returning [b, rows, H*D]: it runs every row DeLeaker leaves alone, and the edited rows
     whose edits are all on text keys (those keys removed or scaled)."""
     edited = {}
     given, mask = mask, attention_mask_4d(mask)
     if settings.edits_anything and len(layout.entities) >= 2:
-        for plan, b in zip(plans, batch_rows, strict=True):
+        for m, (plan, b) in enumerate(zip(plans, batch_rows, strict=True)):
             if plan.groups:
                 sample_mask = None if mask is None else mask[b if mask.shape[0] > 1 else 0]
-                edited[b] = _edited_sample(q[b], k[b], v[b], attend, plan, layout, settings, sample_mask)
+                probs = None if image_probs is None else image_probs[m]
+                edited[b] = _edited_sample(q[b], k[b], v[b], attend, plan, layout, settings, sample_mask, probs)
     if not edited:
         return attend(q, k, v, given)
     plain = [b for b in range(q.shape[0]) if b not in edited]

@@ -165,10 +165,11 @@ def _make_override(run: _Run, previous):
             return attention(*args)
         if b == hist_start:
             run.history.reset()
-        scores = None
+        scores = probs = None
         if in_history or run.history.mean is None or b <= hist_start:
-            scores = deleaker.entity_scores(q[rows], k[rows], layout,
-                                            deleaker.attention_mask_4d(kwargs.get("mask"), rows))
+            scores, probs = deleaker.scores_and_image_probs(
+                q[rows], k[rows], layout, deleaker.attention_mask_4d(kwargs.get("mask"), rows),
+                image_probs=intervene and run.settings.image_image)
         if in_history:
             run.history.update(scores)
         if not intervene:
@@ -183,7 +184,8 @@ def _make_override(run: _Run, previous):
         def attend(qx, kx, vx, mask):  # the model's own attention on any rows and (edited) keys
             return attention(qx, kx, vx, heads, *args[4:], mask=mask)
 
-        return deleaker.deleaker_attention(q, k, v, attend, run.plans, layout, run.settings, rows, kwargs.get("mask"))
+        return deleaker.deleaker_attention(q, k, v, attend, run.plans, layout, run.settings, rows, kwargs.get("mask"),
+                                           probs)
 
     return override
 

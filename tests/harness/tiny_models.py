@@ -50,6 +50,14 @@ def flux_cfg(hidden=128, heads=1, depth=1, single=1, ctx=64, vec=32, guidance=Tr
                 axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=guidance)
 
 
+def chroma_cfg(hidden=128, heads=1, depth=2, single=2, ctx=64):
+    """Chroma: FLUX's blocks with an approximator instead of the vector input (built in memory: ComfyUI's detection
+    fixes the approximator at full size)."""
+    return dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=ctx, hidden_size=hidden,
+                mlp_ratio=4.0, num_heads=heads, depth=depth, depth_single_blocks=single, axes_dim=[16, 56, 56],
+                theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=hidden, hidden_dim=64, n_layers=1)
+
+
 def sdxl_cfg(mc=32, mult=(1, 2), nres=(1, 1), td=(0, 1), tdo=(0, 0, 4, 4), mid=1, ctx=64, pooled=32, head_ch=32):
     return dict(use_checkpoint=False, image_size=32, use_spatial_transformer=True, legacy=False,
                 num_classes="sequential", adm_in_channels=pooled + 1536, in_channels=4, out_channels=4,

@@ -123,6 +123,35 @@ def test_keeps_the_models_own_attention_mask(parts):
     assert torch.allclose(zero, unmasked, atol=1e-4)  # ... and adds nothing of its own
 
 
+def test_kontext_reference_tokens_stay_out_of_the_image_set(parts):
+    """Flux Kontext's reference latents (ReferenceLatent) add image tokens after the generated ones: DeLeaker's masks
+    cover only the generated image's grid and the run stays finite."""
+    reference = {"samples": torch.randn(1, 16, 128 // 8, 96 // 8)}
+    positive = parts["m"]["ReferenceLatent"].execute(conditioning=parts["cond"], latent=reference).args[0]
+    patched, run = deleak(parts)
+    out = sample(parts, patched, positive=positive, negative=parts["cond"], cfg=2.0)
+    plain = sample(parts, parts["model"], positive=positive, negative=parts["cond"], cfg=2.0)
+    assert torch.isfinite(out).all() and not torch.equal(out, plain)
+    assert run.layout.grid == (192 // 16, 256 // 16) and run.masks.shape[-1] == 12 * 16
+    assert bool(run.masks.any(dim=-1).all())
+
+
+def test_chroma_shares_the_blocks(parts):
+    """Chroma runs FLUX's double and single blocks: DeLeaker patches it the same way."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+    import tiny_models
+
+    unet = tiny_models.build_unet(comfy.supported_models.Chroma, tiny_models.chroma_cfg())
+    chroma = comfy.model_patcher.ModelPatcher(unet, load_device=comfy.model_management.get_torch_device(),
+                                              offload_device=comfy.model_management.unet_offload_device())
+    patched, run = deleak(parts, model=chroma)
+    out = sample(parts, patched, cfg=2.0)
+    assert torch.isfinite(out).all() and not torch.equal(out, sample(parts, chroma, cfg=2.0))
+    assert run.masks.shape == (1, 2, 12 * 16) and bool(run.masks.any(dim=-1).all())
+
+
 def test_masks_node_outputs(parts):
     patched, run = deleak(parts)
     sample(parts, patched, batch=2)

@@ -128,7 +128,7 @@ def sdpa(q, k, v, mask=None):
     return o.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
 
-def run_ours(dl, q, k, v, layout, masks, st, batch_rows, mask=None):
+def run_ours(dl, q, k, v, layout, masks, st, batch_rows, mask=None, image_probs=None):
     asked = []
 
     def attend(qx, kx, vx, m):  # records how many query rows each call to the model's attention gets
@@ -136,7 +136,7 @@ def run_ours(dl, q, k, v, layout, masks, st, batch_rows, mask=None):
         return sdpa(qx, kx, vx, m)
 
     plans = [dl.MaskPlan(m, st) for m in masks]
-    out = dl.deleaker_attention(q, k, v, attend, plans, layout, st, batch_rows, mask)
+    out = dl.deleaker_attention(q, k, v, attend, plans, layout, st, batch_rows, mask, image_probs)
     run_ours.asked = asked
     return out
 
@@ -195,6 +195,11 @@ def test_edited_attention_matches_dense(dl, n_entities, switch, monkeypatch):
     assert torch.allclose(out[1, :12], base[1, :12], atol=1e-6)  # text queries are untouched
     assert torch.allclose(out[1, 12 + layout.n_img:], base[1, 12 + layout.n_img:], atol=1e-6)  # ref tokens too
     assert torch.isfinite(out).all()
+    if st.image_image:  # the first pair's probabilities taken from the mask-history pass give the same result
+        scores, probs = dl.scores_and_image_probs(q[1:], k[1:], layout)
+        assert torch.equal(scores, dl.entity_scores(q[1:], k[1:], layout))
+        shared = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], image_probs=probs)
+        assert torch.allclose(shared, out, atol=1e-6)
 
 
 def test_overlapping_masks_reference_and_exclusive(dl):
