@@ -36,7 +36,8 @@ from itertools import combinations
 import torch
 import torch.nn.functional as F
 
-CHUNK_ELEMENTS = 1 << 25  # fp32 logits per chunk (128 MiB): bounds every temporary of this module
+CHUNK_ELEMENTS = 1 << 25  # fp32 logits per chunk (128 MiB): bounds every per-chunk temporary of this module
+IMAGE_PROBS_ELEMENTS = 1 << 27  # keep the mask-history pass's image->image probabilities up to 512 MiB (2 x 1024²)
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,10 @@ def entity_scores(q: torch.Tensor, k: torch.Tensor, layout: Layout, mask=None) -
 def scores_and_image_probs(q, k, layout: Layout, mask=None, image_probs=True):
     """entity_scores, and (image_probs) from the same logits the head-averaged image->image probabilities
     [B, N, N] that the first entity pair's image-image statistics need, so a layer that updates the mask history
-    does not compute them twice."""
+    does not compute them twice; None where they would exceed IMAGE_PROBS_ELEMENTS (the statistics then make
+    their own)."""
     b, h, length, d = q.shape
+    image_probs = image_probs and b * layout.n_img ** 2 <= IMAGE_PROBS_ELEMENTS
     scale = 1.0 / math.sqrt(d)
     cols = [layout.entity_index(e, q.device) for e in range(len(layout.entities))]
     kf = k.float()

@@ -200,6 +200,8 @@ def test_edited_attention_matches_dense(dl, n_entities, switch, monkeypatch):
         assert torch.equal(scores, dl.entity_scores(q[1:], k[1:], layout))
         shared = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], image_probs=probs)
         assert torch.allclose(shared, out, atol=1e-6)
+        monkeypatch.setattr(dl, "IMAGE_PROBS_ELEMENTS", layout.n_img ** 2 - 1)  # too large: not kept
+        assert dl.scores_and_image_probs(q[1:], k[1:], layout)[1] is None
 
 
 def test_overlapping_masks_reference_and_exclusive(dl):
