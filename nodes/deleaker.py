@@ -272,6 +272,7 @@ class MaskPlan:
             start += count
         self.n_plain = self.groups[0].start if self.groups else start
         self.nonempty = [m.numel() > 0 for m in self.members]
+        self.masks, self.in_mask = masks, masks.float()  # [K, N] bool, and 1.0 inside each mask
         self._query_order = {}
 
     def text_edits(self, group: RowGroup, pairs: int | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -357,7 +358,6 @@ def image_image_blocks(q, k, plan: MaskPlan, layout: Layout, settings: Settings,
     heads, _, d = q.shape
     scale = 1.0 / math.sqrt(d)
     kf = k.float()
-    in_mask = [m.new_zeros(layout.n_img, dtype=torch.float32).index_fill_(0, m, 1.0) for m in plan.members]
     blocks: list[ImageBlock] = []
     for p, (i, j) in enumerate(plan.pairs):
         if not (plan.nonempty[i] and plan.nonempty[j]):
@@ -374,7 +374,7 @@ def image_image_blocks(q, k, plan: MaskPlan, layout: Layout, settings: Settings,
             if p == 0 and first_pair_probs is not None:
                 p_img = first_pair_probs.index_select(0, group.rows)
                 for s in sides:
-                    parts[s].append(p_img * in_mask[j if s == i else i])
+                    parts[s].append(p_img * plan.in_mask[j if s == i else i])
                 continue
             for c0, c1 in _chunks(group.rows.numel(), _rows_per_chunk(heads, keys.shape[-2])):
                 rows = layout.txt_len + group.rows[c0:c1]
@@ -386,11 +386,11 @@ def image_image_blocks(q, k, plan: MaskPlan, layout: Layout, settings: Settings,
                 weights, norm = _softmax_parts_(logits)
                 p_img = weights[..., img0:img0 + layout.n_img].mul_(norm).mean(dim=0)  # head mean: [rows, N]
                 for s in sides:  # zero outside M_other, as the reference's masked block
-                    parts[s].append(p_img * in_mask[j if s == i else i])
+                    parts[s].append(p_img * plan.in_mask[j if s == i else i])
         for s, t in ((i, j), (j, i)):
             prob = torch.cat(parts[s])
             mean, std = _nonzero_mean_std(prob)
-            blocked = (prob > mean + settings.beta_image * std).logical_and_(in_mask[t].bool())
+            blocked = (prob > mean + settings.beta_image * std).logical_and_(plan.masks[t])
             blocks.append(ImageBlock(blocked, starts[s]))
     return blocks
 
