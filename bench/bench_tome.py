@@ -41,8 +41,6 @@ def setup():
     nodes = comfy_env.import_comfy()
     tiny_models.write_all(str(comfy_env.BASE / "models"))
     comfy_env.load_all_nodes()
-    import comfy.model_management
-    import comfy.model_patcher
     import comfy.supported_models
     import torch
 
@@ -50,8 +48,7 @@ def setup():
     cfg = tiny_models.sdxl_cfg(mc=64, mult=(1, 2, 4), nres=(2, 2, 2), td=(0, 0, 2, 2, 4, 4),
                                tdo=(0, 0, 0, 2, 2, 2, 4, 4, 4), mid=4, head_ch=64)
     model = tiny_models.build_unet(comfy.supported_models.SDXL, cfg)
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                               offload_device=comfy.model_management.unet_offload_device())
+    patcher = tiny_models.patcher(model)
     clip = nodes.CheckpointLoaderSimple().load_checkpoint("sd_xl_base_1.0.safetensors")[1]
     return nodes, patcher, clip
 

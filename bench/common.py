@@ -29,16 +29,12 @@ def flux_setup(hidden=512, heads=4, depth=2, single=2):
     nodes = comfy_env.import_comfy()
     tiny_models.write_all(str(comfy_env.BASE / "models"))
     comfy_env.load_all_nodes()
-    import comfy.model_management
-    import comfy.model_patcher
     import comfy.supported_models
     import torch
 
     torch.set_num_threads(2)
-    model = tiny_models.build_unet(comfy.supported_models.Flux,
-                                   tiny_models.flux_cfg(hidden=hidden, heads=heads, depth=depth, single=single))
-    patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                               offload_device=comfy.model_management.unet_offload_device())
+    patcher = tiny_models.patcher(tiny_models.build_unet(
+        comfy.supported_models.Flux, tiny_models.flux_cfg(hidden=hidden, heads=heads, depth=depth, single=single)))
     clip = nodes.DualCLIPLoader().load_clip("t5xxl_fp16.safetensors", "clip_l.safetensors", "flux")[0]
     return nodes, patcher, clip
 

@@ -273,11 +273,17 @@ class MaskPlan:
         self.n_plain = self.groups[0].start if self.groups else start
         self.nonempty = [m.numel() > 0 for m in self.members]
         self.masks, self.in_mask = masks, masks.float()  # [K, N] bool, and 1.0 inside each mask
-        self._query_order = {}
+        self._query_order, self._text_edits = {}, {}
 
     def text_edits(self, group: RowGroup, pairs: int | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(entities whose tokens the group's rows may not see, exponent of alpha on each entity's logits) after
         the first `pairs` entity pairs (all by default), in the reference's pair order."""
+        key = (group.start, pairs)
+        if key not in self._text_edits:
+            self._text_edits[key] = self._edits_after(group, pairs)
+        return self._text_edits[key]
+
+    def _edits_after(self, group: RowGroup, pairs: int | None):
         st = self.settings
         blocked, powers = set(), [0] * len(self.members)
         for i, j in self.pairs[:pairs]:

@@ -121,7 +121,8 @@ def save(sd, path, metadata=None):
     comfy.utils.save_torch_file({k: v.contiguous() for k, v in sd.items()}, path, metadata=metadata)
 
 
-def _patcher(model):
+def patcher(model):
+    """A ModelPatcher around a model built in memory, as the loaders make one."""
     import comfy.model_management
     import comfy.model_patcher
 
@@ -158,14 +159,14 @@ def write_all(models_dir):
          tiny_meta(te={"clip_g_model_config": TINY_CLIP_G}))
     save(build_taesd(16), paths["flux_vae"])
     save(build_taesd(4), paths["sdxl_vae"])
-    comfy.sd.save_checkpoint(paths["sdxl_ckpt"], _patcher(build_unet(comfy.supported_models.SDXL, sdxl_cfg())),
+    comfy.sd.save_checkpoint(paths["sdxl_ckpt"], patcher(build_unet(comfy.supported_models.SDXL, sdxl_cfg())),
                              xl_clip, comfy.sd.VAE(sd=build_taesd(4)),
                              metadata=tiny_meta("SDXL", {"num_head_channels": 32},
                                                 {"clip_l_model_config": TINY_CLIP_L,
                                                  "clip_g_model_config": TINY_CLIP_G}))
     sd15_clip = build_clip(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
     comfy.sd.save_checkpoint(paths["sd15_ckpt"],
-                             _patcher(build_unet(comfy.supported_models.SD15, sd15_cfg())), sd15_clip,
+                             patcher(build_unet(comfy.supported_models.SD15, sd15_cfg())), sd15_clip,
                              comfy.sd.VAE(sd=build_taesd(4)),
                              metadata=tiny_meta("SD15", {"num_head_channels": 32},
                                                 {"clip_l_model_config": TINY_CLIP_L}))

@@ -138,14 +138,10 @@ def test_kontext_reference_tokens_stay_out_of_the_image_set(parts):
 
 def test_chroma_shares_the_blocks(parts):
     """Chroma runs FLUX's double and single blocks: DeLeaker patches it the same way."""
-    import comfy.model_management
-    import comfy.model_patcher
     import comfy.supported_models
     import tiny_models
 
-    unet = tiny_models.build_unet(comfy.supported_models.Chroma, tiny_models.chroma_cfg())
-    chroma = comfy.model_patcher.ModelPatcher(unet, load_device=comfy.model_management.get_torch_device(),
-                                              offload_device=comfy.model_management.unet_offload_device())
+    chroma = tiny_models.patcher(tiny_models.build_unet(comfy.supported_models.Chroma, tiny_models.chroma_cfg()))
     patched, run = deleak(parts, model=chroma)
     out = sample(parts, patched, cfg=2.0)
     assert torch.isfinite(out).all() and not torch.equal(out, sample(parts, chroma, cfg=2.0))
