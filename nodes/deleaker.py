@@ -4,7 +4,8 @@ Pure PyTorch; the ComfyUI glue is ``deleaker_nodes.py``. The reference implement
 B x H x L x L logits and a same-sized history in every layer; here nothing of that size exists:
 
 - entity scores (image query -> entity text tokens, averaged over the entity's tokens and the heads) need only the
-  image rows' log-sum-exp, computed over query chunks of bounded size;
+  image rows' normalisers: on a GPU one fused attention call per query chunk whose values are the entity
+  indicators gives them without writing any logits; on a CPU the logits of one query chunk at a time;
 - the mask history is the running mean of those scores ([B, K, N]), which equals the reference's running mean of
   the full probabilities read at the same columns (the mean is linear);
 - text edits are key edits: blocking entity j's tokens for rows of M_i drops those keys, and multiplying the
@@ -104,13 +105,17 @@ def _rows_per_chunk(heads: int, keys: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(1, heads * keys))
 
 
-def entity_scores(q: torch.Tensor, k: torch.Tensor, layout: Layout, mask=None) -> torch.Tensor:
+def entity_scores(q: torch.Tensor, k: torch.Tensor, layout: Layout, mask=None, fused: bool | None = None):
     """mean over heads and each entity's tokens of softmax(q k^T / sqrt(d)) on the image rows: [B, K, N].
 
     q, k: [B, H, L, D] after RoPE; mask: the model's attention mask for these rows ([B or 1, H or 1, L, L]) or None.
-    Only [B, H, chunk, L] logits exist at a time.
+    fused (None: on every device but the CPU) reads the scores off one fused fp32 attention call per query chunk
+    whose values are the entity indicators, so no logits are written to memory; otherwise [B, H, chunk, L] logits
+    exist one chunk at a time (faster on a CPU, where the fused kernel's value product costs more than it saves).
     """
-    return scores_and_image_probs(q, k, layout, mask, image_probs=False)[0]
+    if fused is None:
+        fused = q.device.type != "cpu"
+    return _fused_scores(q, k, layout, mask) if fused else _chunked_scores(q, k, layout, mask, image_probs=False)[0]
 
 
 def scores_and_image_probs(q, k, layout: Layout, mask=None, image_probs=True):
@@ -118,8 +123,33 @@ def scores_and_image_probs(q, k, layout: Layout, mask=None, image_probs=True):
     [B, N, N] that the first entity pair's image-image statistics need, so a layer that updates the mask history
     does not compute them twice; None where they would exceed IMAGE_PROBS_ELEMENTS (the statistics then make
     their own)."""
+    if image_probs and q.shape[0] * layout.n_img ** 2 <= IMAGE_PROBS_ELEMENTS:
+        return _chunked_scores(q, k, layout, mask, image_probs=True)
+    return entity_scores(q, k, layout, mask), None
+
+
+def _fused_scores(q, k, layout: Layout, mask):
     b, h, length, d = q.shape
-    image_probs = image_probs and b * layout.n_img ** 2 <= IMAGE_PROBS_ELEMENTS
+    n_ent = len(layout.entities)
+    width = max(d, n_ent)  # the fused kernels want the values' head size to equal the keys'
+    indicator = torch.zeros(length, width, device=q.device)
+    for e in range(n_ent):
+        indicator[layout.entity_index(e, q.device), e] = 1.0 / len(layout.entities[e])
+    values, kf = indicator.expand(b, h, length, width), k.float()
+    out = torch.empty(b, n_ent, layout.n_img, device=q.device)
+    for start, end in _chunks(layout.n_img, _rows_per_chunk(h, length)):
+        rows = slice(layout.txt_len + start, layout.txt_len + end)
+        sub = None if mask is None else mask[:, :, rows]
+        mass = F.scaled_dot_product_attention(q[:, :, rows].float(), kf, values, attn_mask=sub)[..., :n_ent]
+        if sub is not None:  # a row with no key left is NaN, as its softmax is (the fused kernels give 0)
+            dead = ~sub.any(-1) if sub.dtype == torch.bool else torch.isneginf(sub).all(-1)
+            mass = mass.masked_fill(dead[..., None], float("nan"))
+        out[:, :, start:end] = mass.mean(dim=1).transpose(1, 2)
+    return out
+
+
+def _chunked_scores(q, k, layout: Layout, mask, image_probs: bool):
+    b, h, length, d = q.shape
     scale = 1.0 / math.sqrt(d)
     cols = [layout.entity_index(e, q.device) for e in range(len(layout.entities))]
     kf = k.float()
@@ -127,7 +157,7 @@ def scores_and_image_probs(q, k, layout: Layout, mask=None, image_probs=True):
     probs = torch.empty(b, layout.n_img, layout.n_img, device=q.device) if image_probs else None
     for start, end in _chunks(layout.n_img, _rows_per_chunk(h, length)):
         rows = slice(layout.txt_len + start, layout.txt_len + end)
-        logits = torch.matmul(q[:, :, rows].float(), kf.transpose(-1, -2)).mul_(scale)
+        logits = torch.matmul(q[:, :, rows].float() * scale, kf.transpose(-1, -2))
         if mask is not None:
             _add_mask(logits, mask[:, :, rows])
         weights, norm = _softmax_parts_(logits)
@@ -384,7 +414,7 @@ def image_image_blocks(q, k, plan: MaskPlan, layout: Layout, settings: Settings,
                 continue
             for c0, c1 in _chunks(group.rows.numel(), _rows_per_chunk(heads, keys.shape[-2])):
                 rows = layout.txt_len + group.rows[c0:c1]
-                logits = torch.matmul(q.index_select(-2, rows).float(), keys.transpose(-1, -2)).mul_(scale)
+                logits = torch.matmul(q.index_select(-2, rows).float() * scale, keys.transpose(-1, -2))
                 _add_mask(logits, _sub_mask(mask, rows, keep))
                 earlier = _image_blocks_of(g_index, blocks, c0, c1)
                 if earlier is not None:

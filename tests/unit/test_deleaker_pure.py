@@ -155,12 +155,13 @@ SWITCHES = {
 # ------------------------------------------------------------------------------------------------- tests
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["chunked", "fused"])
 @pytest.mark.parametrize("grid", [(6, 5), (4, 9), (7, 7)])
-def test_entity_scores_and_masks_match_dense(dl, grid, monkeypatch):
+def test_entity_scores_and_masks_match_dense(dl, grid, fused, monkeypatch):
     q, k, _ = make(0, grid=grid)
     layout = dl.Layout(12, grid, ((2, 3), (5,), (8, 9, 10)))
     monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 50 * 7)  # force several query chunks
-    ours = dl.entity_scores(q, k, layout)
+    ours = dl.entity_scores(q, k, layout, fused=fused)
     for b in range(q.shape[0]):
         ref = dense_scores(q[b], k[b], 12, layout.n_img, layout.entities)
         assert torch.allclose(ours[b].double(), ref, atol=1e-6)
@@ -241,6 +242,16 @@ def test_model_attention_mask_is_kept(dl, kind, monkeypatch):
     scores = dl.entity_scores(q[1:], k[1:], layout, dl.attention_mask_4d(mask, [1]))
     bias = full[1 if full.shape[0] > 1 else 0]
     assert torch.allclose(scores[0].double(), dense_scores(q[1], k[1], 12, 30, layout.entities, bias), atol=1e-6)
+    fused = dl.entity_scores(q[1:], k[1:], layout, dl.attention_mask_4d(mask, [1]), fused=True)
+    assert torch.allclose(fused, scores, atol=1e-6)
+    dead = mask.clone()  # an image row that may attend to nothing: NaN on both paths, as the softmax gives
+    if kind == "bool":
+        dead[..., 12 + 4, :] = False
+    else:
+        dead[..., 12 + 4, :] = float("-inf")
+    for way in (False, True):
+        out = dl.entity_scores(q[1:], k[1:], layout, dl.attention_mask_4d(dead, [1]), fused=way)
+        assert torch.isnan(out[..., 4]).all() and not torch.isnan(out[..., 5]).any()
     masks = dl.entity_masks(scores, layout, st)
     monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 45 * 5)
     out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], mask=mask)
