@@ -7,7 +7,12 @@ CPU: a mid-size random-weight FLUX-shaped model built in memory with ComfyUI's c
 configuration runs in its own process; peak memory is the resident high-water mark during its first sampling.
 "dense" is the reference algorithm written with full B x H x L x L matrices and a full-matrix history, as the
 paper's code does it.
-Writes bench/results/deleaker.md. FLUX.1 dimensions on a GPU need a lent GPU machine: not measured here.
+Writes bench/results/deleaker.md.
+
+    python bench/bench_deleaker.py --gpu           (a CUDA GPU; --gpu --smoke checks the code on a CPU)
+
+GPU: FLUX.1's transformer dimensions (19 + 38 blocks, hidden 3072, 24 heads), random weights, bf16, 512² and 1024²,
+10 steps; writes bench/results/deleaker_gpu.md.
 """
 
 import json
@@ -15,6 +20,7 @@ import platform
 import statistics
 import sys
 import time
+from functools import partial
 
 from common import REPO, flux_setup, peak_rss_during, run_each_in_own_process
 
@@ -31,6 +37,10 @@ CONFIGS = {
     "dense reference": (-1.0, True),
 }
 SIZE, STEPS, ROUNDS = 512, 4, 11
+# --gpu: FLUX.1's transformer (random weights), the history over 6 of 10 steps as in the reference's 12 of 20
+FLUX1_DIMS = dict(hidden=3072, heads=24, depth=19, single=38)
+GPU_SIZES, GPU_STEPS, GPU_ROUNDS = (512, 1024), 10, 3
+GPU_EXTRA = {"no image-image, chunked scores": (-1.0, False)}  # the mask-history scores as the CPU computes them
 
 
 def dense_override(run, dl):
@@ -83,32 +93,51 @@ def dense_override(run, dl):
     return override
 
 
-def run_config(config):
-    nodes, patcher, clip = flux_setup(hidden=512, heads=4, depth=2, single=4)
+PROMPT = "A **cow** and a **horse** in a farm"
+
+
+def patched(m, patcher, spec, config):
+    """(the model one configuration samples with, its DeLeaker run state or None)."""
+    if config == "unpatched":
+        return patcher, None
+    beta1, image_image = CONFIGS.get(config, GPU_EXTRA.get(config))
+    settings = dict(mask_threshold=beta1, image_threshold=1.0, alpha=1.2, mask_history=0.6, cross_text=True,
+                    self_text=True, image_image=image_image, alpha_per_pair=False, overlap="reference")
+    used, run = m["LeaklessDeLeaker"].execute(model=patcher, entities=spec, **settings).args
+    if config == "dense reference":
+        dl = sys.modules[type(run).__module__].deleaker
+        used.model_options["transformer_options"]["optimized_attention_override"] = dense_override(run, dl)
+    return used, run
+
+
+def sampler(cond, size, steps):
+    """go(model): one euler sampling of a size x size latent at cfg 1 (the FLUX-dev way), fixed noise."""
     import comfy.sample
     import torch
 
-    m = nodes.NODE_CLASS_MAPPINGS
-    cond, spec = m["LeaklessDeLeakerEncode"].execute(clip=clip, text="A **cow** and a **horse** in a farm",
-                                                     entities="").args
-    beta1, image_image = CONFIGS[config]
-    settings = dict(mask_threshold=beta1, image_threshold=1.0, alpha=1.2, mask_history=0.6, cross_text=True,
-                    self_text=True, image_image=image_image, alpha_per_pair=False, overlap="reference")
-    used = patcher
-    if config != "unpatched":
-        used, run = m["LeaklessDeLeaker"].execute(model=patcher, entities=spec, **settings).args
-        if config == "dense reference":
-            dl = sys.modules[type(run).__module__].deleaker
-            used.model_options["transformer_options"]["optimized_attention_override"] = dense_override(run, dl)
-    latent = torch.zeros(1, 16, SIZE // 8, SIZE // 8)
+    latent = torch.zeros(1, 16, size // 8, size // 8)
     noise = comfy.sample.prepare_noise(latent, 1)
 
     def go(model):
-        return comfy.sample.sample(model, noise, STEPS, 1.0, "euler", "simple", cond, cond, latent,
+        return comfy.sample.sample(model, noise, steps, 1.0, "euler", "simple", cond, cond, latent,
                                    disable_pbar=True)
 
+    return go
+
+
+def coverage(run) -> float | None:
+    return None if run is None or run.masks is None else float(run.masks.float().mean())
+
+
+def run_config(config):
+    nodes, patcher, clip = flux_setup(hidden=512, heads=4, depth=2, single=4)
+    m = nodes.NODE_CLASS_MAPPINGS
+    cond, spec = m["LeaklessDeLeakerEncode"].execute(clip=clip, text=PROMPT, entities="").args
+    used, run = patched(m, patcher, spec, config)
+    go = sampler(cond, SIZE, STEPS)
     peak_mb, working_mb = peak_rss_during(lambda: go(used))  # also the warm-up
     go(patcher)
+
     def timed(model):
         t = time.perf_counter()
         go(model)
@@ -123,10 +152,80 @@ def run_config(config):
             plain = timed(patcher)
             times.append(timed(used))
         ratios.append(times[-1] / plain)
-    coverage = float(run.masks.float().mean()) if config not in ("unpatched", "dense reference") else None
     print(json.dumps({"config": config, "seconds": statistics.median(times), "ratio": statistics.median(ratios),
-                      "spread": [min(ratios), max(ratios)],
-                      "peak_mb": peak_mb, "working_mb": working_mb, "coverage": coverage}))
+                      "spread": [min(ratios), max(ratios)], "peak_mb": peak_mb, "working_mb": working_mb,
+                      "coverage": None if config == "dense reference" else coverage(run)}))
+
+
+def run_gpu(smoke: bool):
+    """FLUX.1 dimensions on a CUDA GPU, bf16, every configuration in one process (GPU peaks are per sampling:
+    torch's allocator statistics). --smoke runs the same code on the CPU at small dimensions and writes nothing."""
+    import torch
+
+    if not smoke and not torch.cuda.is_available():
+        raise SystemExit("bench_deleaker.py --gpu needs a CUDA GPU (use --gpu --smoke to check the code on a CPU)")
+    device = "cpu" if smoke else "cuda"
+    dims = dict(hidden=256, heads=2, depth=2, single=2) if smoke else FLUX1_DIMS
+    sizes, steps, rounds = ((256,), 2, 1) if smoke else (GPU_SIZES, GPU_STEPS, GPU_ROUNDS)
+    nodes, patcher, clip = flux_setup(**dims, device=device)
+    m = nodes.NODE_CLASS_MAPPINGS
+    cond, spec = m["LeaklessDeLeakerEncode"].execute(clip=clip, text=PROMPT, entities="").args
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def measure(go, model):
+        """(median seconds, peak MB during the first timed sampling, that peak minus what was allocated before)."""
+        go(model)  # warm-up (loads the model, compiles nothing)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        times = []
+        for _ in range(rounds):
+            sync()
+            t = time.perf_counter()
+            go(model)
+            sync()
+            times.append(time.perf_counter() - t)
+        peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
+        return statistics.median(times), peak / 2 ** 20, (peak - before) / 2 ** 20 if device == "cuda" else 0
+
+    results = {}
+    for size in sizes:
+        go = sampler(cond, size, steps)
+        for config in (*CONFIGS, *GPU_EXTRA):
+            used, run = patched(m, patcher, spec, config)
+            if config.endswith("chunked scores"):  # the CPU's way of computing the mask-history scores
+                dl = sys.modules[type(run).__module__].deleaker
+                fused_scores, dl.entity_scores = dl.entity_scores, partial(dl.entity_scores, fused=False)
+            seconds, peak, added = measure(go, used)
+            if config.endswith("chunked scores"):
+                dl.entity_scores = fused_scores
+            results[size, config] = dict(seconds=seconds, peak=peak, added=added,
+                                         coverage=None if config == "dense reference" else coverage(run))
+            print(size, config, results[size, config], flush=True)
+    if smoke:
+        return
+    lines = ["# DeLeaker (FLUX) on a GPU at FLUX.1 dimensions", "",
+             f"Device: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16. Model: FLUX-shaped, random "
+             f"weights, {FLUX1_DIMS['depth']} double + {FLUX1_DIMS['single']} single blocks, hidden "
+             f"{FLUX1_DIMS['hidden']}, {FLUX1_DIMS['heads']} heads (the tiny T5's 64-wide context and vector "
+             f"inputs; attention and blocks at full size). {GPU_STEPS} Euler steps, cfg 1, batch 1, entities cow "
+             f"and horse; ComfyUI's own attention. Sampling time = median of {GPU_ROUNDS} timed runs after a "
+             "warm-up; peak memory = torch's peak allocation during them (weights included); 'added' = that peak "
+             "minus what was allocated before. Reproduce: `python bench/bench_deleaker.py --gpu`.", ""]
+    for size in sizes:
+        base = results[size, "unpatched"]
+        lines += [f"## {size}x{size} px ({(size // 16) ** 2} image tokens)", "",
+                  "| configuration | sampling time | x unpatched | peak memory | x unpatched | added by sampling "
+                  "| x unpatched | image tokens in a mask |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for (s, config), r in results.items():
+            if s == size:
+                lines.append(f"| {config} | {r['seconds']:.2f} s | {r['seconds'] / base['seconds']:.2f} | "
+                             f"{r['peak']:.0f} MB | {r['peak'] / base['peak']:.3f} | {r['added']:.0f} MB | "
+                             f"{r['added'] / base['added']:.2f} | {_coverage(r)} |")
+        lines.append("")
+    out = REPO / "bench" / "results" / "deleaker_gpu.md"
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
 
 
 def _coverage(result) -> str:
@@ -136,6 +235,8 @@ def _coverage(result) -> str:
 def main():
     if len(sys.argv) > 2 and sys.argv[1] == "--config":
         return run_config(sys.argv[2])
+    if "--gpu" in sys.argv:
+        return run_gpu(smoke="--smoke" in sys.argv)
     import torch
 
     results = run_each_in_own_process(__file__, CONFIGS)
@@ -164,8 +265,9 @@ def main():
         lines.append(f"| {config} | {beta1} | {r['seconds']:.2f} s | {r['ratio']:.2f} | {lo:.2f}–{hi:.2f} | "
                      f"{r['peak_mb']:.0f} MB | {r['peak_mb'] / base['peak_mb']:.2f} | {r['working_mb']:.0f} MB | "
                      f"{_coverage(r)} |")
-    lines += ["", "GPU at FLUX.1 dimensions (19+38 blocks, 3072 hidden, 24 heads, 1024² and 512²): not measured, "
-              "no GPU machine was lent to this task."]
+    lines += ["", "GPU at FLUX.1 dimensions (19+38 blocks, 3072 hidden, 24 heads, 1024² and 512²): "
+              "`python bench/bench_deleaker.py --gpu` writes `deleaker_gpu.md`; not run yet, no GPU machine was lent "
+              "to this task."]
     out = REPO / "bench" / "results" / "deleaker.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

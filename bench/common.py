@@ -20,21 +20,27 @@ def median_time(fn, repeat=3):
     return statistics.median(samples)
 
 
-def flux_setup(hidden=512, heads=4, depth=2, single=2):
-    """The test ComfyUI with every node loaded, a mid-size random FLUX-shaped model (ModelPatcher) built in memory
-    with ComfyUI's classes, and the tiny FLUX text encoders. Returns (nodes module, patcher, clip)."""
+def flux_setup(hidden=512, heads=4, depth=2, single=2, device=None, dtype=None):
+    """The test ComfyUI with every node loaded, a random FLUX-shaped model (ModelPatcher) built in memory with
+    ComfyUI's classes, and the tiny FLUX text encoders. Returns (nodes module, patcher, clip).
+
+    device None: CPU, 2 threads, fp32. Otherwise the model is built in `dtype` (default bf16) directly on `device`;
+    for "cuda" ComfyUI starts without --cpu and so samples on the GPU."""
     import comfy_env
     import tiny_models
 
-    nodes = comfy_env.import_comfy()
+    nodes = comfy_env.import_comfy(cpu=device in (None, "cpu"))
     tiny_models.write_all(str(comfy_env.BASE / "models"))
     comfy_env.load_all_nodes()
     import comfy.supported_models
     import torch
 
-    torch.set_num_threads(2)
-    patcher = tiny_models.patcher(tiny_models.build_unet(
-        comfy.supported_models.Flux, tiny_models.flux_cfg(hidden=hidden, heads=heads, depth=depth, single=single)))
+    if device in (None, "cpu"):
+        torch.set_num_threads(2)
+    dtype = dtype or (torch.float32 if device is None else torch.bfloat16)
+    cfg = tiny_models.flux_cfg(hidden=hidden, heads=heads, depth=depth, single=single)
+    patcher = tiny_models.patcher(tiny_models.build_unet(comfy.supported_models.Flux, cfg, dtype=dtype,
+                                                         device=device))
     clip = nodes.DualCLIPLoader().load_clip("t5xxl_fp16.safetensors", "clip_l.safetensors", "flux")[0]
     return nodes, patcher, clip
 

@@ -36,8 +36,9 @@ def prepare_base(base: Path = BASE) -> Path:
 _imported = False
 
 
-def import_comfy(base: Path = BASE):
-    """Import ComfyUI in this process the way main.py does, CPU only. Returns the `nodes` module."""
+def import_comfy(base: Path = BASE, cpu: bool = True):
+    """Import ComfyUI in this process the way main.py does, CPU only unless `cpu` is False (then ComfyUI picks
+    its device itself, as main.py does). Returns the `nodes` module."""
     global _imported
     if _imported:
         import nodes
@@ -47,7 +48,7 @@ def import_comfy(base: Path = BASE):
     if str(COMFY_DIR) not in sys.path:
         sys.path.insert(0, str(COMFY_DIR))
     argv = sys.argv
-    sys.argv = [argv[0], "--cpu", "--base-directory", str(base)]
+    sys.argv = [argv[0], *(["--cpu"] if cpu else []), "--base-directory", str(base)]
     try:
         import comfy.options
 

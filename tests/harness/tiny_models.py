@@ -33,12 +33,16 @@ FILES = {
 
 
 def rand_init_(module, std=0.02, seed=0):
-    """Random weights; normalisation scales start at 1 as in real models (so attention is not uniform)."""
-    g = torch.Generator().manual_seed(seed)
+    """Random weights; normalisation scales start at 1 as in real models (so attention is not uniform). Drawn on
+    each parameter's own device (one generator per device), so a model built on a GPU is never copied through
+    host memory."""
+    generators = {}
     with torch.no_grad():
         for name, p in module.named_parameters():
             if p.dtype.is_floating_point:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
+                if p.device not in generators:
+                    generators[p.device] = torch.Generator(device=p.device).manual_seed(seed)
+                p.copy_(torch.randn(p.shape, generator=generators[p.device], device=p.device) * std)
                 if name.endswith("norm.scale"):
                     p.add_(1.0)
     return module
@@ -76,10 +80,10 @@ def sd15_cfg(mc=32, ctx=32, head_ch=32):
                 adm_in_channels=None)
 
 
-def build_unet(model_cls, cfg, seed=0):
+def build_unet(model_cls, cfg, seed=0, dtype=torch.float32, device=None):
     mc = model_cls(cfg)
-    mc.set_inference_dtype(torch.float32, None)
-    m = mc.get_model({})
+    mc.set_inference_dtype(dtype, None)
+    m = mc.get_model({}, device=device)
     rand_init_(m.diffusion_model, seed=seed)
     return m
 
