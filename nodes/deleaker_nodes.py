@@ -16,7 +16,7 @@ from comfy_api.latest import io
 
 from . import deleaker
 from .alignment import PhraseNotFoundError
-from .clip_glue import align_clip, family_of
+from .clip_glue import align_clip
 from .errors import LeaklessInputError, input_error
 from .flow import PhraseRef, SelectionError, parse_phrases
 from .sampling_glue import cond_rows, sigma_step
@@ -57,11 +57,13 @@ class DeLeakerEncode(io.ComfyNode):
             display_name=cls.NAME,
             category="Leakless/deleaker",
             description=(
-                "Encodes a FLUX prompt (like CLIPTextEncode) and finds its entities' T5 tokens for Leakless "
+                "Encodes a FLUX or Chroma prompt (like CLIPTextEncode) and finds its entities' T5 tokens for Leakless "
                 "DeLeaker, so the entities always match the prompt the sampler sees. Mark entities in the prompt as "
                 "'a **cow** and a **horse**' (the marks are removed before encoding) or list them in 'entities'."),
             inputs=[
-                io.Clip.Input("clip", tooltip="The FLUX CLIP (DualCLIPLoader, type flux): entities are T5 tokens."),
+                io.Clip.Input("clip", tooltip=(
+                    "The FLUX CLIP (DualCLIPLoader, type flux) or Chroma's T5 (CLIPLoader, type chroma): entities "
+                    "are T5 tokens.")),
                 io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
                     "The prompt. Entities may be marked with double asterisks: 'a **cow** and a **horse** in a "
                     "farm'.")),
@@ -81,9 +83,10 @@ class DeLeakerEncode(io.ComfyNode):
     def execute(cls, clip, text, entities) -> io.NodeOutput:
         clean, marked = split_marked(text)
         alignment = align_clip(cls.NAME, clip, clean)
-        if family_of(cls.NAME, alignment) != "flux":
-            raise LeaklessInputError(cls.NAME, "clip", "DeLeaker works on FLUX, whose entities are T5 tokens; this "
-                                     "CLIP has no T5.", "load the CLIP with DualCLIPLoader, type flux.")
+        if set(alignment.encoders) not in ({"l", "t5xxl"}, {"t5xxl"}):  # FLUX's CLIP-L + T5, or T5 alone (Chroma)
+            raise LeaklessInputError(cls.NAME, "clip", "DeLeaker works on FLUX and Chroma, whose entities are T5 "
+                                     f"tokens; this CLIP's text encoders are {sorted(alignment.encoders)}.",
+                                     "load the CLIP with DualCLIPLoader type flux, or CLIPLoader type chroma.")
         try:
             refs = parse_phrases(entities, "entities") if entities.strip() else [PhraseRef(m) for m in marked]
             if len(refs) < 2:

@@ -108,8 +108,10 @@ def build_taesd(latent_channels, seed=2):
     return {k: v.contiguous() for k, v in t.state_dict().items()}
 
 
-def tiny_meta(supported_model=None, unet=None, te=None):
+def tiny_meta(supported_model=None, unet=None, te=None, te_model=None):
     d = {}
+    if te_model:  # the text encoder's kind, which ComfyUI detects from full-size weight shapes
+        d["te_model"] = te_model
     if supported_model:
         d["supported_model"] = supported_model
     if unet:
@@ -143,7 +145,7 @@ def write_all(models_dir):
     import comfy.text_encoders.flux
 
     paths = {k: os.path.join(models_dir, v) for k, v in FILES.items()}
-    stamp = os.path.join(models_dir, ".leakless-tiny-v3")
+    stamp = os.path.join(models_dir, ".leakless-tiny-v4")
     if os.path.exists(stamp) and all(os.path.exists(p) for p in paths.values()):
         return paths
     for p in paths.values():
@@ -157,7 +159,7 @@ def write_all(models_dir):
     save(flux_clip.cond_stage_model.clip_l.transformer.state_dict(), paths["clip_l"],
          tiny_meta(te={"clip_l_model_config": TINY_CLIP_L}))
     save(flux_clip.cond_stage_model.t5xxl.transformer.state_dict(), paths["t5xxl"],
-         tiny_meta(te={"t5xxl_model_config": TINY_T5}))
+         tiny_meta(te={"t5xxl_model_config": TINY_T5}, te_model="T5_XXL"))
     xl_clip = build_clip(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
     save(xl_clip.cond_stage_model.clip_g.transformer.state_dict(), paths["clip_g"],
          tiny_meta(te={"clip_g_model_config": TINY_CLIP_G}))

@@ -148,6 +148,25 @@ def test_chroma_shares_the_blocks(parts):
     assert run.masks.shape == (1, 2, 12 * 16) and bool(run.masks.any(dim=-1).all())
 
 
+def test_chroma_with_its_own_t5_clip(parts):
+    """Chroma's own text encoder (CLIPLoader type chroma: T5 alone, unpadded): DeLeaker Encode finds the entities in
+    it, and the patched Chroma samples with a negative of another length."""
+    import comfy.supported_models
+    import tiny_models
+
+    nodes, m = parts["nodes"], parts["m"]
+    t5 = nodes.CLIPLoader().load_clip("t5xxl_fp16.safetensors", "chroma")[0]
+    cond, spec = m["LeaklessDeLeakerEncode"].execute(clip=t5, text=TEXT, entities="").args
+    assert spec.t5_length < 256 and spec.names == ("cow", "horse")  # no padding to 256, unlike FLUX's T5
+    chroma = tiny_models.patcher(tiny_models.build_unet(comfy.supported_models.Chroma, tiny_models.chroma_cfg()))
+    patched, run = m["LeaklessDeLeaker"].execute(model=chroma, entities=spec, **SETTINGS).args
+    negative = nodes.CLIPTextEncode().encode(t5, "blurry, low quality, watermark")[0]
+    out = sample(parts, patched, positive=cond, negative=negative, cfg=2.0)
+    assert torch.isfinite(out).all()
+    assert not torch.equal(out, sample(parts, chroma, positive=cond, negative=negative, cfg=2.0))
+    assert run.layout.txt_len == spec.t5_length and bool(run.masks.any(dim=-1).all())
+
+
 def test_masks_node_outputs(parts):
     patched, run = deleak(parts)
     sample(parts, patched, batch=2)
@@ -181,7 +200,8 @@ def test_encode_errors(parts, kwargs, pattern):
 def test_sdxl_is_refused(parts):
     nodes = parts["nodes"]
     model, clip, _ = nodes.CheckpointLoaderSimple().load_checkpoint("sd_xl_base_1.0.safetensors")
-    with pytest.raises(ValueError, match="Leakless DeLeaker Encode: input 'clip': .*no T5"):
+    refused = r"Leakless DeLeaker Encode: input 'clip': .*encoders are \['g', 'l'\].*CLIPLoader type chroma"
+    with pytest.raises(ValueError, match=refused):
         parts["m"]["LeaklessDeLeakerEncode"].execute(clip=clip, text=TEXT, entities="")
     with pytest.raises(ValueError, match="Leakless DeLeaker: input 'model': .*FLUX.*UNetModel"):
         deleak(parts, model=model)

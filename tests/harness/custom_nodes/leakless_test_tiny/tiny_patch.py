@@ -1,9 +1,11 @@
-"""Wraps four ComfyUI loader functions so files marked tiny in their metadata load with their own config."""
+"""Wraps five ComfyUI loader functions so files marked tiny in their metadata load with their own config."""
 
+import contextvars
 import functools
 import json
 
 TINY_KEY = "leakless.tiny"
+_TE_MODEL = contextvars.ContextVar("leakless_tiny_te_model", default=None)  # set while one tiny file loads
 
 
 def tiny_from_metadata(metadata):
@@ -53,13 +55,28 @@ def install():
     @functools.wraps(orig_load_clip)
     def load_clip(ckpt_paths, embedding_directory=None, clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION,
                   model_options={}):  # noqa: B006 - same signature as ComfyUI; never mutated
-        extra = {}
+        extra, kinds = {}, []
         for path in ckpt_paths:
-            extra.update((tiny_from_file(path) or {}).get("te_model_options", {}))
-        return orig_load_clip(ckpt_paths, embedding_directory=embedding_directory, clip_type=clip_type,
-                              model_options={**model_options, **extra})
+            tiny = tiny_from_file(path) or {}
+            extra.update(tiny.get("te_model_options", {}))
+            kinds.append(tiny.get("te_model"))
+        token = _TE_MODEL.set(kinds[0] if len(kinds) == 1 else None)  # single-encoder loads detect the kind
+        try:
+            return orig_load_clip(ckpt_paths, embedding_directory=embedding_directory, clip_type=clip_type,
+                                  model_options={**model_options, **extra})
+        finally:
+            _TE_MODEL.reset(token)
 
     comfy.sd.load_clip = load_clip
+
+    orig_detect = comfy.sd.detect_te_model
+
+    @functools.wraps(orig_detect)
+    def detect_te_model(sd):
+        kind = _TE_MODEL.get()
+        return getattr(comfy.sd.TEModel, kind) if kind else orig_detect(sd)
+
+    comfy.sd.detect_te_model = detect_te_model
 
     orig_guess = comfy.sd.load_state_dict_guess_config
 
