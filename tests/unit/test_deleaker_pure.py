@@ -294,3 +294,8 @@ def test_bf16_model_dtype(dl):
     ref = dense_attention(qb[1].float(), kb[1].float(), vb[1].float(), 12, 30, layout.entities, masks[0], st)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert torch.allclose(out[1].double(), ref.transpose(0, 1).reshape(45, -1), atol=3e-2)
+    for fused in (False, True):  # bf16 q, k: the scores are the fp32 scores of the bf16 values
+        scores = dl.entity_scores(qb, kb, layout, fused=fused)
+        assert scores.dtype == torch.float32
+        ref = torch.stack([dense_scores(qb[b].float(), kb[b].float(), 12, 30, layout.entities) for b in range(2)])
+        assert torch.allclose(scores.double(), ref, atol=1e-6)
