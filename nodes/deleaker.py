@@ -74,6 +74,17 @@ class Layout:
             self._index[key] = torch.tensor(self.entities[e], device=device)
         return self._index[key]
 
+    def entity_indicators(self, length: int, width: int, device) -> torch.Tensor:
+        """[length, width] fp32: column e is 1 / |tokens of e| on entity e's text positions (the values that make an
+        attention call return each entity's mean probability), made once per device."""
+        key = ("indicators", length, width, str(device))
+        if key not in self._index:
+            indicators = torch.zeros(length, width, device=device)
+            for e, tokens in enumerate(self.entities):
+                indicators[list(tokens), e] = 1.0 / len(tokens)
+            self._index[key] = indicators
+        return self._index[key]
+
     def kept_keys(self, blocked: tuple[int, ...], length: int, device):
         """Key positions without the `blocked` entities' tokens, and each entity's token positions among them."""
         key = ("kept", blocked, length, str(device))
@@ -132,10 +143,8 @@ def _fused_scores(q, k, layout: Layout, mask):
     b, h, length, d = q.shape
     n_ent = len(layout.entities)
     width = max(d, n_ent)  # the fused kernels want the values' head size to equal the keys'
-    indicator = torch.zeros(length, width, device=q.device)
-    for e in range(n_ent):
-        indicator[layout.entity_index(e, q.device), e] = 1.0 / len(layout.entities[e])
-    values, kf = indicator.expand(b, h, length, width), k.float()
+    values = layout.entity_indicators(length, width, q.device).expand(b, h, length, width)
+    kf = k.float()
     out = torch.empty(b, n_ent, layout.n_img, device=q.device)
     for start, end in _chunks(layout.n_img, _rows_per_chunk(h, length)):
         rows = slice(layout.txt_len + start, layout.txt_len + end)
