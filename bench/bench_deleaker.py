@@ -125,8 +125,11 @@ def sampler(cond, size, steps):
     return go
 
 
-def coverage(run) -> float | None:
-    return None if run is None or run.masks is None else float(run.masks.float().mean())
+def coverage(config, run) -> float | None:
+    """The share of image tokens in each entity's mask (none for the unpatched model and the dense reference)."""
+    if run is None or run.masks is None or config == "dense reference":
+        return None
+    return float(run.masks.float().mean())
 
 
 def run_config(config):
@@ -155,7 +158,7 @@ def run_config(config):
     print(json.dumps({"config": config, "seconds": statistics.median(times), "ratio": statistics.median(ratios),
                       "spread": [min(ratios), max(ratios)], "best_ratio": min(times) / min(plains),
                       "peak_mb": peak_mb, "working_mb": working_mb,
-                      "coverage": None if config == "dense reference" else coverage(run)}))
+                      "coverage": coverage(config, run)}))
 
 
 def run_gpu(smoke: bool):
@@ -194,14 +197,16 @@ def run_gpu(smoke: bool):
         go = sampler(cond, size, steps)
         for config in (*CONFIGS, *GPU_EXTRA):
             used, run = patched(m, patcher, spec, config)
-            if config.endswith("chunked scores"):  # the CPU's way of computing the mask-history scores
-                dl = sys.modules[type(run).__module__].deleaker
-                fused_scores, dl.entity_scores = dl.entity_scores, partial(dl.entity_scores, fused=False)
-            seconds, peak, added = measure(go, used)
-            if config.endswith("chunked scores"):
-                dl.entity_scores = fused_scores
-            results[size, config] = dict(seconds=seconds, peak=peak, added=added,
-                                         coverage=None if config == "dense reference" else coverage(run))
+            dl = sys.modules[type(run).__module__].deleaker if run is not None else None
+            own_scores = dl and dl.entity_scores
+            if config in GPU_EXTRA:  # the CPU's way of computing the mask-history scores
+                dl.entity_scores = partial(own_scores, fused=False)
+            try:
+                seconds, peak, added = measure(go, used)
+            finally:
+                if dl:
+                    dl.entity_scores = own_scores
+            results[size, config] = dict(seconds=seconds, peak=peak, added=added, coverage=coverage(config, run))
             print(size, config, results[size, config], flush=True)
     if smoke:
         return
