@@ -9,7 +9,10 @@ characters of the prompt it came from.
 ComfyUI's rules, as this module relies on them (``comfy/sd1_clip.py``):
 - ``(text:1.2)`` / ``(text)`` weight syntax splits the prompt into segments; ``\\(`` and ``\\)`` are literal
   parentheses. Each segment is tokenized on its own; its tokens share one word id (segment index + 1).
-- ``embedding:name`` starts a segment of its own (one vector per embedding row when the file exists).
+- ``embedding:name`` starts a piece of its own (one vector per embedding row when the file exists); the text
+  after the name is tokenized as a new word. Where a piece starts and a name ends differ between versions
+  (0.3.75: after " " or "\\n", name up to whitespace; 0.33.0: after any whitespace, name up to "<" or "["): the
+  rules that reproduce the running tokenizer's output are used, never a version number.
 - CLIP: 77-token chunks, each ``BOS ... EOS pad...``; CLIP-L pads with EOS, CLIP-G with id 0. A segment shorter
   than 8 tokens that does not fit moves whole to the next chunk. ``BREAK`` is an ordinary word in core ComfyUI.
 - T5: no BOS, one chunk, ``... EOS pad...`` padded to at least 256, never truncated. SentencePiece gives each
@@ -216,51 +219,66 @@ class _Piece:
     index: list[int]  # prompt index per character (-1 where ComfyUI inserted a character)
 
 
-def _split_embeddings(text: str, index: list[int]) -> list[_Piece]:
-    """re.split(' embedding:|\\nembedding:') as ComfyUI does it, keeping the prefix on the later pieces."""
+@dataclass(frozen=True)
+class _EmbeddingRules:
+    """How a ComfyUI version reads ``embedding:`` in a segment (SDTokenizer.tokenize_with_weights and
+    _try_get_embedding). Not chosen by version number: the first rule set whose token groups reproduce what the
+    running tokenizer returned is used (_matching_groups), so a prompt is read as the running ComfyUI reads it."""
+
+    split: str  # regex of what before ``embedding:`` starts a new piece there; what it matches is dropped
+    name_end: str | None  # regex of the character that ends a name (the rest is tokenized as text), or None
+
+
+# 0.33.0 splits after any whitespace (kept in the piece before) and ends a name at "<" or "["; 0.3.75 splits
+# only after " " or "\n" (dropped) and reads the name to the next whitespace. Newest first; every combination,
+# for the versions in between.
+_RULES = tuple(_EmbeddingRules(split, name_end) for split in (r"(?<=\s)", r"[ \n]") for name_end in (r"[<\[]", None))
+
+
+def _split_embeddings(segment: _Piece, rules: _EmbeddingRules) -> list[_Piece]:
+    """The pieces ComfyUI tokenizes one by one in a segment: the text before each ``embedding:``, and each
+    ``embedding:name rest`` up to the next."""
     pieces, last = [], 0
-    for m in re.finditer(r"[ \n]" + re.escape(EMBEDDING_PREFIX), text):
-        pieces.append(_Piece(text[last:m.start()], index[last:m.start()]))
-        last = m.start() + 1
-    pieces.append(_Piece(text[last:], index[last:]))
+    for m in re.finditer(rules.split + "(?=" + re.escape(EMBEDDING_PREFIX) + ")", segment.text):
+        pieces.append(_Piece(segment.text[last:m.start()], segment.index[last:m.start()]))
+        last = m.end()
+    pieces.append(_Piece(segment.text[last:], segment.index[last:]))
     return [p for p in pieces if p.text]
 
 
-def _embedding_leftover(piece: _Piece) -> tuple[str, _Piece]:
-    """Split an ``embedding:name rest`` piece as ComfyUI's _try_get_embedding does: (name, the text it tokenizes
-    after the embedding). Words are re-joined with single spaces; a name with leading/trailing commas gives them
-    back to the text ("embedding:foo, a cat" -> "foo" and ", a cat"), assuming no embedding file is named with
-    the commas."""
-    words = list(re.finditer(r"\S+", piece.text[len(EMBEDDING_PREFIX):]))
-    if not words:
-        return "", _Piece("", [])
+def _embedding_leftover(piece: _Piece, rules: _EmbeddingRules) -> tuple[int, _Piece]:
+    """Split an ``embedding:name rest`` piece as ComfyUI's _try_get_embedding does: (prompt index just after the
+    name, the text it tokenizes after the embedding). Words are re-joined with single spaces; the part of the
+    name from `rules.name_end` on, then its leading/trailing commas, go back to the text first
+    ("embedding:foo, a cat" -> "foo" and ", a cat"), assuming no embedding file is named with the commas."""
     offset = len(EMBEDDING_PREFIX)
-    name = words[0].group()
-    parts: list[tuple[str, list[int]]] = []
+    words = [(m.group(), piece.index[offset + m.start():offset + m.end()])
+             for m in re.finditer(r"\S+", piece.text[offset:])]
+    if not words:
+        return piece.index[offset - 1] + 1, _Piece("", [])
+    (name, name_index), parts = words[0], words[1:]
+    cut = re.search(rules.name_end, name) if rules.name_end else None
+    if cut:
+        parts = [(name[cut.start():], name_index[cut.start():]), *parts]
+        name, name_index = name[:cut.start()], name_index[:cut.start()]
     stripped = name.strip(",")
     if stripped != name:
-        start = offset + words[0].start() + len(stripped)
-        parts.append((name[len(stripped):], piece.index[start:start + len(name) - len(stripped)]))
-        if len(words) == 1:
-            parts.append(("", []))
-    for w in words[1:]:
-        parts.append((w.group(), piece.index[offset + w.start():offset + w.end()]))
+        parts = [(name[len(stripped):], name_index[len(stripped):]), *(parts or [("", [])])]
+    kept = len(name.rstrip(","))
+    end = name_index[kept - 1] + 1 if kept else piece.index[offset - 1] + 1
     text, index = "", []
     for i, (t, idx) in enumerate(parts):
         if i:
             text, index = text + " ", index + [-1]
         text, index = text + t, index + idx
-    return stripped if stripped != name else name, _Piece(text, index)
+    return end, _Piece(text, index)
 
 
-def _group_texts(prompt: str, disable_weights: bool) -> list[_Piece]:
+def _segments(prompt: str, disable_weights: bool) -> list[_Piece]:
+    """ComfyUI's weighted segments as it tokenizes them (escapes resolved), with prompt indices."""
     escaped = _escape(prompt)
     spans = [(0, len(prompt))] if disable_weights else _weighted_segments(escaped, 0, len(escaped))
-    pieces = []
-    for s, e in spans:
-        text, index = _unescape(escaped, s, e)
-        pieces += _split_embeddings(text, index)
-    return pieces
+    return [_Piece(*_unescape(escaped, s, e)) for s, e in spans]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -314,26 +332,21 @@ def _token_text(sub, token) -> str:
     return sub.inv_vocab.get(token, f"<id {token}>")
 
 
-def _align_encoder(key: str, sub, chunks, groups: list[_Piece], plain: _PlainText) -> EncoderTokens:
-    # 1. Rebuild ComfyUI's list of token groups (one per word id) with character offsets.
+def _token_groups(sub, segments: list[_Piece], rules: _EmbeddingRules, seen: dict[int, list]):
+    """ComfyUI's token groups under `rules`, one per word id: (ids, character spans per id, offsets exact).
+    `seen` (ComfyUI's tokens per word id) tells which embeddings ComfyUI found."""
     group_spans: dict[int, list[tuple[int, int] | None]] = {}
-    group_ids: dict[int, list[int]] = {}
-    seen = {}
-    for chunk in chunks:
-        for tok, _w, wid in chunk:
-            if wid:
-                seen.setdefault(wid, []).append(tok)
-    embedding_dir = getattr(sub, "embedding_directory", None)
+    group_ids: dict[int, list] = {}
+    embeddings = getattr(sub, "embedding_directory", None) is not None
     exact = True
     wid = 0
-    for piece in groups:
+    for piece in (p for segment in segments for p in _split_embeddings(segment, rules)):
         text, index = piece.text, piece.index
-        if text.startswith(EMBEDDING_PREFIX) and embedding_dir is not None:
-            name, rest = _embedding_leftover(piece)
+        if text.startswith(EMBEDDING_PREFIX) and embeddings:
+            end, rest = _embedding_leftover(piece, rules)
             if wid + 1 in seen and not isinstance(seen[wid + 1][0], int):  # ComfyUI found the embedding
                 wid += 1
-                span = (index[0], index[0] + len(EMBEDDING_PREFIX) + len(name)) if index else None
-                group_spans[wid] = [span] * len(seen[wid])
+                group_spans[wid] = [(index[0], end)] * len(seen[wid])
                 group_ids[wid] = seen[wid]
             if not rest.text:
                 continue
@@ -350,6 +363,30 @@ def _align_encoder(key: str, sub, chunks, groups: list[_Piece], plain: _PlainTex
             spans.append((min(idx), max(idx) + 1) if idx else None)
         group_spans[wid] = spans
         group_ids[wid] = ids
+    return group_ids, group_spans, exact
+
+
+def _matching_groups(sub, segments: list[_Piece], seen: dict[int, list]):
+    """_token_groups under the first rule set whose ids reproduce ComfyUI's tokens (else under the newest)."""
+    fallback = None
+    for rules in _RULES:
+        groups = _token_groups(sub, segments, rules, seen)
+        ids = {wid: group for wid, group in groups[0].items() if group}
+        if ids.keys() == seen.keys() and all(
+                len(ids[wid]) == len(toks) and all(map(_same_token, ids[wid], toks)) for wid, toks in seen.items()):
+            return groups
+        fallback = fallback or groups
+    return fallback
+
+
+def _align_encoder(key: str, sub, chunks, segments: list[_Piece], plain: _PlainText) -> EncoderTokens:
+    # 1. Rebuild ComfyUI's list of token groups (one per word id) with character offsets.
+    seen = {}
+    for chunk in chunks:
+        for tok, _w, wid in chunk:
+            if wid:
+                seen.setdefault(wid, []).append(tok)
+    group_ids, group_spans, exact = _matching_groups(sub, segments, seen)
 
     # 2. Walk ComfyUI's chunks and attach offsets; fall back to the segment span when ids disagree.
     tokens = []
@@ -388,10 +425,9 @@ def _align_encoder(key: str, sub, chunks, groups: list[_Piece], plain: _PlainTex
 class _PlainText:
     """The prompt as the tokenizer reads it (weight syntax removed, escapes resolved), and its words."""
 
-    def __init__(self, groups: list[_Piece]):
-        pairs = [(ch, i) for piece in groups for ch, i in zip(piece.text, piece.index, strict=True) if i >= 0]
-        self.text = "".join(ch for ch, _ in pairs)
-        self.to_prompt = [i for _, i in pairs]  # increasing: segments keep the prompt's order
+    def __init__(self, segments: list[_Piece]):
+        self.text = "".join(segment.text for segment in segments)
+        self.to_prompt = [i for segment in segments for i in segment.index]  # increasing: segments keep the order
         self.words = [(m.start(), m.end()) for m in re.finditer(r"\S+", self.text)]
         self._word_starts = [s for s, _ in self.words]
 
@@ -416,8 +452,8 @@ def align(prompt: str, family_tokenizer, **tokenize_kwargs) -> PromptAlignment:
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
     tokenized = family_tokenizer.tokenize_with_weights(prompt, return_word_ids=True, **tokenize_kwargs)
-    groups = _group_texts(prompt, bool(tokenize_kwargs.get("disable_weights", False)))
-    plain = _PlainText(groups)
-    encoders = {key: _align_encoder(key, sub_tokenizer(family_tokenizer, key), chunks, groups, plain)
+    segments = _segments(prompt, bool(tokenize_kwargs.get("disable_weights", False)))
+    plain = _PlainText(segments)
+    encoders = {key: _align_encoder(key, sub_tokenizer(family_tokenizer, key), chunks, segments, plain)
                 for key, chunks in tokenized.items()}
     return PromptAlignment(prompt, plain.text, plain.to_prompt, encoders, plain.words)

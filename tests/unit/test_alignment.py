@@ -56,8 +56,14 @@ def test_tokens_follow_comfyui_layout(alignment, tokenizers, family, prompt):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("prompt", PROMPTS, ids=[f"p{i}" for i in range(len(PROMPTS))])
 def test_spans_spell_their_tokens(alignment, tokenizers, family, prompt):
-    """Independent check: each token's vocabulary spelling is the prompt text under its span (ASCII spans)."""
-    a = alignment.align(prompt, tokenizers[family])
+    assert_spans_spell_tokens(alignment.align(prompt, tokenizers[family]))
+
+
+def assert_spans_spell_tokens(a, names_dropped=False):
+    """Independent check: each token's vocabulary spelling is the prompt text under its span (ASCII spans).
+    `names_dropped`: ComfyUI may read no token of an ``embedding:name`` (it drops names it cannot find)."""
+    prompt = a.prompt
+    dropped = {i for m in re.finditer(r"embedding:\S*", prompt) for i in range(*m.span())} if names_dropped else ()
     for key, enc in a.encoders.items():
         covered = set()
         for t in enc.tokens:
@@ -67,6 +73,9 @@ def test_spans_spell_their_tokens(alignment, tokenizers, family, prompt):
             assert t.span is not None and t.word, (key, t)
             covered.update(range(*t.span))
             source = prompt[t.span[0]:t.span[1]]
+            if t.kind == "embedding":
+                assert re.fullmatch(r"embedding:\S+", source), (key, t)
+                continue
             spelled = normalized_token(key, t.text)
             if source.isascii() and spelled.isascii() and spelled not in ("", "<unk>"):
                 if key == "t5xxl":
@@ -75,7 +84,7 @@ def test_spans_spell_their_tokens(alignment, tokenizers, family, prompt):
                     assert spelled == source.lower(), (key, t)
         # Every character the tokenizer reads is carried by some token (weight syntax and spaces excepted).
         for i, ch in zip(a.plain_to_prompt, a.plain, strict=True):
-            if not ch.isspace():
+            if not ch.isspace() and i not in dropped:
                 assert i in covered, (key, repr(ch), i)
 
 
@@ -182,6 +191,136 @@ def test_embeddings(alignment, comfy, tmp_path):
     assert [c.encoders["l"].tokens[p].text for p in c.find("cat").positions["l"]] == ["cat</w>"]
     comma = [t for t in c.encoders["l"].tokens if t.text == ",</w>"]
     assert len(comma) == 1 and comma[0].span == (22, 23)
+
+
+# ComfyUI 0.33.0 splits "embedding:" after any whitespace and ends a name at "<" or "["; 0.3.75 splits after " " or
+# "\n" only. Positions must be what the running ComfyUI encodes, whichever version this process imported.
+EMBEDDING_PROMPTS = [
+    "embedding:style<x> cow",
+    "embedding:style[x] cow",
+    "a photo of\tembedding:style cow",
+    "a photo of\nembedding:style cow",
+    "embedding:style cow",
+    "\nembedding:style cow",
+    "a photo of embedding:style<x> cow and a horse",
+    "a photo of \t embedding:style, a\tcow",
+    "a (photo of\tembedding:style[x]:1.2) cow\n",
+]
+
+
+def comfy_pieces(segment, version):
+    """What ComfyUI tokenizes for one segment, written from comfy/sd1_clip.py of each version: ("embedding", name)
+    for an embedding reference (the name it looks up first), else the text it hands to the tokenizer."""
+    if version == "0.33.0":
+        split = re.split(r"(?<=\s)embedding:", segment)
+    else:
+        split = re.split(" embedding:|\nembedding:", segment)
+    out = []
+    for word in [w for w in [split[0]] + ["embedding:" + s for s in split[1:]] if w]:
+        if word.startswith("embedding:"):
+            name, *rest = word[len("embedding:"):].split()
+            leftover = " ".join(rest)
+            cut = re.search(r"[<\[]", name) if version == "0.33.0" else None
+            if cut:
+                name, leftover = name[:cut.start()], name[cut.start():] + (" " + leftover if leftover else "")
+            out.append(("embedding", name))
+            stripped = name.strip(",")
+            if len(stripped) < len(name):
+                leftover = f"{name[len(stripped):]} {leftover}"
+            if not leftover:
+                continue
+            word = leftover
+        out.append(word)
+    return out
+
+
+@pytest.mark.parametrize("version", ["0.3.75", "0.33.0"])
+def test_embedding_rules_of_both_versions(alignment, version):
+    """Pure check against the reference above: the module knows the rules of both ComfyUI versions."""
+    segments = [p for p in EMBEDDING_PROMPTS if "(" not in p] + [
+        "a embedding:x embedding:y,, b", "embedding:a,[b] c", "embedding:x,", "x\u3000embedding:y\x0bz"]
+
+    def pieces(rules, segment):
+        out = []
+        for piece in alignment._split_embeddings(alignment._Piece(segment, list(range(len(segment)))), rules):
+            assert [segment[i] for i in piece.index] == list(piece.text)
+            if piece.text.startswith("embedding:"):
+                end, rest = alignment._embedding_leftover(piece, rules)
+                assert all(segment[i] == ch for ch, i in zip(rest.text, rest.index, strict=True) if i >= 0)
+                name = segment[piece.index[0] + len("embedding:"):end].lstrip()
+                out.append(("embedding", name))
+                out += [rest.text] if rest.text else []
+            else:
+                out.append(piece.text)
+        return out
+
+    # The name the module spans is the one without trailing commas; the reference gives the one ComfyUI tries first.
+    expected = [[p if isinstance(p, str) else ("embedding", p[1].rstrip(",")) for p in comfy_pieces(seg, version)]
+                for seg in segments]
+    assert any([pieces(rules, seg) for seg in segments] == expected for rules in alignment._RULES)
+
+
+@pytest.fixture(scope="module")
+def embedding_tokenizers(comfy, tmp_path_factory):
+    """Family tokenizers that look embeddings up in a folder without `style` (the common case: ComfyUI then reads
+    the leftover text), in one with a real `style` embedding (2 rows per encoder), or nowhere."""
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
+    import comfy.text_encoders.flux
+    import safetensors.torch
+    import torch
+
+    missing, found = tmp_path_factory.mktemp("no_embeddings"), tmp_path_factory.mktemp("embeddings")
+    rows = {"clip_l": torch.randn(2, 768), "clip_g": torch.randn(2, 1280), "t5xxl": torch.randn(2, 4096)}
+    safetensors.torch.save_file(rows, str(found / "style.safetensors"))
+    classes = {"sd15": comfy.sd1_clip.SD1Tokenizer, "sdxl": comfy.sdxl_clip.SDXLTokenizer,
+               "flux": comfy.text_encoders.flux.FluxTokenizer}
+    return {(family, where): cls(embedding_directory=folder) for family, cls in classes.items()
+            for where, folder in (("missing", str(missing)), ("found", str(found)), ("none", None))}
+
+
+def reference_positions(family_tokenizer, reference, key, word):
+    """Independent of the module: where ComfyUI's own output holds the vocabulary ids of `word` (once in the prompt)."""
+    sub = getattr(family_tokenizer, {"l": "clip_l", "g": "clip_g"}.get(key, key))
+    ids = set(sub.tokenizer(word)["input_ids"]) - {sub.start_token, sub.end_token}
+    return [p for p, (tok, _w, _wid) in enumerate(flat(reference[key])) if isinstance(tok, int) and tok in ids]
+
+
+@pytest.mark.parametrize("where", ["missing", "found", "none"])
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("prompt", EMBEDDING_PROMPTS, ids=[f"e{i}" for i in range(len(EMBEDDING_PROMPTS))])
+def test_embedding_positions_follow_running_comfyui(alignment, embedding_tokenizers, family, where, prompt):
+    tok = embedding_tokenizers[family, where]
+    a = alignment.align(prompt, tok)
+    reference = tok.tokenize_with_weights(prompt, return_word_ids=True)
+    for key, chunks in reference.items():
+        enc = a.encoders[key]
+        assert [(t.token_id, t.weight, t.segment) for t in enc.tokens] == [
+            (i if isinstance(i, int) else None, w, s) for i, w, s in flat(chunks)]
+        assert enc.exact, key
+        for t in enc.tokens:
+            if t.kind == "embedding":
+                assert where == "found" and prompt[t.span[0]:t.span[1]] == "embedding:style"
+        for word in ("cow", "horse", "photo"):
+            if re.search(rf"\b{word}\b", prompt):
+                positions = a.find(word).positions[key]
+                assert positions and positions == reference_positions(tok, reference, key, word), (key, word)
+    assert_spans_spell_tokens(a, names_dropped=where != "none")
+
+
+@pytest.mark.parametrize("where", ["missing", "found"])
+def test_deleaker_entities_after_embedding_get_distinct_positions(alignment, embedding_tokenizers, where):
+    """Issue 12: on 0.33.0 "style<x>" ends the name at "<"; 'cow' and 'horse' must keep distinct, correct rows."""
+    tok = embedding_tokenizers["flux", where]
+    prompt = "a photo of embedding:style<x> cow and a horse"
+    a = alignment.align(prompt, tok)
+    reference = tok.tokenize_with_weights(prompt, return_word_ids=True)
+    cow, horse = a.find("cow").positions["t5xxl"], a.find("horse").positions["t5xxl"]
+    assert cow and horse and not set(cow) & set(horse)
+    assert cow == reference_positions(tok, reference, "t5xxl", "cow")
+    assert horse == reference_positions(tok, reference, "t5xxl", "horse")
+    assert a.find("photo of").positions["t5xxl"] == reference_positions(tok, reference, "t5xxl", "photo") + \
+        reference_positions(tok, reference, "t5xxl", "of")
 
 
 def test_unsupported_tokenizer(alignment):
