@@ -1,11 +1,16 @@
 # Leakless developer commands. Everything installs what it needs into .cache/ (git-ignored) on first use.
 PY := $(or $(LEAKLESS_CACHE),.cache)/venv/bin/python
 
-.PHONY: test run env lint bench workflows screenshots clean
+.PHONY: test test-0.3.75 test-0.33.0 run env lint bench workflows screenshots clean
 
-## make test: build the cached test environment if needed, then run all four test layers
+## make test: build the cached test environment if needed, then run all four test layers on ComfyUI 0.3.75 and 0.33.0
+##   (ARGS="-k deleaker" passes pytest arguments; LEAKLESS_COMFYUI_DIR=/path/ComfyUI tests that checkout instead)
 test: env
-	$(PY) -m pytest tests
+	bash tests/harness/run_matrix.sh $(ARGS)
+
+## make test-0.3.75 / make test-0.33.0: one version of the matrix only
+test-0.3.75 test-0.33.0: env
+	LEAKLESS_MATRIX=$(@:test-%=%) bash tests/harness/run_matrix.sh $(ARGS)
 
 ## make run: ComfyUI on 127.0.0.1:8188 with Leakless (COMFYUI_DIR=/path/to/ComfyUI to use your own install)
 run:

@@ -1,4 +1,5 @@
-"""Shared fixtures. ComfyUI is imported once per test process, CPU only, from the cached test environment."""
+"""Shared fixtures. ComfyUI is imported once per test process, CPU only, from the cached test environment: the
+version the matrix selected (tests/harness/comfy_env.py)."""
 
 import importlib.util
 import sys
@@ -12,7 +13,7 @@ sys.path.insert(0, str(HARNESS))
 import comfy_env  # noqa: E402
 
 REPO = comfy_env.REPO
-OUTPUT = REPO / "test-output"
+OUTPUT = REPO / "test-output" / comfy_env.COMFY_NAME  # one folder per ComfyUI of the matrix
 
 
 def import_pack_as(name="leakless"):
@@ -69,7 +70,7 @@ def tokenizers(comfy):
 
 @pytest.fixture(scope="session")
 def output_dir():
-    OUTPUT.mkdir(exist_ok=True)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
     return OUTPUT
 
 
@@ -78,7 +79,7 @@ def comfy_server(tiny_models):
     """The real main.py on a free loopback port, with the pack and the tiny-model shim in custom_nodes."""
     from live_server import ComfyServer
 
-    OUTPUT.mkdir(exist_ok=True)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
     srv = ComfyServer(log_path=OUTPUT / "server.log").start()
     yield srv
     srv.stop()

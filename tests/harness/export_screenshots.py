@@ -9,14 +9,14 @@ from pathlib import Path
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCE, DEST = REPO / "test-output", REPO / "docs" / "screenshots"
+SOURCE, DEST = REPO / "test-output" / "0.3.75", REPO / "docs" / "screenshots"
 
 
 def main():
     DEST.mkdir(parents=True, exist_ok=True)
     shots = sorted(SOURCE.glob("workflow-*-pinned.png")) + sorted(SOURCE.glob("token-picker-*-pinned.png"))
     if not shots:
-        sys.exit("no screenshots in test-output/: run the browser tests first")
+        sys.exit("no screenshots in test-output/0.3.75/: run the browser tests first")
     for shot in shots:
         name = shot.stem.removeprefix("workflow-").removesuffix("-pinned")
         image = Image.open(shot).convert("RGB")

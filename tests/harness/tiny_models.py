@@ -33,33 +33,52 @@ FILES = {
 
 
 def rand_init_(module, std=0.02, seed=0):
-    """Random weights; normalisation scales start at 1 as in real models (so attention is not uniform). Drawn on
-    each parameter's own device (one generator per device), so a model built on a GPU is never copied through
-    host memory."""
+    """Random weights; RMSNorm scales start at 1 as in real models (so attention is not uniform). Drawn on each
+    parameter's own device (one generator per device), so a model built on a GPU is never copied through host
+    memory. Returns how many RMSNorm scales were set (the norms are found by type: ComfyUI renamed FLUX's
+    `scale` to `weight` after 0.3.75, and a name match would silently stop applying)."""
     generators = {}
+    norm_scales = {id(p) for m in module.modules() if "RMSNorm" in type(m).__name__
+                   for p in m.parameters(recurse=False)}
     with torch.no_grad():
-        for name, p in module.named_parameters():
+        for p in module.parameters():
             if p.dtype.is_floating_point:
                 if p.device not in generators:
                     generators[p.device] = torch.Generator(device=p.device).manual_seed(seed)
                 p.copy_(torch.randn(p.shape, generator=generators[p.device], device=p.device) * std)
-                if name.endswith("norm.scale"):
+                if id(p) in norm_scales:
                     p.add_(1.0)
-    return module
+    return len(norm_scales)
+
+
+def fit_params(cfg: dict, image_model: str) -> dict:
+    """`cfg` with the fields this ComfyUI's FLUX/Chroma parameter class requires and the config lacks (0.33.0 added
+    `txt_ids_dims`, and `vec_in_dim` to Chroma), at the values its own model detection gives FLUX.1 and Chroma."""
+    import dataclasses
+
+    if image_model == "chroma":
+        from comfy.ldm.chroma.model import ChromaParams as params
+    else:
+        from comfy.ldm.flux.model import FluxParams as params
+    defaults = {"txt_ids_dims": [], "vec_in_dim": None}
+    required = {f.name for f in dataclasses.fields(params) if f.default is dataclasses.MISSING}
+    return {**{k: v for k, v in defaults.items() if k in required and k not in cfg}, **cfg}
 
 
 def flux_cfg(hidden=128, heads=1, depth=1, single=1, ctx=64, vec=32, guidance=True):
-    return dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=vec, context_in_dim=ctx,
-                hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth, depth_single_blocks=single,
-                axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=guidance)
+    return fit_params(dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=vec, context_in_dim=ctx,
+                           hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth, depth_single_blocks=single,
+                           axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, guidance_embed=guidance),
+                      "flux")
 
 
 def chroma_cfg(hidden=128, heads=1, depth=2, single=2, ctx=64):
     """Chroma: FLUX's blocks with an approximator instead of the vector input (built in memory: ComfyUI's detection
     fixes the approximator at full size)."""
-    return dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=ctx, hidden_size=hidden,
-                mlp_ratio=4.0, num_heads=heads, depth=depth, depth_single_blocks=single, axes_dim=[16, 56, 56],
-                theta=10000, patch_size=2, qkv_bias=True, in_dim=64, out_dim=hidden, hidden_dim=64, n_layers=1)
+    return fit_params(dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=ctx,
+                           hidden_size=hidden, mlp_ratio=4.0, num_heads=heads, depth=depth, depth_single_blocks=single,
+                           axes_dim=[16, 56, 56], theta=10000, patch_size=2, qkv_bias=True, in_dim=64,
+                           out_dim=hidden, hidden_dim=64, n_layers=1), "chroma")
 
 
 def sdxl_cfg(mc=32, mult=(1, 2), nres=(1, 1), td=(0, 1), tdo=(0, 0, 4, 4), mid=1, ctx=64, pooled=32, head_ch=32):
@@ -84,7 +103,9 @@ def build_unet(model_cls, cfg, seed=0, dtype=torch.float32, device=None):
     mc = model_cls(cfg)
     mc.set_inference_dtype(dtype, None)
     m = mc.get_model({}, device=device)
-    rand_init_(m.diffusion_model, seed=seed)
+    if not rand_init_(m.diffusion_model, seed=seed) and cfg.get("image_model") in ("flux", "chroma"):
+        raise RuntimeError("the tiny FLUX/Chroma has no RMSNorm to set to 1: its attention would be near-uniform "
+                           "(did ComfyUI change its norm class?)")
     return m
 
 
@@ -145,7 +166,7 @@ def write_all(models_dir):
     import comfy.text_encoders.flux
 
     paths = {k: os.path.join(models_dir, v) for k, v in FILES.items()}
-    stamp = os.path.join(models_dir, ".leakless-tiny-v4")
+    stamp = os.path.join(models_dir, ".leakless-tiny-v5")
     if os.path.exists(stamp) and all(os.path.exists(p) for p in paths.values()):
         return paths
     for p in paths.values():

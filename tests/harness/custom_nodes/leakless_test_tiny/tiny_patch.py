@@ -54,7 +54,8 @@ def install():
 
     @functools.wraps(orig_load_clip)
     def load_clip(ckpt_paths, embedding_directory=None, clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION,
-                  model_options={}):  # noqa: B006 - same signature as ComfyUI; never mutated
+                  model_options={}, *args, **kwargs):  # noqa: B006 - ComfyUI's signature (0.33.0 adds
+        # disable_dynamic); never mutated
         extra, kinds = {}, []
         for path in ckpt_paths:
             tiny = tiny_from_file(path) or {}
@@ -62,8 +63,8 @@ def install():
             kinds.append(tiny.get("te_model"))
         token = _TE_MODEL.set(kinds[0] if len(kinds) == 1 else None)  # single-encoder loads detect the kind
         try:
-            return orig_load_clip(ckpt_paths, embedding_directory=embedding_directory, clip_type=clip_type,
-                                  model_options={**model_options, **extra})
+            return orig_load_clip(ckpt_paths, embedding_directory, clip_type, {**model_options, **extra}, *args,
+                                  **kwargs)
         finally:
             _TE_MODEL.reset(token)
 
