@@ -7,7 +7,7 @@ import os
 import torch
 from comfy_api.latest import io
 
-from . import flow, redundancy
+from . import flow, provenance, redundancy
 from .alignment import PhraseNotFoundError
 from .clip_glue import COND_ENCODER, EMPTY_PROMPT, align_clip, family_of
 from .errors import LeaklessInputError, input_error
@@ -49,13 +49,21 @@ class _Encoded:
         self.key = COND_ENCODER[self.family]
         self.encoder = self.alignment.encoders[self.key]
         tokens = clip.tokenize(text)
-        self.conds = conditioning if conditioning is not None else clip.encode_from_tokens_scheduled(tokens)
-        for cond, _ in self.conds:
-            if cond.shape[1] != self.encoder.length:
-                raise LeaklessInputError(
-                    node, "conditioning", f"it has {cond.shape[1]} token rows but the text encodes to "
-                    f"{self.encoder.length} {self.encoder.name} rows, so it is not this text's encoding.",
-                    "connect the conditioning of the same prompt, or leave it unconnected.")
+        if conditioning is None:  # tagged like every Leakless encoding: the tag is kept through its edits
+            self.conds, _ = provenance.tag_conditioning(node, clip, tokens, text,
+                                                        clip.encode_from_tokens_scheduled(tokens))
+        else:
+            fix = ("connect this text's conditioning from this CLIP (CLIPTextEncode or a Leakless node), or leave "
+                   "it unconnected.")
+            for cond, _ in conditioning:
+                if cond.shape[1] != self.encoder.length:
+                    raise LeaklessInputError(
+                        node, "conditioning", f"it has {cond.shape[1]} token rows but the text encodes to "
+                        f"{self.encoder.length} {self.encoder.name} rows, so it is not this text's encoding.", fix)
+            tag = provenance.prompt_tag(node, clip, tokens, text, self.encoder.length)
+            provenance.check_conditioning(node, "conditioning", tag, conditioning,
+                                          lambda: clip.encode_from_tokens_scheduled(tokens), fix)
+            self.conds = conditioning
         self._clip, self._tokens = clip, tokens
 
     @property

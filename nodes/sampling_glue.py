@@ -19,8 +19,12 @@ def sigma_step(transformer_options, node: str) -> tuple[int, int]:
     return min(index, len(schedule) - 2), len(schedule) - 1
 
 
-def cond_rows(transformer_options, batch: int) -> list[int]:
-    """Batch rows of the cond chunks (cond_or_uncond flag 0) of a model call with `batch` rows."""
+def cond_rows(transformer_options, batch: int, uuids=None) -> list[int]:
+    """Batch rows of the cond chunks (cond_or_uncond flag 0) of a model call with `batch` rows; with `uuids`, of
+    the chunks whose conditioning entry's uuid is in it instead (ComfyUI's transformer_options["uuids"])."""
     flags = transformer_options.get("cond_or_uncond") or [0]
     per = batch // len(flags)
+    if uuids is not None:
+        chunks = transformer_options.get("uuids") or []
+        return [c * per + i for c, u in enumerate(chunks) if u in uuids for i in range(per)]
     return [c * per + i for c, flag in enumerate(flags) if flag == 0 for i in range(per)]
