@@ -43,8 +43,9 @@ GPU_SIZES, GPU_STEPS, GPU_ROUNDS = (512, 1024), 10, 3
 GPU_EXTRA = {"no image-image, chunked scores": (-1.0, False)}  # the mask-history scores as the CPU computes them
 
 
-def dense_override(run, dl):
-    """The reference processor's algorithm with full matrices (history = running mean of the full P)."""
+def dense_override(nodes_module, settings):
+    """The reference processor's algorithm with full matrices (history = running mean of the full P). It replaces
+    DeLeaker's override, reading the model call DeLeaker's wrapper describes."""
     import math
 
     import torch
@@ -53,7 +54,9 @@ def dense_override(run, dl):
 
     def override(func, q, k, v, heads, **kwargs):
         to = kwargs["transformer_options"]
-        layout, n_double, n_single = run.call[:3]
+        call = next(c for c in to.values() if isinstance(c, nodes_module._Call))
+        call.ran = True
+        layout, n_double, n_single = call.layout, call.n_double, call.n_single
         n_layers = n_double + n_single
         layer = to["block_index"] + (0 if to["block_type"] == "double" else n_double)
         sig = float(to["sigmas"][0])
@@ -70,7 +73,7 @@ def dense_override(run, dl):
             state["n"] = n + 1
         img = layout.img
         scores = torch.stack([state["hist"][:, :, img][..., list(t)].mean(-1).mean(1) for t in layout.entities], 1)
-        masks = dl.entity_masks(scores, layout, run.settings)
+        masks = nodes_module.deleaker.entity_masks(scores, layout, settings)
         for i, j in [(0, 1)]:
             for rows, cols in ((masks[:, i], layout.entities[j]), (masks[:, j], layout.entities[i])):
                 blk = s[:, :, img][..., list(cols)]
@@ -97,17 +100,18 @@ PROMPT = "A **cow** and a **horse** in a farm"
 
 
 def patched(m, patcher, spec, config):
-    """(the model one configuration samples with, its DeLeaker run state or None)."""
+    """(the model one configuration samples with, its DeLeaker masks output or None)."""
     if config == "unpatched":
         return patcher, None
     beta1, image_image = CONFIGS.get(config, GPU_EXTRA.get(config))
     settings = dict(mask_threshold=beta1, image_threshold=1.0, alpha=1.2, mask_history=0.6, cross_text=True,
                     self_text=True, image_image=image_image, alpha_per_pair=False, overlap="reference")
-    used, run = m["LeaklessDeLeaker"].execute(model=patcher, entities=spec, **settings).args
+    used, results = m["LeaklessDeLeaker"].execute(model=patcher, entities=spec, **settings).args
     if config == "dense reference":
-        dl = sys.modules[type(run).__module__].deleaker
-        used.model_options["transformer_options"]["optimized_attention_override"] = dense_override(run, dl)
-    return used, run
+        module = sys.modules[type(results).__module__]
+        dense = dense_override(module, module.deleaker.Settings(beta_text=beta1, image_image=image_image))
+        used.model_options["transformer_options"]["optimized_attention_override"] = dense
+    return used, results
 
 
 def sampler(cond, size, steps):
@@ -125,11 +129,12 @@ def sampler(cond, size, steps):
     return go
 
 
-def coverage(config, run) -> float | None:
-    """The share of image tokens in each entity's mask (none for the unpatched model and the dense reference)."""
-    if run is None or run.masks is None or config == "dense reference":
+def coverage(config, results) -> float | None:
+    """The share of image tokens in each entity's mask in the last run (none for the unpatched model and the dense
+    reference)."""
+    if results is None or results.last is None or config == "dense reference":
         return None
-    return float(run.masks.float().mean())
+    return float(results.last.masks.float().mean())
 
 
 def run_config(config):

@@ -69,6 +69,13 @@ def run_config(name):
             end_token_substitution=0.0, clean_prompt="").args
         used = m["LeaklessToMeSemanticBinding"].execute(model=patcher, binding=binding,
                                                         **{**DEFAULTS, **settings}).args[0]
+        if used is not patcher:  # each sampling run's ToMe state, for the pass counts
+            from conftest import import_pack_as
+
+            import_pack_as("leakless")
+            from leakless.nodes import run_state
+
+            used, runs = run_state.watch(used, "leakless_tome")
     latent = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
     noise = comfy.sample.prepare_noise(latent, 1)
     plain_positive = nodes.CLIPTextEncode().encode(clip, PROMPT)[0]
@@ -88,10 +95,9 @@ def run_config(name):
         times.append(time.perf_counter() - t)
         ratios.append(times[-1] / plain)
     passes = None
-    wrappers = used.wrappers.get("apply_model", {}).get("leakless_tome")
-    if wrappers:
-        run = wrappers[0].leakless_run
-        passes = {k: v / len(run.done) for k, v in run.stats.items()} | {"steps": len(run.done)}  # last sampling
+    if used is not patcher:
+        run = runs[-1]  # the last sampling
+        passes = {k: v / len(run.done) for k, v in run.stats.items()} | {"steps": len(run.done)}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"config": name, "seconds": statistics.median(times), "ratio": statistics.median(ratios),
                       "peak_mb": peak_mb, "passes": passes}))

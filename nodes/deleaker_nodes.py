@@ -4,17 +4,21 @@ The patch is an ``optimized_attention_override`` on a clone of the MODEL: it run
 before (another override such as Sage/Flash attention is chained, not replaced), then rewrites only the image-query
 rows of the cond batch rows that DeLeaker edits. A DIFFUSION_MODEL wrapper records, per model call, the text length
 and the image grid the attention calls need. Steps come from the sigma schedule, never from counting calls.
+The mask history and masks belong to one sampling run (nodes/run_state.py); when a run completes, its masks go to
+the MASKS output (MaskResults), tied to the latent the run produced.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
 from dataclasses import dataclass
 
 import torch
 from comfy_api.latest import io
 
-from . import deleaker
+from . import deleaker, provenance, run_state
 from .alignment import PhraseNotFoundError
 from .clip_glue import align_clip
 from .errors import LeaklessInputError, input_error
@@ -24,6 +28,7 @@ from .sampling_glue import cond_rows, sigma_step
 ENTITIES = io.Custom("LEAKLESS_ENTITIES")
 MASKS = io.Custom("LEAKLESS_DELEAKER_MASKS")
 WRAPPER_KEY = "leakless_deleaker"
+CALL_SUFFIX = ".call"  # after a patch's run-state key: the model call in progress, in that call's transformer_options
 REFERENCE_HISTORY_START = 12 / 57  # block 12 of FLUX.1's 57 in the first step
 OVERLAP_OPTIONS = ["reference", "exclusive"]
 PALETTE = [(0.95, 0.26, 0.21), (0.13, 0.59, 0.95), (0.30, 0.69, 0.31), (1.0, 0.76, 0.03), (0.61, 0.15, 0.69),
@@ -37,8 +42,11 @@ class EntitySpec:
     names: tuple[str, ...]
     positions: tuple[tuple[int, ...], ...]
     t5_length: int
+    prompt: provenance.PromptTag | None = None  # the encoded prompt's tag: the positive entries DeLeaker edits
 
 
+ENCODE_FIX = ("connect Leakless DeLeaker Encode's conditioning (FluxGuidance, timestep-range, area and mask nodes in "
+              "between are fine) as the positive prompt of the sampler that uses this model.")
 _MARK = re.compile(r"\*\*(.+?)\*\*")
 
 
@@ -96,101 +104,234 @@ class DeLeakerEncode(io.ComfyNode):
         except (PhraseNotFoundError, SelectionError) as e:
             raise input_error(cls.NAME, "entities", e, "name two or more entities that are words of the prompt, "
                               "e.g. 'cow, horse', or mark them as **cow**.") from None
-        spec = EntitySpec(tuple(str(r) for r in refs), positions, alignment.encoders["t5xxl"].length)
-        conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(clean))
+        tokens = clip.tokenize(clean)
+        conditioning, tag = provenance.tag_conditioning(cls.NAME, clip, tokens, clean,
+                                                        clip.encode_from_tokens_scheduled(tokens))
+        spec = EntitySpec(tuple(str(r) for r in refs), positions, alignment.encoders["t5xxl"].length, tag)
         return io.NodeOutput(conditioning, spec)
 
 
-class _Run:
-    """State of one patched model: the mask history and the last masks (shared by every clone of the patch)."""
+class _Track:
+    """The mask history and masks of one set of positive entries (their uuids) in one sampling run."""
 
-    def __init__(self, spec: EntitySpec, settings: deleaker.Settings, history_until: float):
-        self.spec, self.settings, self.history_until = spec, settings, history_until
+    def __init__(self):
         self.history = deleaker.MaskHistory()
-        self.call = None  # (layout, double blocks, single blocks, step, steps) of the model call in progress
-        self.masks = None  # last masks used: [cond rows, K, N] bool
-        self.plans = None  # their MaskPlans, one per cond row
+        self.masks = None  # masks in use: [rows, K, N] bool
+        self.plans = None  # their MaskPlans, one per row
         self.layout = None  # the layout those masks belong to
         self.masks_key = None  # the history state they were made from
 
 
-def _make_wrapper(run: _Run):
+class _Run:
+    """One sampling run's state: one track per set of positive entries, so model calls on other rows (0.33.0's
+    multi-GPU CFG split runs cond and uncond in threads at once) never share one."""
+
+    def __init__(self):
+        self.tracks: dict[tuple, _Track] = {}
+        self.lock = threading.Lock()
+
+    def track(self, entries: tuple) -> _Track:
+        with self.lock:
+            return self.tracks.setdefault(entries, _Track())
+
+
+@dataclass
+class _Call:
+    """One model call, made once by the DIFFUSION_MODEL wrapper and read by every attention call inside it."""
+
+    layout: deleaker.Layout
+    n_double: int
+    n_single: int
+    step: int | Exception  # the error when the sampler gave no sigma schedule (raised only if DeLeaker must act)
+    steps: int | None
+    rows: list[int]  # the batch rows DeLeaker edits
+    track: _Track | None
+    ran: bool = False  # the override was reached
+
+
+def _entries(to, batch: int, rows: list[int]) -> tuple:
+    """The uuids of the conditioning entries whose batch chunks hold `rows`."""
+    uuids = to.get("uuids") or []
+    per = batch // len(to.get("cond_or_uncond") or [0])
+    return tuple(uuids[r // per] for r in rows[::per]) if uuids else ()
+
+
+def _chains(active, override) -> bool:
+    """Whether the attention override in use is `override` or a Leakless override chained over it."""
+    for _ in range(64):  # a chain of stacked patches; never a cycle
+        if active is None or active is override:
+            return active is override
+        active = getattr(active, "leakless_previous", None)
+    return False
+
+
+def _make_wrapper(key: str, spec: EntitySpec, override):
     def wrapper(executor, x, timestep, context, *args, **kwargs):
         model = executor.class_obj
-        p = model.patch_size
-        grid = ((x.shape[-2] + p // 2) // p, (x.shape[-1] + p // 2) // p)
         to = kwargs.get("transformer_options") or next(
             (a for a in args if isinstance(a, dict) and "sigmas" in a), {})
+        run = run_state.state_of(to, key)
+        if run is None:
+            raise RuntimeError(f"{DeLeaker.NAME}: the model was called outside a sampler's run; sample with KSampler, "
+                               "KSamplerAdvanced or SamplerCustomAdvanced")
+        p = model.patch_size
+        grid = ((x.shape[-2] + p // 2) // p, (x.shape[-1] + p // 2) // p)
         try:
             step, steps = sigma_step(to, DeLeaker.NAME)  # once per model call, not in every attention call
         except RuntimeError as e:  # raised by the override only if it has to act on this call
             step, steps = e, None
-        layout = deleaker.Layout(context.shape[1], grid, run.spec.positions)  # once per model call
-        run.call = (layout, len(model.double_blocks), len(model.single_blocks), step, steps)
+        rows = cond_rows(to, x.shape[0], provenance.tagged_uuids(to, spec.prompt))  # entries of its prompt
+        call = _Call(deleaker.Layout(context.shape[1], grid, spec.positions), len(model.double_blocks),
+                     len(model.single_blocks), step, steps, rows,
+                     run.track(_entries(to, x.shape[0], rows)) if rows else None)
+        to[key + CALL_SUFFIX] = call  # this call's own transformer_options: the override's too
         try:
-            return executor(x, timestep, context, *args, **kwargs)
+            out = executor(x, timestep, context, *args, **kwargs)
         finally:
-            run.call = None
+            to.pop(key + CALL_SUFFIX, None)
+        # a cache node (EasyCache) may skip the model's blocks: only an override that replaced ours is an error
+        if not call.ran and not _chains(to.get("optimized_attention_override"), override):
+            raise LeaklessInputError(
+                DeLeaker.NAME, "model", "its attention edit did not run: a node placed after Leakless DeLeaker "
+                "replaced the model's attention override without chaining it (ComfyUI's ModelAttentionBackend does "
+                "that), or something computes FLUX's attention itself.", "place ModelAttentionBackend (or the other "
+                "attention node) before Leakless DeLeaker: DeLeaker then runs that attention inside its edit.")
+        return out
 
     return wrapper
 
 
-def _make_override(run: _Run, previous):
+def _make_override(key: str, spec: EntitySpec, settings: deleaker.Settings, history_until: float, previous):
     def override(func, *args, **kwargs):
         def attention(*a, **changed):
             kw = dict(kwargs, **changed) if changed else kwargs
             return previous(func, *a, **kw) if previous is not None else func(*a, **kw)
 
         to = kwargs.get("transformer_options") or {}
-        if run.call is None or to.get("block_type") not in ("double", "single") or not kwargs.get("skip_reshape") \
-                or kwargs.get("skip_output_reshape"):
+        call = to.get(key + CALL_SUFFIX)
+        if call is not None:
+            call.ran = True
+        if call is None or call.track is None or to.get("block_type") not in ("double", "single") \
+                or not kwargs.get("skip_reshape") or kwargs.get("skip_output_reshape"):
             return attention(*args)
         q, k, v, heads = args[:4]
-        rows = cond_rows(to, q.shape[0])
-        if not rows:
-            return attention(*args)
-        layout, n_double, n_single, step, steps = run.call
-        if layout.txt_len != run.spec.t5_length:
+        rows, track, layout = call.rows, call.track, call.layout
+        if layout.txt_len != spec.t5_length:
             raise RuntimeError(
                 f"Leakless DeLeaker: the positive prompt the sampler sees has {layout.txt_len} T5 tokens, but the "
-                f"entities came from a prompt of {run.spec.t5_length}. Connect Leakless DeLeaker Encode's "
+                f"entities came from a prompt of {spec.t5_length}. Connect Leakless DeLeaker Encode's "
                 "conditioning as the positive prompt of the sampler that uses this model.")
-        if isinstance(step, Exception):
-            raise step
-        n_layers = n_double + n_single
-        layer = to["block_index"] + (0 if to["block_type"] == "double" else n_double)
-        b = step * n_layers + layer
+        if isinstance(call.step, Exception):
+            raise call.step
+        n_layers = call.n_double + call.n_single
+        layer = to["block_index"] + (0 if to["block_type"] == "double" else call.n_double)
+        b = call.step * n_layers + layer
         hist_start = round(REFERENCE_HISTORY_START * n_layers)
-        hist_end = round(run.history_until * steps) * n_layers
+        hist_end = round(history_until * call.steps) * n_layers
         in_history = hist_start <= b < hist_end
-        intervene = b >= n_double - 1  # from the first step's last double block to the end (reference: 18)
+        intervene = b >= call.n_double - 1  # from the first step's last double block to the end (reference: 18)
         if not (in_history or intervene) or q.shape[2] < layout.txt_len + layout.n_img:
             return attention(*args)
+        history = track.history
         if b == hist_start:
-            run.history.reset()
+            history.reset()
+        if history.mean is not None and history.mean.device != q.device:  # the multi-GPU split moved these rows
+            history.mean, track.masks_key = history.mean.to(q.device), None
         scores = probs = None
-        if in_history or run.history.mean is None or b <= hist_start:
+        if in_history or history.mean is None or b <= hist_start:
             scores, probs = deleaker.scores_and_image_probs(
                 q[rows], k[rows], layout, deleaker.attention_mask_4d(kwargs.get("mask"), rows),
-                image_probs=intervene and run.settings.image_image)
+                image_probs=intervene and settings.image_image)
         if in_history:
-            run.history.update(scores)
+            history.update(scores)
         if not intervene:
             return attention(*args)
-        from_history = run.history.mean is not None and b > hist_start
-        key = (run.history.epoch, run.history.count, layout) if from_history else None
-        if key is None or key != run.masks_key:  # a frozen history gives the same masks: plan them once
-            use = run.history.mean if from_history else scores
-            run.masks, run.layout, run.masks_key = deleaker.entity_masks(use, layout, run.settings), layout, key
-            run.plans = [deleaker.MaskPlan(m, run.settings) for m in run.masks]
+        from_history = history.mean is not None and b > hist_start
+        masks_key = (history.epoch, history.count, layout) if from_history else None
+        if masks_key is None or masks_key != track.masks_key:  # a frozen history gives the same masks: plan once
+            use = history.mean if from_history else scores
+            track.masks, track.layout, track.masks_key = deleaker.entity_masks(use, layout, settings), layout, masks_key
+            track.plans = [deleaker.MaskPlan(m, settings) for m in track.masks]
 
         def attend(qx, kx, vx, mask):  # the model's own attention on any rows and (edited) keys
             return attention(qx, kx, vx, heads, *args[4:], mask=mask)
 
-        return deleaker.deleaker_attention(q, k, v, attend, run.plans, layout, run.settings, rows, kwargs.get("mask"),
+        return deleaker.deleaker_attention(q, k, v, attend, track.plans, layout, settings, rows, kwargs.get("mask"),
                                            probs)
 
+    override.leakless_previous = previous
     return override
+
+
+@dataclass(frozen=True)
+class MaskRun:
+    """The masks of one completed sampling run, and what ties them to it."""
+
+    masks: torch.Tensor  # [cond rows, K, N] bool, on the CPU
+    grid: tuple[int, int]  # the image token grid (h, w)
+    latent: tuple[int, ...]  # the shape of the latent the run produced
+    fingerprint: str  # a digest of that latent
+    prompt: str | None  # the prompt execution the run belonged to (None outside one)
+
+
+def _fingerprint(latent: torch.Tensor) -> str:
+    """A digest of a latent, equal for the sampler's float32 output and the LATENT it hands on (float32 or, with
+    --fp16-intermediates, float16), on any device."""
+    x = latent.detach().to("cpu", torch.float16).contiguous()
+    return hashlib.blake2b(x.numpy().tobytes() + repr(tuple(x.shape)).encode(), digest_size=16).hexdigest()
+
+
+def _prompt_id() -> str | None:
+    from comfy_execution.utils import get_executing_context
+
+    context = get_executing_context()
+    return None if context is None else context.prompt_id
+
+
+class MaskResults:
+    """DeLeaker's MASKS output: the masks of the last KEEP completed sampling runs with this patched model, each
+    tied to the latent it produced and the prompt execution it ran in, so DeLeaker Masks never shows another
+    run's masks. Written once at the end of each run; the sampling itself never reads it."""
+
+    KEEP = 16
+
+    def __init__(self):
+        self.runs: list[MaskRun] = []
+
+    def record(self, run: _Run, output) -> None:
+        track = next((t for t in run.tracks.values() if t.masks is not None), None)  # the first positive entries
+        if track is None or not torch.is_tensor(output):
+            return
+        done = MaskRun(track.masks.cpu(), track.layout.grid, tuple(output.shape), _fingerprint(output), _prompt_id())
+        self.runs = [*self.runs, done][-self.KEEP:]  # a new list: a reader never sees it half-changed
+
+    @property
+    def last(self) -> MaskRun | None:
+        return self.runs[-1] if self.runs else None
+
+    def find(self, node: str, samples: dict | None) -> MaskRun:
+        """The run whose output is `samples` (a LATENT), or without it the one run of this prompt execution."""
+        runs = self.runs
+        if samples is not None:
+            fingerprint = _fingerprint(samples["samples"])
+            found = [r for r in runs if r.fingerprint == fingerprint]
+            if not found:
+                raise LeaklessInputError(node, "samples", "these latents were not made by a sampler that uses this "
+                                         "Leakless DeLeaker model (or were changed after sampling, or come from a "
+                                         f"run older than its last {self.KEEP}).", "connect the LATENT output of "
+                                         "the sampler that uses Leakless DeLeaker's model.")
+            return found[-1]
+        prompt = _prompt_id()
+        found = [r for r in runs if r.prompt == prompt]
+        if len(found) != 1:
+            problem = (f"{len(found)} samplings used this Leakless DeLeaker model in this run of the workflow, so "
+                       "which one made these images is not known." if found else
+                       "no sampling with this Leakless DeLeaker model ran in this run of the workflow (the sampler's "
+                       "result was reused from an earlier run, or it has not run), so its masks are not known.")
+            raise LeaklessInputError(node, "samples", problem, "connect the LATENT output of the sampler whose "
+                                     "images these are to 'samples': the masks of the run that made it are then "
+                                     "shown, even when its result is reused.")
+        return found[0]
 
 
 def _is_flux(model) -> bool:
@@ -267,15 +408,21 @@ class DeLeaker(io.ComfyNode):
         if len(entities.names) < 2:
             raise LeaklessInputError(cls.NAME, "entities", "fewer than two entities.", "name at least two in "
                                      "Leakless DeLeaker Encode.")
-        run = _Run(entities, settings, mask_history)
+        key, results = run_state.new_key(WRAPPER_KEY), MaskResults()
         patched = model.clone()
         to = patched.model_options.setdefault("transformer_options", {})
-        to["optimized_attention_override"] = _make_override(run, to.get("optimized_attention_override"))
+        override = _make_override(key, entities, settings, mask_history, to.get("optimized_attention_override"))
+        to["optimized_attention_override"] = override
         import comfy.patcher_extension
 
+        run_state.install(patched, WRAPPER_KEY, key, lambda guider: _Run(), results.record)
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                     _make_wrapper(run))
-        return io.NodeOutput(patched, run)
+                                     _make_wrapper(key, entities, override))
+        if entities.prompt is not None:  # edits only the positive entries encoded from the entities' prompt
+            patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, provenance.KEY,
+                                         provenance.outer_sample_check(cls.NAME, "entities", entities.prompt,
+                                                                       DeLeakerEncode.NAME, ENCODE_FIX, False))
+        return io.NodeOutput(patched, results)
 
 
 class DeLeakerMasks(io.ComfyNode):
@@ -287,13 +434,19 @@ class DeLeakerMasks(io.ComfyNode):
             node_id="LeaklessDeLeakerMasks",
             display_name=cls.NAME,
             category="Leakless/deleaker",
-            description=("Where DeLeaker localized each entity in the last sampling run: one MASK per entity (and "
-                         "per image) and a coloured overlay on the decoded images."),
+            description=("Where DeLeaker localized each entity in the sampling run that made these images: one MASK "
+                         "per entity (and per image) and a coloured overlay on the decoded images. Connect the "
+                         "sampler's LATENT to 'samples' to tie the masks to it; masks of another run are never "
+                         "shown."),
             inputs=[
                 MASKS.Input("masks", tooltip="Leakless DeLeaker's 'masks' output."),
                 io.Image.Input("images", tooltip="The decoded images of that run (this node runs after them)."),
                 io.Float.Input("opacity", default=0.45, min=0.0, max=1.0, step=0.05, tooltip="Overlay colour "
                                "strength; 0 shows the images unchanged."),
+                io.Latent.Input("samples", optional=True, tooltip=(
+                    "The sampler's LATENT output (recommended): the masks of the run that made it, even when the "
+                    "sampler's result is reused from an earlier run. Unconnected: the one sampling with this model "
+                    "in this run of the workflow.")),
             ],
             outputs=[
                 io.Mask.Output("mask", display_name="mask", tooltip="Per image, one mask per entity, in order."),
@@ -303,16 +456,22 @@ class DeLeakerMasks(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, masks, images, opacity) -> io.NodeOutput:
-        if masks is None or masks.masks is None:
-            raise LeaklessInputError(cls.NAME, "masks", "no DeLeaker masks exist yet (DeLeaker was off, had no "
-                                     "entities, or the sampler has not run with the patched model).",
-                                     "sample with Leakless DeLeaker's model and connect its decoded images.")
-        m = masks.masks.float()  # [R, K, N]
-        r, k, _ = m.shape
-        h, w = masks.layout.grid
-        grids = m.reshape(r * k, 1, h, w)
+    def execute(cls, masks, images, opacity, samples=None) -> io.NodeOutput:
+        if masks is None:
+            raise LeaklessInputError(cls.NAME, "masks", "Leakless DeLeaker made no masks: it was off (no entities "
+                                     "connected, or every edit off).", "connect DeLeaker Encode's entities to "
+                                     "Leakless DeLeaker and sample with its model.")
+        run = masks.find(cls.NAME, samples)
         n, ih, iw, _ = images.shape
+        lh, lw = run.latent[-2:]
+        if n != run.latent[0] or ih * lw != iw * lh:
+            raise LeaklessInputError(cls.NAME, "images", f"{n} image(s) of {iw}x{ih} px do not match the sampling "
+                                     f"they belong to ({run.latent[0]} latent(s) of {lw}x{lh}).", "connect the "
+                                     "decoded images of the sampler that uses Leakless DeLeaker's model.")
+        m = run.masks.float()  # [R, K, N]
+        r, k, _ = m.shape
+        h, w = run.grid
+        grids = m.reshape(r * k, 1, h, w)
         up = torch.nn.functional.interpolate(grids, size=(ih, iw), mode="nearest").reshape(r, k, ih, iw)
         up = up[torch.arange(n) % r]  # one set of masks per image (batches tile like conditioning)
         overlay = images[..., :3].clone()

@@ -6,6 +6,7 @@ tokens for attribute binding. The patch is an APPLY_MODEL wrapper on a clone of 
 runs its own differentiable passes of the model (GradThroughInference lets autograd through the loader's inference
 weights without copying them), updates the positive prompt's rows and the step's model input, then runs the
 sampler's call with them. The update of the text rows persists for the rest of the sampling, as in the reference.
+That state belongs to one sampling run (nodes/run_state.py), never to the patched model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
-from . import tome
+from . import provenance, run_state, tome
 from .alignment import PhraseNotFoundError
 from .clip_glue import align_clip, family_of
 from .errors import LeaklessInputError, input_error
@@ -43,6 +44,7 @@ class BindingSpec:
     eot: int  # row of the end token
     anchors: torch.Tensor  # [G, 77, D] each group's anchor phrase, encoded alone
     family: str
+    prompt: provenance.PromptTag | None = None  # the encoded prompt's tag: every positive entry must carry it
 
 
 class ToMeEncode(io.ComfyNode):
@@ -102,7 +104,8 @@ class ToMeEncode(io.ComfyNode):
                                      "FLUX CLIP (T5).", "use an SDXL checkpoint's CLIP; for FLUX leakage use "
                                      "Leakless DeLeaker or Leak Patch.")
         tokens = clip.tokenize(text)
-        conditioning = clip.encode_from_tokens_scheduled(tokens)
+        conditioning, tag = provenance.tag_conditioning(cls.NAME, clip, tokens, text,
+                                                        clip.encode_from_tokens_scheduled(tokens))
         try:
             specs = tome.parse_groups(groups)
             if not specs:
@@ -134,7 +137,7 @@ class ToMeEncode(io.ComfyNode):
                   [[c, {**m, "start_percent": end_token_substitution}] for c, m in substituted]
         anchors = torch.cat([clip.encode_from_tokens_scheduled(clip.tokenize(g.anchor))[0][0] for g in resolved])
         spec = BindingSpec(resolved, merged[0][0], None if substituted is None else substituted[0][0],
-                           end_token_substitution, eot, anchors, family)
+                           end_token_substitution, eot, anchors, family, tag)
         return io.NodeOutput(out, spec)
 
 
@@ -160,22 +163,26 @@ class _EnoughMaps(Exception):
 
 
 class _Run:
-    """State of one sampling with the patched model, reset by the OUTER_SAMPLE wrapper."""
+    """State of one sampling run with the patched model: nodes/run_state.py makes a fresh one for every run."""
 
-    def __init__(self, spec: BindingSpec, settings: Settings):
+    def __init__(self, spec: BindingSpec, settings: Settings, guider):
         self.spec, self.settings = spec, settings
         self.offload = False  # keep gradient passes' activations in CPU memory (set after an out-of-memory)
-        self.reset()
-
-    def reset(self):
         self.stats = {"forward": 0, "backward": 0}  # auxiliary model passes in this sampling
         self.text = None  # [batch, 77, D] the positive rows as updated so far
-        self.substituted = self.spec.substituted is not None and self.spec.ets_start <= 0
+        self.substituted = spec.substituted is not None and spec.ets_start <= 0
         self.done = set()  # optimized steps
         self.latent = {}  # step -> (model input it was computed for, updated model input)
         self.last = {}  # what the last optimized step measured (for tests and logging)
         self.anchor_latent = None  # [batch * groups, ...] the reference code's per-anchor latents
-        self.cfg, self.negative = 1.0, None  # the guider's, for advancing the anchor latents
+        self.cfg = float(getattr(guider, "cfg", 1.0))  # the guider's, for advancing the anchor latents
+        negative = getattr(guider, "original_conds", {}).get("negative") or [{}]
+        self.negative = negative[0].get("cross_attn")
+
+    def release(self, output=None):
+        """After the run: drop the latents it kept."""
+        self.latent.clear()
+        self.anchor_latent = self.negative = None
 
 
 def _rows_match(rows: torch.Tensor, reference: torch.Tensor | None) -> bool:
@@ -402,11 +409,18 @@ def _optimize(run: _Run, call: _Sampling, step: int, steps: int):
         return x.clone()
 
 
-def _make_apply_model_wrapper(run: _Run):
-    spec, settings = run.spec, run.settings
-
+def _make_apply_model_wrapper(key: str, spec: BindingSpec, settings: Settings):
     def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
         to = transformer_options or {}
+        run = run_state.state_of(to, key)
+        if run is None:
+            raise RuntimeError(f"{ToMeSemanticBinding.NAME}: the model was called outside a sampler's run; sample "
+                               "with KSampler, KSamplerAdvanced or SamplerCustomAdvanced")
+        if to.get("multigpu_thread_device") is not None:  # set by 0.33.0's multi-GPU work units
+            raise LeaklessInputError(
+                ToMeSemanticBinding.NAME, "model", "ToMe's update of a step's latent must reach both its cond and "
+                "uncond passes, which MultiGPU CFG Split runs at the same time on different GPUs.", "remove "
+                "MultiGPU CFG Split (MultiGPU_WorkUnits) from this model's chain: ToMe samples on one GPU.")
         call = _Sampling(executor, x, t, c_concat, kwargs, to)
         step, steps = sigma_step(to, ToMeSemanticBinding.NAME)
         rows = cond_rows(to, x.shape[0])
@@ -440,23 +454,6 @@ def _make_apply_model_wrapper(run: _Run):
         out = executor(x_in, t, c_concat, c_crossattn, control, to, **kwargs)
         # the reference steps from the un-updated latent with the noise predicted at the updated one
         return out if x_in is x else out + (x - x_in)
-
-    wrapper.leakless_run = run  # for inspection (tests, benchmark): the state of the last sampling
-    return wrapper
-
-
-def _make_outer_wrapper(run: _Run):
-    def wrapper(executor, *args, **kwargs):
-        run.reset()
-        guider = executor.class_obj
-        run.cfg = float(getattr(guider, "cfg", 1.0))
-        negative = getattr(guider, "original_conds", {}).get("negative") or [{}]
-        run.negative = negative[0].get("cross_attn")
-        try:
-            return executor(*args, **kwargs)
-        finally:
-            run.latent.clear()
-            run.anchor_latent = run.negative = None
 
     return wrapper
 
@@ -530,8 +527,13 @@ class ToMeSemanticBinding(io.ComfyNode):
                                      f"{len(binding.groups)} groups.", "turn it off or use two groups.")
         import comfy.patcher_extension as ext
 
-        run = _Run(binding, settings)
+        key = run_state.new_key(WRAPPER_KEY)
         patched = model.clone()
-        patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, _make_outer_wrapper(run))
-        patched.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _make_apply_model_wrapper(run))
+        run_state.install(patched, WRAPPER_KEY, key, lambda guider: _Run(binding, settings, guider), _Run.release)
+        patched.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
+                                     _make_apply_model_wrapper(key, binding, settings))
+        if binding.prompt is not None:  # it updates every positive row: all of them must be ToMe Encode's
+            patched.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, provenance.KEY, provenance.outer_sample_check(
+                cls.NAME, "binding", binding.prompt, ToMeEncode.NAME, "connect Leakless ToMe Encode's conditioning "
+                "as the positive prompt of the sampler that uses this model, without other prompts combined.", True))
         return io.NodeOutput(patched)

@@ -10,7 +10,7 @@ SCHEMAS = {
     "LeaklessDeLeakerEncode": ["clip", "text", "entities"],
     "LeaklessDeLeaker": ["model", "mask_threshold", "image_threshold", "alpha", "mask_history", "cross_text",
                          "self_text", "image_image", "alpha_per_pair", "overlap", "entities"],
-    "LeaklessDeLeakerMasks": ["masks", "images", "opacity"],
+    "LeaklessDeLeakerMasks": ["masks", "images", "opacity", "samples"],
     "LeaklessToMeEncode": ["clip", "text", "groups", "noun_weight", "attribute_weight", "end_token_substitution",
                            "clean_prompt"],
     "LeaklessToMeSemanticBinding": ["model", "binding", "steps_fraction", "entropy_iterations",

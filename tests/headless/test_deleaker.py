@@ -44,8 +44,8 @@ def test_patched_model_changes_the_image_and_finds_every_entity(parts):
     patched, run = deleak(parts)
     out = sample(parts, patched)
     assert not torch.equal(out, plain)
-    assert run.masks is not None and run.masks.shape == (1, 2, (192 // 16) * (256 // 16))
-    assert bool(run.masks.any(dim=-1).all())
+    assert run.last.masks.shape == (1, 2, (192 // 16) * (256 // 16))
+    assert bool(run.last.masks.any(dim=-1).all())
 
 
 def test_identity_without_entities_or_edits(parts):
@@ -99,7 +99,7 @@ def test_cfg_with_a_negative_of_another_length_batch_two(parts, sampler):
     out = sample(parts, patched, negative=long_negative, cfg=3.0, batch=2, sampler=sampler, w=192, h=256)
     plain = sample(parts, parts["model"], negative=long_negative, cfg=3.0, batch=2, sampler=sampler, w=192, h=256)
     assert out.shape[0] == 2 and not torch.equal(out, plain)
-    assert run.masks.shape[0] == 2  # per-sample masks for the two cond rows
+    assert run.last.masks.shape[0] == 2  # per-sample masks for the two cond rows
 
 
 def test_keeps_the_models_own_attention_mask(parts):
@@ -114,7 +114,7 @@ def test_keeps_the_models_own_attention_mask(parts):
     bias[:, :, parts["spec"].t5_length + 40:parts["spec"].t5_length + 90] = -3.0  # attend less to some image keys
     patched, run = deleak(parts)
     masked = sample(parts, patched, positive=with_mask(bias), negative=parts["cond"], cfg=2.0)
-    assert torch.isfinite(masked).all() and bool(run.masks.any(dim=-1).all())
+    assert torch.isfinite(masked).all() and bool(run.last.masks.any(dim=-1).all())
     assert not torch.equal(masked, sample(parts, parts["model"], positive=with_mask(bias), negative=parts["cond"],
                                           cfg=2.0))
     unmasked = sample(parts, patched, cfg=2.0)
@@ -132,8 +132,8 @@ def test_kontext_reference_tokens_stay_out_of_the_image_set(parts):
     out = sample(parts, patched, positive=positive, negative=parts["cond"], cfg=2.0)
     plain = sample(parts, parts["model"], positive=positive, negative=parts["cond"], cfg=2.0)
     assert torch.isfinite(out).all() and not torch.equal(out, plain)
-    assert run.layout.grid == (192 // 16, 256 // 16) and run.masks.shape[-1] == 12 * 16
-    assert bool(run.masks.any(dim=-1).all())
+    assert run.last.grid == (192 // 16, 256 // 16) and run.last.masks.shape[-1] == 12 * 16
+    assert bool(run.last.masks.any(dim=-1).all())
 
 
 def test_chroma_shares_the_blocks(parts):
@@ -145,7 +145,7 @@ def test_chroma_shares_the_blocks(parts):
     patched, run = deleak(parts, model=chroma)
     out = sample(parts, patched, cfg=2.0)
     assert torch.isfinite(out).all() and not torch.equal(out, sample(parts, chroma, cfg=2.0))
-    assert run.masks.shape == (1, 2, 12 * 16) and bool(run.masks.any(dim=-1).all())
+    assert run.last.masks.shape == (1, 2, 12 * 16) and bool(run.last.masks.any(dim=-1).all())
 
 
 def test_chroma_with_its_own_t5_clip(parts):
@@ -164,7 +164,7 @@ def test_chroma_with_its_own_t5_clip(parts):
     out = sample(parts, patched, positive=cond, negative=negative, cfg=2.0)
     assert torch.isfinite(out).all()
     assert not torch.equal(out, sample(parts, chroma, positive=cond, negative=negative, cfg=2.0))
-    assert run.layout.txt_len == spec.t5_length and bool(run.masks.any(dim=-1).all())
+    assert run.last.grid == (12, 16) and bool(run.last.masks.any(dim=-1).all())
 
 
 def test_masks_node_outputs(parts):
@@ -210,5 +210,6 @@ def test_sdxl_is_refused(parts):
 def test_positive_from_another_prompt_is_a_clear_error(parts):
     other = parts["nodes"].CLIPTextEncode().encode(parts["clip"], "a cow and a horse, " * 40)[0]
     patched, _ = deleak(parts)
-    with pytest.raises(RuntimeError, match="positive prompt the sampler sees has .* Connect Leakless DeLeaker Encode"):
+    with pytest.raises(ValueError, match="Leakless DeLeaker: input 'entities': the positive prompt the sampler sees "
+                       "is not the one from Leakless DeLeaker Encode .*Fix: connect Leakless DeLeaker Encode"):
         sample(parts, patched, positive=other)

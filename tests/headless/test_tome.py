@@ -46,11 +46,11 @@ def sample(parts, model, positive, negative=None, cfg=5.0, batch=2, sampler="KSa
                                            latent, 0, 10000, "disable")[0]["samples"]
 
 
-def run_of(model):
-    import comfy.patcher_extension as ext
+def watched(model, prepare=None):
+    """(a clone of the patched model, the list that receives the ToMe state of each of its sampling runs)."""
+    from leakless.nodes import run_state
 
-    wrapper = model.wrappers[ext.WrappersMP.APPLY_MODEL]["leakless_tome"][0]
-    return wrapper.leakless_run
+    return run_state.watch(model, "leakless_tome", prepare)
 
 
 def test_merge_and_substitution_match_the_plain_encoding(parts):
@@ -97,10 +97,10 @@ def test_updates_change_text_and_latent_inside_the_window_only(parts):
     outer_calls, inner_calls = [], []
     outer = parts["model"].clone()
     outer.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, "test_outer", _spy(outer_calls))
-    model = bind(parts, spec, model=outer)  # steps_fraction 0.5 of 4 steps: steps 0 and 1
+    model, runs = watched(bind(parts, spec, model=outer))  # steps_fraction 0.5 of 4 steps: steps 0 and 1
     model.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, "test_inner", _spy(inner_calls))
-    run = run_of(model)
     sample(parts, model, cond, steps=4)
+    run, = runs
     assert run.done == {0, 1}
     main = [c for c in inner_calls if len(c["flags"]) == 2]
     aux = [c for c in inner_calls if len(c["flags"]) == 1]
@@ -130,7 +130,7 @@ def test_sampler_custom_advanced_and_img2img(parts):
     import comfy.sample
 
     cond, spec = encode(parts)
-    model = bind(parts, spec)
+    model, runs = watched(bind(parts, spec))
     negative = plain(parts, "low res")
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(cond, negative)
@@ -139,9 +139,9 @@ def test_sampler_custom_advanced_and_img2img(parts):
     latent = torch.zeros(2, 4, 24, 32)
     noise = comfy.sample.prepare_noise(latent, 1)
     out = guider.sample(noise, latent, comfy.samplers.sampler_object("dpmpp_2m"), sigmas, seed=1)
-    assert torch.isfinite(out).all() and run_of(model).done == {0, 1, 2}  # 0.5 of 5 steps, rounded up
+    assert torch.isfinite(out).all() and runs[-1].done == {0, 1, 2}  # 0.5 of 5 steps, rounded up
     img2img = sample(parts, model, cond, latent={"samples": torch.randn(2, 4, 24, 32)}, denoise=0.6, steps=5)
-    assert torch.isfinite(img2img).all() and run_of(model).done == {0, 1, 2}  # 5 steps of a longer schedule
+    assert torch.isfinite(img2img).all() and runs[-1].done == {0, 1, 2}  # 5 steps of a longer schedule
 
 
 def test_updates_off_is_bit_identical_to_merge_only(parts):
@@ -207,9 +207,9 @@ def test_stacks_with_lora_and_other_patches(parts):
     key = next(k for k in base.model_state_dict() if k.endswith("attn2.to_q.weight"))
     base.add_patches({key: (torch.ones_like(base.model_state_dict()[key]) * 0.01,)}, 1.0)
     base.set_model_attn2_replace(replace, "output", 1)
-    model = bind(parts, spec, model=base)
+    model, runs = watched(bind(parts, spec, model=base))
     out = sample(parts, model, cond)
-    assert torch.isfinite(out).all() and calls and run_of(model).done
+    assert torch.isfinite(out).all() and calls and runs[-1].done
     assert not torch.equal(out, sample(parts, base, cond))
 
 
@@ -304,12 +304,12 @@ def test_reference_anchor_latent_variant(parts):
     import comfy_extras.nodes_custom_sampler as custom
 
     cond, spec = encode(parts)
-    main = bind(parts, spec)
-    variant = bind(parts, spec, semantic_latent="anchor latent (reference code)")
+    main, main_runs = watched(bind(parts, spec))
+    variant, variant_runs = watched(bind(parts, spec, semantic_latent="anchor latent (reference code)"))
     out_main, out_variant = sample(parts, main, cond), sample(parts, variant, cond)
     assert not torch.equal(out_main, out_variant)
-    assert run_of(variant).stats["forward"] == run_of(main).stats["forward"] + 2  # steps 0 and 1
-    assert run_of(variant).anchor_latent is None
+    assert variant_runs[-1].stats["forward"] == main_runs[-1].stats["forward"] + 2  # steps 0 and 1
+    assert variant_runs[-1].anchor_latent is None
     guider = custom.Guider_Basic(variant)  # no negative prompt
     guider.set_conds(cond)
     sigmas = comfy.samplers.calculate_sigmas(variant.get_model_object("model_sampling"), "normal", 4)
@@ -324,8 +324,8 @@ def test_activations_on_cpu_give_the_same_result(parts):
     cond, spec = encode(parts)
     model = bind(parts, spec)
     normal = sample(parts, model, cond)
-    run_of(model).offload = True
-    assert torch.equal(sample(parts, model, cond), normal)
+    offloaded, runs = watched(model, prepare=lambda run: setattr(run, "offload", True))
+    assert torch.equal(sample(parts, offloaded, cond), normal) and runs[-1].offload
 
 
 def test_end_token_substitution_mid_schedule_follows_comfyui_switch(parts):
@@ -335,7 +335,7 @@ def test_end_token_substitution_mid_schedule_follows_comfyui_switch(parts):
 
     cond, spec = encode(parts, end_token_substitution=0.5)
     calls = []
-    model = bind(parts, spec, steps_fraction=0.25)  # the update runs in step 0 only
+    model, runs = watched(bind(parts, spec, steps_fraction=0.25))  # the update runs in step 0 only
     model.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, "test_inner", _spy(calls))
     sample(parts, model, cond, steps=6)
     main = [c for c in calls if len(c["flags"]) == 2]
@@ -343,5 +343,5 @@ def test_end_token_substitution_mid_schedule_follows_comfyui_switch(parts):
     clean_end = spec.substituted[0, spec.eot:]
     assert not torch.allclose(rows[0][spec.eot:], clean_end)
     assert torch.equal(rows[-1][spec.eot:], clean_end.to(rows[-1]))
-    assert run_of(model).substituted
+    assert runs[-1].substituted
     assert torch.equal(rows[-1][:spec.eot], rows[1][:spec.eot])  # the updated prompt rows persist across the switch

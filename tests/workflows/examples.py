@@ -129,7 +129,7 @@ def flux_deleaker():
     g["26"]["inputs"]["conditioning"] = ["60", 0]
     g["22"]["inputs"]["model"] = ["61", 0]
     g["62"] = {"class_type": "LeaklessDeLeakerMasks", "inputs": {"masks": ["61", 1], "images": ["8", 0],
-                                                                 "opacity": 0.45}}
+                                                                 "opacity": 0.45, "samples": ["13", 0]}}
     g["63"] = {"class_type": "SaveImage", "inputs": {"images": ["62", 1], "filename_prefix": "deleaker_masks"}}
     del g["6"]
     return g
