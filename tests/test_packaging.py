@@ -11,7 +11,8 @@ from expected import EXPECTED_NODE_IDS
 from conftest import HARNESS, REPO
 
 # never import ComfyUI
-PURE_MODULES = ["alignment.py", "errors.py", "flow.py", "redundancy.py", "grid.py", "deleaker.py", "tome.py"]
+PURE_MODULES = ["alignment.py", "errors.py", "flow.py", "redundancy.py", "grid.py", "deleaker.py", "tome.py",
+                "provenance.py"]
 COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "nodes", "folder_paths", "server", "execution",
                  "node_helpers", "latent_preview"}
 
