@@ -31,10 +31,13 @@ summary=()
 for v in $versions; do
   py=$(python_for "$v"); tree=$(tree_for "$v")
   if [ ! -x "$py" ] || [ ! -f "$tree/main.py" ]; then
-    msg="ComfyUI $v: skipped, no tree at $tree or no Python at $py (see tests/harness/setup_env.sh: provide the
-  0.33.0 source with LEAKLESS_COMFYUI_TARBALL, or any checkout with LEAKLESS_COMFYUI_DIR)"
-    if [ "${LEAKLESS_REQUIRE_MATRIX:-0}" = 1 ]; then echo "[leakless] ERROR: $msg" >&2; status=1; summary+=("$v: MISSING"); continue; fi
-    echo "[leakless] $msg" >&2; summary+=("$v: skipped (no tree)"); continue
+    msg="no tree at $tree or no Python at $py (see tests/harness/setup_env.sh: provide the 0.33.0 source with
+  LEAKLESS_COMFYUI_TARBALL, or any checkout with LEAKLESS_COMFYUI_DIR)"
+    if [ "${LEAKLESS_REQUIRE_MATRIX:-0}" = 1 ]; then
+      echo "[leakless] ERROR: ComfyUI $v is required here (LEAKLESS_REQUIRE_MATRIX=1): $msg" >&2
+      status=1; summary+=("$v: MISSING"); continue
+    fi
+    echo "[leakless] ComfyUI $v skipped: $msg" >&2; summary+=("$v: skipped (no tree)"); continue
   fi
   label=$v; [ "$v" = custom ] && label="$(basename "$tree") ($tree)"
   echo "[leakless] ===== ComfyUI $label: all test layers ====="

@@ -16,10 +16,12 @@ stamp_src=$(cat "$here/requirements.txt" "$here/requirements-0.33.0.txt" "$0" | 
 tarball=${LEAKLESS_COMFYUI_TARBALL:-$repo/../shared/comfyui/ComfyUI-0.33.0.tar.gz}
 mkdir -p "$cache"
 if [ ! -f "$tarball" ]; then
-  msg="ComfyUI 0.33.0 source not found at $tarball: the 0.33.0 layer of the test matrix is skipped. Provide it with
+  msg="ComfyUI 0.33.0 source not found at $tarball. Provide it with
   LEAKLESS_COMFYUI_TARBALL=/path/to/ComfyUI-0.33.0.tar.gz, or test any checkout with LEAKLESS_COMFYUI_DIR=/path."
-  if [ "${LEAKLESS_REQUIRE_MATRIX:-0}" = 1 ]; then echo "[leakless] ERROR: $msg" >&2; exit 1; fi
-  echo "[leakless] $msg" >&2
+  if [ "${LEAKLESS_REQUIRE_MATRIX:-0}" = 1 ]; then
+    echo "[leakless] ERROR: the 0.33.0 layer is required here (LEAKLESS_REQUIRE_MATRIX=1): $msg" >&2; exit 1
+  fi
+  echo "[leakless] the 0.33.0 layer of the test matrix is skipped: $msg" >&2
 fi
 
 newest_frontend=1.58.1  # the newest release on PyPI when last checked (2026-11-23); bump it to test a newer one
