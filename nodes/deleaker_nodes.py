@@ -24,6 +24,7 @@ from .clip_glue import align_clip
 from .errors import LeaklessInputError, input_error
 from .flow import PhraseRef, SelectionError, parse_phrases
 from .sampling_glue import cond_rows, sigma_step
+from .validation import check_inputs
 
 ENTITIES = io.Custom("LEAKLESS_ENTITIES")
 MASKS = io.Custom("LEAKLESS_DELEAKER_MASKS")
@@ -89,6 +90,7 @@ class DeLeakerEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, text, entities) -> io.NodeOutput:
+        check_inputs(cls, locals())
         clean, marked = split_marked(text)
         alignment = align_clip(cls.NAME, clip, clean)
         if set(alignment.encoders) not in ({"l", "t5xxl"}, {"t5xxl"}):  # FLUX's CLIP-L + T5, or T5 alone (Chroma)
@@ -396,6 +398,7 @@ class DeLeaker(io.ComfyNode):
     @classmethod
     def execute(cls, model, mask_threshold, image_threshold, alpha, mask_history, cross_text, self_text,
                 image_image, alpha_per_pair, overlap, entities=None) -> io.NodeOutput:
+        check_inputs(cls, locals())
         if not _is_flux(model):
             name = type(getattr(getattr(model, "model", None), "diffusion_model", None)).__name__
             raise LeaklessInputError(cls.NAME, "model", f"DeLeaker edits FLUX joint attention; this model is a "
@@ -457,6 +460,7 @@ class DeLeakerMasks(io.ComfyNode):
 
     @classmethod
     def execute(cls, masks, images, opacity, samples=None) -> io.NodeOutput:
+        check_inputs(cls, locals())
         if masks is None:
             raise LeaklessInputError(cls.NAME, "masks", "Leakless DeLeaker made no masks: it was off (no entities "
                                      "connected, or every edit off).", "connect DeLeaker Encode's entities to "

@@ -12,6 +12,7 @@ from .alignment import PhraseNotFoundError
 from .clip_glue import COND_ENCODER, EMPTY_PROMPT, align_clip, family_of
 from .errors import LeaklessInputError, input_error
 from .grid import labelled_grid, labels_for_batch
+from .validation import check_inputs
 
 MODEL_FOLDER = "leakless"
 POOLED_OPTIONS = ["reference", "prompt", "empty prompt"]
@@ -146,6 +147,7 @@ class TokenTrace(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, text, mode, selection, include_full_prompt, pooled_output) -> io.NodeOutput:
+        check_inputs(cls, locals())
         enc = _Encoded(cls.NAME, clip, text)
         a, key = enc.alignment, enc.key
         everything = list(range(enc.encoder.length))
@@ -211,6 +213,7 @@ class TraceGrid(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, labels, columns, font_size) -> io.NodeOutput:
+        check_inputs(cls, locals())
         lines = [ln for ln in (labels or "").splitlines() if ln.strip()]
         if not lines:
             raise LeaklessInputError(cls.NAME, "labels", "no labels were given.", "connect Token Trace's 'labels'.")
@@ -264,6 +267,7 @@ class RedundantTokenMask(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, text, mode, items, classifier, threshold, pooled_output) -> io.NodeOutput:
+        check_inputs(cls, locals())
         enc = _Encoded(cls.NAME, clip, text)
         a, key = enc.alignment, enc.key
         tokens = enc.encoder.tokens
@@ -360,6 +364,7 @@ class LeakPatch(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, text, items, conditioning=None) -> io.NodeOutput:
+        check_inputs(cls, locals())
         enc = _Encoded(cls.NAME, clip, text, conditioning)
         a, key = enc.alignment, enc.key
         try:

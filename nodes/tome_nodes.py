@@ -23,6 +23,7 @@ from .clip_glue import align_clip, family_of
 from .errors import LeaklessInputError, input_error
 from .flow import SelectionError
 from .sampling_glue import cond_rows, sigma_step
+from .validation import check_inputs
 
 BINDING = io.Custom("LEAKLESS_TOME_BINDING")
 WRAPPER_KEY = "leakless_tome"
@@ -97,6 +98,7 @@ class ToMeEncode(io.ComfyNode):
     @classmethod
     def execute(cls, clip, text, groups, noun_weight, attribute_weight, end_token_substitution,
                 clean_prompt) -> io.NodeOutput:
+        check_inputs(cls, locals())
         alignment = align_clip(cls.NAME, clip, text)
         family = family_of(cls.NAME, alignment)
         if family == "flux":
@@ -514,6 +516,7 @@ class ToMeSemanticBinding(io.ComfyNode):
     @classmethod
     def execute(cls, model, binding, steps_fraction, entropy_iterations, semantic_iterations, semantic_lr,
                 entropy_step, pose_prior, semantic_latent=LATENT_OPTIONS[0]) -> io.NodeOutput:
+        check_inputs(cls, locals())
         _check_sdxl(cls.NAME, model)
         settings = Settings(steps_fraction, entropy_iterations, semantic_iterations, semantic_lr, entropy_step,
                             pose_prior, semantic_latent == LATENT_OPTIONS[1])

@@ -12,7 +12,7 @@ from conftest import HARNESS, REPO
 
 # never import ComfyUI
 PURE_MODULES = ["alignment.py", "errors.py", "flow.py", "redundancy.py", "grid.py", "deleaker.py", "tome.py",
-                "provenance.py"]
+                "provenance.py", "validation.py"]
 COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "nodes", "folder_paths", "server", "execution",
                  "node_helpers", "latent_preview"}
 
