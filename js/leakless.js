@@ -91,7 +91,8 @@ function chip(label, title, className) {
 
 function renderTokens(box, data, node, spec) {
   box.replaceChildren();
-  const words = new Map(data.words.map((w) => [w.word.toLowerCase(), w]));
+  // Payload (nodes/alignment.py PromptAlignment.payload): each word once; per encoder one array per token field,
+  // "word" being the index of the token's word in data.words (null for start/end tokens).
   for (const encoder of data.encoders) {
     const row = document.createElement("div");
     row.className = "leakless-picker-encoder";
@@ -100,22 +101,23 @@ function renderTokens(box, data, node, spec) {
     name.textContent = `${encoder.name}: `;
     name.style.cssText = "font:11px sans-serif;color:#aaa;";
     row.append(name);
-    for (const token of encoder.tokens) {
-      const info = token.word ? words.get(token.word.toLowerCase()) : null;
+    encoder.position.forEach((position, i) => {
+      const info = data.words[encoder.word[i]];
+      const word = info?.word ?? "";
       const multi = info && info.tokens[encoder.key] > 1;
-      const el = chip(token.text.replace("</w>", "").replace("\u2581", "_"),
-        `position ${token.position}${token.word ? ` · word '${token.word}'` : ""}${multi ? " · multi-token word" : ""}`,
-        `leakless-chip${token.word ? " leakless-word" : " leakless-special"}${multi ? " leakless-multi" : ""}`);
-      el.dataset.word = token.word;
-      el.dataset.position = token.position;
+      const el = chip(encoder.text[i].replace("</w>", "").replace("\u2581", "_"),
+        `position ${position}${word ? ` · word '${word}'` : ""}${multi ? " · multi-token word" : ""}`,
+        `leakless-chip${word ? " leakless-word" : " leakless-special"}${multi ? " leakless-multi" : ""}`);
+      el.dataset.word = word;
+      el.dataset.position = position;
       if (multi) el.style.borderColor = "#d9a441";
-      if (!token.word) el.style.opacity = "0.5";
+      if (!word) el.style.opacity = "0.5";
       else el.onclick = (event) => {
         const current = node.widgets?.find((w) => w.name === spec.input)?.value ?? "";
-        setWidget(node, spec.input, pickInto(current, token.word, spec.syntax, event.shiftKey));
+        setWidget(node, spec.input, pickInto(current, word, spec.syntax, event.shiftKey));
       };
       row.append(el);
-    }
+    });
     box.append(row);
   }
 }

@@ -23,10 +23,12 @@ Positions are indices along the encoded sequence: chunk * chunk_length + index f
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from dataclasses import dataclass
 
 EMBEDDING_PREFIX = "embedding:"
+MAX_CHARS = 20_000  # the longest prompt the token picker route and the Token Inspector show
 
 # Encoder keys of ComfyUI's tokenizer output and the attribute that holds the per-encoder tokenizer.
 _ENCODER_ATTRS = {"l": "clip_l", "g": "clip_g", "t5xxl": "t5xxl"}
@@ -39,6 +41,10 @@ class PhraseNotFoundError(ValueError):
 
 class UnsupportedTokenizerError(ValueError):
     """The CLIP/tokenizer is not one whose token layout Leakless understands."""
+
+
+class PromptNestingError(ValueError):
+    """The prompt's parentheses nest deeper than ComfyUI's (recursive) weight parser can read."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,34 @@ class PromptAlignment:
         for m in re.finditer(pattern, self.plain, flags=re.IGNORECASE):
             out.append((self.plain_to_prompt[m.start()], self.plain_to_prompt[m.end() - 1] + 1))
         return out
+
+    @functools.cached_property
+    def _word_starts(self) -> list[int]:
+        return [s for s, _ in self.word_spans]
+
+    def word_range(self, span: tuple[int, int] | None) -> tuple[int, int] | None:
+        """Indices (first, last) into word_spans of the words holding prompt characters span, or None."""
+        return _word_range(self.plain_to_prompt, self.word_spans, self._word_starts, span) if span else None
+
+    def payload(self) -> dict:
+        """The tokens per encoder (padding left out) and the words, in a form whose size is linear in the prompt:
+        each word once ({"word", "span", "tokens": count per encoder}), and per encoder one list per token field
+        ("position", "text", "word": index of the token's first word or None, "weight", "kind")."""
+        words = [{"word": self.plain[s:e], "span": [self.plain_to_prompt[s], self.plain_to_prompt[e - 1] + 1],
+                  "tokens": dict.fromkeys(self.encoders, 0)} for s, e in self.word_spans]
+        encoders = []
+        for key, enc in self.encoders.items():
+            tokens = [t for t in enc.tokens if t.kind != "pad"]
+            first = []
+            for t in tokens:
+                hit = self.word_range(t.span)
+                first.append(hit[0] if hit else None)
+                for i in range(hit[0], hit[1] + 1) if hit else ():
+                    words[i]["tokens"][key] += 1
+            encoders.append({"key": key, "name": enc.name, "length": enc.length, "exact": enc.exact,
+                             "position": [t.position for t in tokens], "text": [t.text for t in tokens],
+                             "word": first, "weight": [t.weight for t in tokens], "kind": [t.kind for t in tokens]})
+        return {"encoders": encoders, "words": words}
 
     def table(self) -> list[dict]:
         """Rows (encoder, position, token, word, weight) for display; BOS/EOS kept, padding summarised."""
@@ -354,16 +388,20 @@ def _token_groups(sub, segments: list[_Piece], rules: _EmbeddingRules, seen: dic
         wid += 1
         ids, offsets, offsets_exact = _hf_tokens(sub, text)
         exact = exact and offsets_exact
-        spans = []
-        for off in offsets:
-            if off[1] <= off[0]:
-                spans.append(None)
-                continue
-            idx = [index[i] for i in range(off[0], min(off[1], len(index))) if index[i] >= 0]
-            spans.append((min(idx), max(idx) + 1) if idx else None)
-        group_spans[wid] = spans
+        group_spans[wid] = [_prompt_span(index, off) for off in offsets]
         group_ids[wid] = ids
     return group_ids, group_spans, exact
+
+
+def _prompt_span(index: list[int], off: tuple[int, int]) -> tuple[int, int] | None:
+    """The prompt characters of text characters [off[0], off[1]) (index: increasing prompt index per character, -1
+    for an inserted one), None if there are none. O(1): every token of a long word may span the whole word."""
+    lo, hi = off[0], min(off[1], len(index))
+    while lo < hi and index[lo] < 0:
+        lo += 1
+    while hi > lo and index[hi - 1] < 0:
+        hi -= 1
+    return (index[lo], index[hi - 1] + 1) if lo < hi else None
 
 
 def _matching_groups(sub, segments: list[_Piece], seen: dict[int, list]):
@@ -391,6 +429,7 @@ def _align_encoder(key: str, sub, chunks, segments: list[_Piece], plain: _PlainT
     # 2. Walk ComfyUI's chunks and attach offsets; fall back to the segment span when ids disagree.
     tokens = []
     cursor: dict[int, int] = {}
+    whole: dict[int, tuple[int, int] | None] = {}  # span of each group, for tokens whose ids disagree
     position = 0
     for c, chunk in enumerate(chunks):
         end_done = False
@@ -404,8 +443,10 @@ def _align_encoder(key: str, sub, chunks, segments: list[_Piece], plain: _PlainT
                 if same and spans[k] is not None:
                     span = spans[k]
                 else:
-                    known = [s for s in spans if s is not None]
-                    span = (min(s[0] for s in known), max(s[1] for s in known)) if known else None
+                    if wid not in whole:  # once per group: a group can be one long word
+                        known = [s for s in spans if s is not None]
+                        whole[wid] = (min(s[0] for s in known), max(s[1] for s in known)) if known else None
+                    span = whole[wid]
                     exact = exact and same
                 kind = "text" if isinstance(tok, int) else "embedding"
             elif j == 0 and sub.start_token is not None and tok == sub.start_token:
@@ -430,17 +471,27 @@ class _PlainText:
         self.to_prompt = [i for segment in segments for i in segment.index]  # increasing: segments keep the order
         self.words = [(m.start(), m.end()) for m in re.finditer(r"\S+", self.text)]
         self._word_starts = [s for s, _ in self.words]
+        self._texts: dict[tuple[int, int], str] = {}  # one string per word range: tokens of a word share it
 
     def word_at(self, span: tuple[int, int]) -> str:
         """The word(s) holding the prompt characters [span[0], span[1])."""
-        lo, hi = bisect.bisect_left(self.to_prompt, span[0]), bisect.bisect_left(self.to_prompt, span[1])
-        i = max(bisect.bisect_right(self._word_starts, lo) - 1, 0)
-        hit = []
-        while i < len(self.words) and self.words[i][0] < max(hi, lo + 1):
-            if self.words[i][1] > lo:
-                hit.append(self.words[i])
-            i += 1
-        return self.text[hit[0][0]:hit[-1][1]] if hit else ""
+        hit = _word_range(self.to_prompt, self.words, self._word_starts, span)
+        if hit is None:
+            return ""
+        if hit not in self._texts:
+            self._texts[hit] = self.text[self.words[hit[0]][0]:self.words[hit[1]][1]]
+        return self._texts[hit]
+
+
+def _word_range(to_prompt: list[int], words: list[tuple[int, int]], starts: list[int],
+                span: tuple[int, int]) -> tuple[int, int] | None:
+    """(first, last) indices of the words (spans of the plain text) holding prompt characters [span[0], span[1])."""
+    lo, hi = bisect.bisect_left(to_prompt, span[0]), bisect.bisect_left(to_prompt, span[1])
+    first = max(bisect.bisect_right(starts, lo) - 1, 0)
+    if first < len(words) and words[first][1] <= lo:
+        first += 1
+    last = bisect.bisect_left(starts, max(hi, lo + 1)) - 1
+    return (first, last) if first <= last else None
 
 
 def align(prompt: str, family_tokenizer, **tokenize_kwargs) -> PromptAlignment:
@@ -451,8 +502,12 @@ def align(prompt: str, family_tokenizer, **tokenize_kwargs) -> PromptAlignment:
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-    tokenized = family_tokenizer.tokenize_with_weights(prompt, return_word_ids=True, **tokenize_kwargs)
-    segments = _segments(prompt, bool(tokenize_kwargs.get("disable_weights", False)))
+    try:
+        tokenized = family_tokenizer.tokenize_with_weights(prompt, return_word_ids=True, **tokenize_kwargs)
+        segments = _segments(prompt, bool(tokenize_kwargs.get("disable_weights", False)))
+    except RecursionError:
+        raise PromptNestingError("the prompt's parentheses nest too deeply for ComfyUI's weight parser (a few "
+                                 "hundred levels at most); remove extra '(' ')' or escape them as \\( \\)") from None
     plain = _PlainText(segments)
     encoders = {key: _align_encoder(key, sub_tokenizer(family_tokenizer, key), chunks, segments, plain)
                 for key, chunks in tokenized.items()}

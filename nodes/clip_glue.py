@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import weakref
 
-from .alignment import PromptAlignment, UnsupportedTokenizerError, align, sub_tokenizer
+from .alignment import PromptAlignment, PromptNestingError, UnsupportedTokenizerError, align, sub_tokenizer
 from .errors import LeaklessInputError
 
 # The encoder whose token rows form the CONDITIONING tensor the diffusion model reads, per model family.
@@ -31,6 +31,8 @@ def align_clip(node: str, clip, text: str, input_name: str = "clip") -> PromptAl
         return align(text, clip.tokenizer, **kwargs)
     except UnsupportedTokenizerError as e:
         raise LeaklessInputError(node, input_name, str(e), "use a FLUX, SDXL or SD1.5 text encoder.") from None
+    except PromptNestingError as e:
+        raise LeaklessInputError(node, "text", str(e)) from None
 
 
 def family_of(node: str, alignment: PromptAlignment, input_name: str = "clip") -> str:

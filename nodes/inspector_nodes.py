@@ -2,17 +2,20 @@
 
 from comfy_api.latest import io
 
-from .alignment import PromptAlignment
+from .alignment import MAX_CHARS, PromptAlignment
 from .clip_glue import align_clip
+from .errors import LeaklessInputError
+from .validation import check_inputs
 
 NODE_NAME = "Leakless Token Inspector"
+WORD_WIDTH = 24  # the word column shows at most this many characters, so a row's size does not grow with the prompt
 
 
 def format_table(alignment: PromptAlignment) -> str:
     """A plain-text table (encoder, position, token, word, weight) grouped by encoder."""
     rows = alignment.table()
     header = ("encoder", "pos", "token", "word", "weight")
-    cells = [header] + [(r["encoder"], str(r["position"]), r["token"], r["word"],
+    cells = [header] + [(r["encoder"], str(r["position"]), r["token"], _shorten(r["word"]),
                          "" if r["weight"] == 1.0 else f"{r['weight']:g}") for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
     lines = []
@@ -23,6 +26,10 @@ def format_table(alignment: PromptAlignment) -> str:
         lines.append("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
         previous = c[0]
     return "\n".join(lines)
+
+
+def _shorten(word: str) -> str:
+    return word if len(word) <= WORD_WIDTH else word[:WORD_WIDTH - 1] + "\u2026"
 
 
 class TokenInspector(io.ComfyNode):
@@ -52,6 +59,10 @@ class TokenInspector(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, text) -> io.NodeOutput:
+        check_inputs(cls, locals())
+        if len(text) > MAX_CHARS:
+            raise LeaklessInputError(NODE_NAME, "text", f"the prompt is {len(text)} characters; the Token Inspector "
+                                     f"shows at most {MAX_CHARS}.", "inspect the prompt in parts.")
         alignment = align_clip(NODE_NAME, clip, text)
         table = format_table(alignment)
-        return io.NodeOutput(table, ui={"text": [table], "leakless_tokens": alignment.table()})
+        return io.NodeOutput(table, ui={"text": [table], "leakless_tokens": [alignment.payload()]})

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import sys
 
-from .alignment import align
+from .alignment import MAX_CHARS, PromptNestingError, align
 
 ROUTE = "/leakless/tokenize"
-MAX_CHARS = 20_000
+# The payload lists each word once and each token's fields once, so it grows linearly: at most about 100 bytes per
+# character (every UTF-8 byte of a character can be a CLIP token); the byte cap only guards that promise.
+MAX_BYTES = 4_000_000
 FAMILIES = ("flux", "sdxl", "sd15")
+USAGE = 'the body must be JSON: {"text": "...", "family": "flux"|"sdxl"|"sd15"}'
 
 
 @functools.lru_cache(maxsize=len(FAMILIES))
@@ -34,19 +38,12 @@ def _tokenizer(family: str):
 
 def tokenize_payload(text: str, family: str) -> dict:
     """The prompt's tokens per encoder (start/end tokens kept, padding left out) and its words, each word with the
-    number of tokens it has in each encoder."""
-    alignment = align(text, _tokenizer(family))
-    encoders = []
-    for key, enc in alignment.encoders.items():
-        tokens = [{"position": t.position, "text": t.text, "word": t.word, "kind": t.kind, "weight": t.weight,
-                   "span": list(t.span) if t.span else None} for t in enc.tokens if t.kind != "pad"]
-        encoders.append({"key": key, "name": enc.name, "length": enc.length, "exact": enc.exact, "tokens": tokens})
-    words = []
-    for start, end in alignment.word_spans:
-        a, b = alignment.plain_to_prompt[start], alignment.plain_to_prompt[end - 1] + 1
-        counts = {enc.key: len(enc.positions_in(a, b)) for enc in alignment.encoders.values()}
-        words.append({"word": alignment.plain[start:end], "span": [a, b], "tokens": counts})
-    return {"family": family, "encoders": encoders, "words": words}
+    number of tokens it has in each encoder (PromptAlignment.payload)."""
+    return {"family": family, **align(text, _tokenizer(family)).payload()}
+
+
+def _encode(payload: dict) -> bytes:
+    return json.dumps(payload, ensure_ascii=False).encode("utf-8")
 
 
 def _error(web, status: int, message: str):
@@ -58,8 +55,10 @@ async def _tokenize(request):
 
     try:
         body = await request.json()
-    except ValueError:
-        return _error(web, 400, "the body must be JSON: {\"text\": \"...\", \"family\": \"flux\"|\"sdxl\"|\"sd15\"}")
+    except RecursionError:
+        return _error(web, 400, f"the JSON nests too deeply; {USAGE}")
+    except (ValueError, UnicodeError):  # UnicodeDecodeError: the body is not UTF-8
+        return _error(web, 400, USAGE)
     if not isinstance(body, dict):
         return _error(web, 400, "the body must be a JSON object with 'text' and 'family'")
     text, family = body.get("text"), body.get("family")
@@ -67,10 +66,21 @@ async def _tokenize(request):
         return _error(web, 400, "'text' must be a string")
     if len(text) > MAX_CHARS:
         return _error(web, 400, f"'text' is {len(text)} characters; the limit is {MAX_CHARS}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return _error(web, 400, f"'text' has a lone surrogate (\\u{ord(text[e.start]):04x}) at character {e.start}; "
+                                "send valid Unicode text")
     if family not in FAMILIES:
         return _error(web, 400, f"'family' must be one of {', '.join(FAMILIES)}; got {family!r}")
-    payload = await asyncio.to_thread(tokenize_payload, text, family)
-    return web.json_response(payload)
+    try:
+        data = await asyncio.to_thread(lambda: _encode(tokenize_payload(text, family)))
+    except PromptNestingError as e:
+        return _error(web, 400, f"'text': {e}")
+    if len(data) > MAX_BYTES:
+        return _error(web, 400, f"the tokens of this prompt take {len(data)} bytes; the limit is {MAX_BYTES}: "
+                                "shorten the prompt")
+    return web.Response(body=data, content_type="application/json")
 
 
 def register_routes():

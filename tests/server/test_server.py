@@ -98,8 +98,10 @@ def test_tokenize_route_gives_tokens_per_encoder(comfy_server):
     assert list(words) == ["a", "photo", "of", "pelican", "wearing", "red", "hat"]
     assert words["pelican"]["tokens"]["l"] >= 1 and words["red"]["span"] == [text.index("red"), text.index("red") + 3]
     clip_l = next(e for e in body["encoders"] if e["key"] == "l")
-    assert [t["kind"] for t in clip_l["tokens"]][0] == "bos" and clip_l["tokens"][-1]["kind"] == "eos"
-    assert next(t for t in clip_l["tokens"] if t["word"] == "red")["weight"] == 1.2
+    assert clip_l["kind"][0] == "bos" and clip_l["kind"][-1] == "eos" and clip_l["word"][0] is None
+    red = [w["word"] for w in body["words"]].index("red")
+    assert clip_l["weight"][clip_l["word"].index(red)] == 1.2
+    assert len(clip_l["position"]) == len(clip_l["text"]) == len(clip_l["word"]) == len(clip_l["weight"])
 
 
 @pytest.mark.parametrize("body, message", [
@@ -108,7 +110,37 @@ def test_tokenize_route_gives_tokens_per_encoder(comfy_server):
     (b'{"text": 5, "family": "sdxl"}', "'text' must be a string"),
     (b'{"text": "a cat", "family": "sd3"}', "'family' must be one of flux, sdxl, sd15"),
     (('{"text": "' + "a " * 10_001 + '", "family": "flux"}').encode(), "the limit is 20000"),
+    (b'{"text": "a \\ud800 cat", "family": "flux"}', "lone surrogate"),
+    (b'{"text": "a \xff cat", "family": "flux"}', "must be JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
+    (b'{"text": {"a": ' * 20_000 + b"1" + b"}" * 20_000 + b', "family": "flux"}', "nests too deeply"),
+    (('{"text": "' + "(" * 2000 + "cat" + ")" * 2000 + '", "family": "sdxl"}').encode(), "nest too deeply"),
 ])
 def test_tokenize_route_refuses_bad_input_with_a_message(comfy_server, body, message):
     status, reply = _post(comfy_server, "/leakless/tokenize", body)
     assert status == 400 and message in reply["error"]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+@pytest.mark.parametrize("family, text", [
+    ("flux", ("\U0001f600\u6f22\u5b57" * 7000)[:20_000]),  # unspaced emoji + CJK: one word, ~2 CLIP tokens a char
+    ("sdxl", ("\U0001f600\u6f22\u5b57" * 7000)[:20_000]),
+    ("flux", "(" * 20_000),
+    ("flux", "a " * 10_000),  # 10,000 words
+])
+def test_tokenize_route_stays_linear_on_the_worst_prompts(comfy_server, family, text):
+    """Each word is sent once and each token field once: the response is at most ~150 bytes per character (at
+    most 3 MB) and the server's peak memory barely moves (it was quadratic: 20,000 characters killed the server)."""
+    import json
+
+    before = _peak_rss_mb(comfy_server.proc.pid)
+    status, body = _post(comfy_server, "/leakless/tokenize", json.dumps({"text": text, "family": family}).encode())
+    assert status == 200, body
+    size = len(json.dumps(body, ensure_ascii=False).encode())
+    assert size < 150 * len(text), size
+    assert _peak_rss_mb(comfy_server.proc.pid) - before < 400
+    assert len(body["words"]) == len(text.split())
