@@ -14,6 +14,7 @@ Pure PyTorch; no ComfyUI import.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -188,16 +189,48 @@ def save(clf: RedundancyClassifier, path: str) -> None:
 
 
 def load(path: str) -> RedundancyClassifier:
+    """Read a classifier file written by ``save``. Anything else (not safetensors, no or bad metadata, tensors that
+    disagree with it) is a RedundancyError naming the file and what is wrong."""
     import safetensors
     import safetensors.torch
 
-    with safetensors.safe_open(path, framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get(META_KEY, "null") or "null")
-    if not isinstance(meta, dict) or meta.get("kind") not in ("knn", "linear"):
-        raise RedundancyError(f"{path} is not a Leakless redundancy classifier (no '{META_KEY}' metadata)")
-    tensors = safetensors.torch.load_file(path, device="cpu")
-    needed = ("features", "labels") if meta["kind"] == "knn" else ("weight", "bias")
-    missing = [n for n in needed if n not in tensors]
+    def bad(problem: str) -> RedundancyError:
+        return RedundancyError(f"{path} {problem}")
+
+    if os.path.getsize(path) == 0:
+        raise bad("is empty (0 bytes)")
+    try:
+        with safetensors.safe_open(path, framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+        tensors = safetensors.torch.load_file(path, device="cpu")
+    except safetensors.SafetensorError as e:
+        raise bad(f"is not a readable .safetensors file ({e})") from None
+    if raw is None:
+        raise bad(f"is not a Leakless redundancy classifier (no '{META_KEY}' metadata)")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise bad(f"has '{META_KEY}' metadata that is not JSON: {raw[:80]!r}") from None
+    if not isinstance(meta, dict):
+        raise bad(f"has '{META_KEY}' metadata that is not a JSON object: {raw[:80]!r}")
+    kind, width, k = meta.get("kind"), meta.get("width"), meta.get("k", 7)
+    if kind not in ("knn", "linear"):
+        raise bad(f"has metadata 'kind' {kind!r}; it must be 'knn' or 'linear'")
+    for name, value in (("width", width), ("k", k)):
+        if type(value) is not int or value < 1:
+            raise bad(f"has metadata '{name}' {value!r}; it must be a whole number of at least 1")
+    shapes = {"features": f"[N, {width}]", "labels": "[N]"} if kind == "knn" else {"weight": f"[{width}]",
+                                                                                    "bias": "[1]"}
+    missing = [n for n in shapes if n not in tensors]
     if missing:
-        raise RedundancyError(f"{path} lacks the tensors {missing}")
-    return RedundancyClassifier(meta["kind"], int(meta["width"]), tensors, meta)
+        raise bad(f"lacks the tensors {missing}")
+    n = (tensors["features"].shape or [None])[0] if kind == "knn" else None
+    wanted = {"features": (n, width), "labels": (n,), "weight": (width,), "bias": (1,)}
+    for name, shape in shapes.items():
+        t = tensors[name]
+        if tuple(t.shape) != wanted[name] or n == 0:
+            raise bad(f"has a '{name}' tensor of shape {list(t.shape)}; its metadata ('kind' {kind}, 'width' "
+                      f"{width}) needs {shape}" + (" with N of at least 1" if kind == "knn" else ""))
+        if not torch.isfinite(t.float()).all():
+            raise bad(f"has NaN or infinite values in its '{name}' tensor")
+    return RedundancyClassifier(kind, width, tensors, meta)
