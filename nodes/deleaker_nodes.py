@@ -11,6 +11,7 @@ the MASKS output (MaskResults), tied to the latent the run produced.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import threading
 from dataclasses import dataclass
@@ -51,9 +52,36 @@ ENCODE_FIX = ("connect Leakless DeLeaker Encode's conditioning (FluxGuidance, ti
 _MARK = re.compile(r"\*\*(.+?)\*\*")
 
 
-def split_marked(text: str) -> tuple[str, list[str]]:
-    """'a **cow** and a **horse**' -> ('a cow and a horse', ['cow', 'horse'])."""
-    return _MARK.sub(lambda m: m.group(1), text), [m.group(1).strip() for m in _MARK.finditer(text)]
+def split_marked(text: str) -> tuple[str, list[tuple[str, int]]]:
+    """'a **cow** and a **horse**' -> ('a cow and a horse', [('cow', 2), ('horse', 12)]): each mark's words and
+    where they start in the text without marks."""
+    marks = [(m.group(1).strip(), m.start(1) - 2 - 4 * i + len(m.group(1)) - len(m.group(1).lstrip()))
+             for i, m in enumerate(_MARK.finditer(text))]
+    return _MARK.sub(lambda m: m.group(1), text), marks
+
+
+def _marked_ref(alignment, phrase: str, start: int) -> PhraseRef:
+    """The occurrence that was marked: a second **cat** is 'cat#2'."""
+    starts = [s for s, _ in alignment.find_spans(phrase)]
+    if start not in starts:
+        alignment.find(phrase)  # not in the prompt at all: that error
+        raise SelectionError(f"'**{phrase}**' marks part of a word; mark whole words")
+    return PhraseRef(phrase, starts.index(start) + 1)
+
+
+def _check_disjoint(input_name: str, refs, positions, tokens) -> None:
+    """DeLeaker separates entities, so no T5 token may belong to two of them."""
+    for i, j in itertools.combinations(range(len(refs)), 2):
+        shared = sorted(set(positions[i]) & set(positions[j]))
+        if shared:
+            same = positions[i] == positions[j]
+            fix = (f"name it once, or, if the prompt has it twice, write '{refs[j].phrase}#2' for its second "
+                   "occurrence." if same else "keep one of them, or give each its own words.")
+            raise LeaklessInputError(
+                DeLeakerEncode.NAME, input_name, f"'{refs[i]}' and '{refs[j]}' "
+                f"{'are the same words' if same else 'overlap'}: both hold the T5 token position(s) "
+                f"{', '.join(f'{p} ({tokens[p].text!r})' for p in shared)}, and a token can belong to one entity "
+                "only.", fix)
 
 
 class DeLeakerEncode(io.ComfyNode):
@@ -75,10 +103,12 @@ class DeLeakerEncode(io.ComfyNode):
                     "are T5 tokens.")),
                 io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
                     "The prompt. Entities may be marked with double asterisks: 'a **cow** and a **horse** in a "
-                    "farm'.")),
+                    "farm'. A mark is that occurrence: a second **cat** is the second 'cat'.")),
                 io.String.Input("entities", default="", tooltip=(
                     "Entities, comma-separated ('cow, horse'; 'cat#2' for the second 'cat'), if not marked in the "
-                    "text. At least two. Each must be words of the prompt; all its T5 tokens are used.")),
+                    "text (marks and entities together are an error). At least two. Each must be words of the "
+                    "prompt; all its T5 tokens are used; no token may be in two entities ('cow, a cow' is an "
+                    "error).")),
             ],
             outputs=[
                 io.Conditioning.Output("conditioning", display_name="conditioning",
@@ -97,8 +127,13 @@ class DeLeakerEncode(io.ComfyNode):
             raise LeaklessInputError(cls.NAME, "clip", "DeLeaker works on FLUX and Chroma, whose entities are T5 "
                                      f"tokens; this CLIP's text encoders are {sorted(alignment.encoders)}.",
                                      "load the CLIP with DualCLIPLoader type flux, or CLIPLoader type chroma.")
+        if entities.strip() and marked:
+            raise LeaklessInputError(cls.NAME, "entities", "it is filled in and the text also marks entities ("
+                                     f"{', '.join(f'**{p}**' for p, _ in marked)}); only one of them can be used.",
+                                     "clear 'entities' to use the marks, or remove the ** marks from the text.")
         try:
-            refs = parse_phrases(entities, "entities") if entities.strip() else [PhraseRef(m) for m in marked]
+            refs = (parse_phrases(entities, "entities") if entities.strip()
+                    else [_marked_ref(alignment, p, start) for p, start in marked])
             if len(refs) < 2:
                 raise SelectionError(f"{len(refs)} entit{'y' if len(refs) == 1 else 'ies'} given; DeLeaker separates "
                                      "at least two")
@@ -106,6 +141,8 @@ class DeLeakerEncode(io.ComfyNode):
         except (PhraseNotFoundError, SelectionError) as e:
             raise input_error(cls.NAME, "entities", e, "name two or more entities that are words of the prompt, "
                               "e.g. 'cow, horse', or mark them as **cow**.") from None
+        _check_disjoint("entities" if entities.strip() else "text", refs, positions,
+                        alignment.encoders["t5xxl"].tokens)
         tokens = clip.tokenize(clean)
         conditioning, tag = provenance.tag_conditioning(cls.NAME, clip, tokens, clean,
                                                         clip.encode_from_tokens_scheduled(tokens))

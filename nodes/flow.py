@@ -168,7 +168,24 @@ def named_items(alignment: PromptAlignment, key: str, text: str) -> list[Item]:
     return sorted(items, key=lambda it: it.span)
 
 
+LABEL_CHARS = 80  # a longer label ends in '…'
+
+
+def _shorten(label: str) -> str:
+    return label if len(label) <= LABEL_CHARS else label[:LABEL_CHARS - 1].rstrip() + "\u2026"
+
+
 def token_label(alignment: PromptAlignment, key: str, positions) -> str:
-    """A readable label for a set of kept tokens: their vocabulary spellings."""
-    tokens = alignment.encoders[key].tokens
-    return " ".join(tokens[p].text.replace("</w>", "") for p in positions) or "(nothing)"
+    """A readable label for a set of tokens: their spellings without SentencePiece's '▁' and CLIP's '</w>' ('bats'
+    on T5: 'bat s'), padding summarised as '<pad xN>', at most LABEL_CHARS characters."""
+    tokens = [alignment.encoders[key].tokens[p] for p in positions]
+    words = [t.text.replace("\u2581", "").replace("</w>", "") for t in tokens if t.kind != "pad"]
+    pads = sum(t.kind == "pad" for t in tokens)
+    label = " ".join([w for w in words if w] + ([f"<pad x{pads}>"] if pads else []))
+    return _shorten(label or ("(space)" if tokens else "(nothing)"))  # T5's lone '▁' before some words
+
+
+def selection_label(alignment: PromptAlignment, key: str, refs) -> str:
+    """The label of one subset of a selection: each phrase as written, each position range as its tokens."""
+    return _shorten(", ".join(str(r) if isinstance(r, PhraseRef) else token_label(alignment, key, range(
+        r.start, r.end + 1)) for r in refs))

@@ -162,7 +162,7 @@ class TokenTrace(io.ComfyNode):
             else:
                 for refs in flow.parse_refs(selection):
                     keep = flow.resolve_refs(a, key, refs)
-                    label = flow.token_label(a, key, keep)
+                    label = flow.selection_label(a, key, refs)
                     if mode == "all but selection":
                         removed = set(keep)
                         keep = [p for p in everything if p not in removed]
@@ -203,8 +203,8 @@ class TraceGrid(io.ComfyNode):
                 io.String.Input("labels", multiline=True, default="", force_input=True, tooltip=(
                     "Token Trace's 'labels' output: one line per image. With a latent batch that is a multiple of "
                     "'count', ComfyUI repeats the whole conditioning batch, and the labels repeat the same way.")),
-                io.Int.Input("columns", default=0, min=0, max=64, tooltip="Images per row; 0 picks a near-square "
-                             "grid."),
+                io.Int.Input("columns", default=0, min=0, max=64, tooltip="Images per row (at most the number of "
+                             "images); 0 picks a near-square grid."),
                 io.Int.Input("font_size", default=20, min=8, max=128, tooltip="Label text size in pixels; raise "
                              "it for large images."),
             ],

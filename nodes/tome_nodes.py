@@ -411,6 +411,37 @@ def _optimize(run: _Run, call: _Sampling, step: int, steps: int):
         return x.clone()
 
 
+def _single_value_levels(unet) -> set[int]:
+    """Downsampling levels of the UNet holding a GroupNorm with one channel per group. ToMe's gradient passes run
+    one image at a time, and torch's group_norm refuses a group of one value: such a norm needs 2+ pixels there."""
+    from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
+
+    levels, level = set(), 0
+    for block in [*unet.input_blocks, unet.middle_block, *unet.output_blocks, unet.out]:
+        for m in block.modules():  # in the order they run
+            if isinstance(m, torch.nn.GroupNorm) and m.num_channels == m.num_groups:
+                levels.add(level)
+            elif isinstance(m, Downsample):
+                level += 1
+            elif isinstance(m, Upsample):
+                level -= 1
+    return levels
+
+
+def _check_size(call: _Sampling):
+    """Refuses, before any gradient work, a latent too small for one-image passes of this UNet."""
+    levels = _single_value_levels(call.executor.class_obj.diffusion_model)
+    h, w = call.x.shape[-2:]
+    if all(-(-h // 2 ** n) * -(-w // 2 ** n) > 1 for n in levels):
+        return
+    side = (2 ** max(levels) + 1) * 8  # 2+ pixels at level n <=> the longer latent side > 2^n
+    raise LeaklessInputError(
+        ToMeSemanticBinding.NAME, "model", f"the latent is {w * 8}x{h * 8} px; ToMe's one-image gradient passes "
+        f"through this UNet need its longer side to be at least {side} px (a group norm after {max(levels)} "
+        "downsampling(s) would see a single value).", f"use a width or height of {side} px or more (e.g. "
+        f"{side}x{side}), or bypass this node at this size.")
+
+
 def _make_apply_model_wrapper(key: str, spec: BindingSpec, settings: Settings):
     def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
         to = transformer_options or {}
@@ -444,6 +475,8 @@ def _make_apply_model_wrapper(key: str, spec: BindingSpec, settings: Settings):
         x_in = x
         if step < int(settings.window * steps + 0.5):  # the first 20% of 50 steps: 0..9
             if step not in run.done:
+                if not run.done:
+                    _check_size(call)
                 run.done.add(step)
                 run.latent[step] = (x[call.rows].clone(), _optimize(run, call, step, steps))
             before, after = run.latent.get(step, (None, None))

@@ -213,3 +213,34 @@ def test_positive_from_another_prompt_is_a_clear_error(parts):
     with pytest.raises(ValueError, match="Leakless DeLeaker: input 'entities': the positive prompt the sampler sees "
                        "is not the one from Leakless DeLeaker Encode .*Fix: connect Leakless DeLeaker Encode"):
         sample(parts, patched, positive=other)
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    (dict(text="A cow and a horse", entities="cow, cow"),
+     r"input 'entities': 'cow' and 'cow' are the same words: both hold the T5 token position\(s\) \d+ "
+     r".*Fix: .*'cow#2'"),
+    (dict(text="A cow and a horse", entities="cow, horse, a cow"), r"input 'entities': 'cow' and 'a cow' overlap"),
+    (dict(text="A cow and a horse", entities="cow, a cow"),
+     r"input 'entities': 'cow' and 'a cow' overlap: both hold the T5 token position\(s\) \d+ \('.*cow'\).*"
+     r"Fix: keep one"),
+    (dict(text="A **cow** and a **horse**", entities="cow, horse"),
+     r"input 'entities': it is filled in and the text also marks entities \(\*\*cow\*\*, \*\*horse\*\*\).*"
+     r"Fix: clear 'entities'"),
+    (dict(text="A **cow**s and a **horse** and a cow", entities=""), r"'\*\*cow\*\*' marks part of a word"),
+])
+def test_encode_refuses_ambiguous_entities(parts, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern) as e:
+        parts["m"]["LeaklessDeLeakerEncode"].execute(clip=parts["clip"], **kwargs)
+    assert type(e.value).__name__ == "LeaklessInputError" and " Fix: " in str(e.value)
+
+
+def test_a_mark_is_the_occurrence_it_marks(parts):
+    """'a cat and a **cat**' marks the second cat: the same tokens as entities 'cat#2', not the first cat's."""
+    encode = parts["m"]["LeaklessDeLeakerEncode"].execute
+    _, marked = encode(clip=parts["clip"], text="a cat and a **cat** and a **dog**", entities="").args
+    _, listed = encode(clip=parts["clip"], text="a cat and a cat and a dog", entities="cat#2, dog").args
+    _, first = encode(clip=parts["clip"], text="a cat and a cat and a dog", entities="cat, dog").args
+    assert marked.names == ("cat#2", "dog") and marked.positions == listed.positions
+    assert marked.positions[0] != first.positions[0]
+    _, both = encode(clip=parts["clip"], text="a **cat** and a **cat**", entities="").args
+    assert both.names == ("cat", "cat#2") and not set(both.positions[0]) & set(both.positions[1])

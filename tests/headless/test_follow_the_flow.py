@@ -1,6 +1,9 @@
 """Follow the Flow nodes on tiny random-weight encoders loaded by the standard loaders, checked against
 independent references: the empty prompt encoded by ComfyUI itself, dense row selection written here."""
 
+import json
+import re
+
 import pytest
 import torch
 from workflows import graphs
@@ -295,6 +298,22 @@ def test_trace_grid_labels_every_image(comfy_nodes, node):
         node("LeaklessTraceGrid", images=images, labels="a\nb\nc\nd", columns=0, font_size=10)
 
 
+def test_trace_labels_read_as_words_and_the_grid_stays_small(clips, node):
+    """FLUX: no SentencePiece '▁' in labels, padding summarised; more columns than images: as many as images."""
+    clip = clips[FLUX]
+    text = "a cow and bats"
+    last = clip_text_encode(clip, text)[0][0].shape[1] - 1
+    _, labels, count = node("LeaklessTokenTrace", clip=clip, text=text, mode="all but selection",
+                            selection=f"cow, bats\n4-{last}", include_full_prompt=True, pooled_output="reference")
+    assert labels.splitlines() == ["full prompt", "without cow, bats", f"without bat s </s> <pad x{last - 6}>"]
+    images = torch.rand(count, 40, 56, 3)
+    (grid,) = node("LeaklessTraceGrid", images=images, labels=labels, columns=64, font_size=10)
+    (one_line,) = node("LeaklessTraceGrid", images=images, labels="a\nb\nc", columns=3, font_size=10)
+    line = 10 + 4
+    assert one_line.shape == (1, 40 + line + 8, 3 * 56 + 2 * 4, 3)  # three columns, not 64
+    assert grid.shape == (1, 40 + 3 * line + 8, 3 * 56 + 2 * 4, 3)  # the longest label: three lines at most
+
+
 # ---- whole graphs: every sampler, batch >= 2, cfg 1 and > 1 with a negative prompt of another length -----
 
 
@@ -386,3 +405,69 @@ def test_clip_skip_and_lora_state_are_respected(clips, node):
         keep = set(align("a cat", c.tokenizer).find("cat").positions["l"])
         assert torch.equal(cond, dense_keep(base_cond, empty, keep))
     assert not torch.equal(clip_text_encode(clip, "")[0][0], clip_text_encode(skipped, "")[0][0])
+
+
+def _classifier_bytes(tensors, meta):
+    import safetensors.torch
+    from leakless.nodes import redundancy
+
+    raw = meta if isinstance(meta, str) else json.dumps(meta)
+    return safetensors.torch.save({k: torch.as_tensor(v) for k, v in tensors.items()},
+                                  metadata={redundancy.META_KEY: raw})
+
+
+LINEAR = {"weight": torch.ones(32), "bias": torch.zeros(1)}
+BAD_CLASSIFIERS = {  # file contents -> what the error must say
+    "not_safetensors": (lambda: b"PK\x03\x04 a zip file, not safetensors", "is not a readable .safetensors file"),
+    "empty": (lambda: b"", "is empty"),
+    "meta_not_json": (lambda: _classifier_bytes(LINEAR, "{kind: linear"), "metadata that is not JSON"),
+    "meta_not_object": (lambda: _classifier_bytes(LINEAR, "[1, 2]"), "not a JSON object"),
+    "kind_wrong": (lambda: _classifier_bytes(LINEAR, {"kind": "svm", "width": 32}), "'kind' 'svm'"),
+    "width_string": (lambda: _classifier_bytes(LINEAR, {"kind": "linear", "width": "32"}), "'width' '32'"),
+    "k_float": (lambda: _classifier_bytes({"features": torch.ones(3, 32), "labels": torch.ones(3)},
+                                          {"kind": "knn", "width": 32, "k": 2.5}), "'k' 2.5"),
+    "weight_width": (lambda: _classifier_bytes(LINEAR, {"kind": "linear", "width": 768}),
+                     r"'weight' tensor of shape \[32\].*needs \[768\]"),
+    "labels_count": (lambda: _classifier_bytes({"features": torch.ones(3, 32), "labels": torch.ones(4)},
+                                               {"kind": "knn", "width": 32}), r"'labels' tensor of shape \[4\]"),
+    "features_width": (lambda: _classifier_bytes({"features": torch.ones(3, 16), "labels": torch.ones(3)},
+                                                 {"kind": "knn", "width": 32}), r"'features' tensor .*\[N, 32\]"),
+    "missing_bias": (lambda: _classifier_bytes({"weight": torch.ones(32)}, {"kind": "linear", "width": 32}),
+                     r"lacks the tensors \['bias'\]"),
+    "nan_weight": (lambda: _classifier_bytes({"weight": torch.full((32,), float("nan")), "bias": torch.zeros(1)},
+                                             {"kind": "linear", "width": 32}), "NaN or infinite"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CLASSIFIERS))
+def test_bad_classifier_file_is_a_clear_error_through_the_executor(comfy_nodes, case):
+    """Each broken file in models/leakless/, selected on a real graph: an error naming the file and the problem."""
+    import os
+
+    import comfy_env
+    import folder_paths
+
+    content, pattern = BAD_CLASSIFIERS[case]
+    folder = folder_paths.get_folder_paths("leakless")[0]
+    os.makedirs(folder, exist_ok=True)
+    name = f"test_bad_{case}.safetensors"
+    with open(os.path.join(folder, name), "wb") as f:
+        f.write(content())
+    graph = {
+        "clip": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "t5xxl_fp16.safetensors",
+                                                            "clip_name2": "clip_l.safetensors", "type": "flux"}},
+        "x": {"class_type": "LeaklessRedundantTokenMask", "inputs": {
+            "clip": ["clip", 0], "text": "a supercalifragilistic pelican", "mode": "classifier", "items": "",
+            "classifier": name, "threshold": 0.5, "pooled_output": "reference"}},
+        "out": {"class_type": "PreviewAny", "inputs": {"source": ["x", 1]}},
+    }
+    try:
+        with pytest.raises(comfy_env.ExecutionFailed) as e:
+            comfy_env.run_prompt(graph)
+    finally:
+        os.remove(os.path.join(folder, name))
+    detail = e.value.args[0]
+    assert isinstance(detail, dict), detail
+    assert detail["exception_type"].endswith("LeaklessInputError")
+    assert re.search(rf"^Leakless Redundant Token Mask: input 'classifier': .*{re.escape(name)} .*{pattern}.* Fix: ",
+                     detail["exception_message"]), detail["exception_message"]

@@ -345,3 +345,16 @@ def test_end_token_substitution_mid_schedule_follows_comfyui_switch(parts):
     assert torch.equal(rows[-1][spec.eot:], clean_end.to(rows[-1]))
     assert runs[-1].substituted
     assert torch.equal(rows[-1][:spec.eot], rows[1][:spec.eot])  # the updated prompt rows persist across the switch
+
+
+def test_too_small_latent_is_refused_before_gradient_work_and_the_smallest_works(parts):
+    """The tiny UNet (32 channels, 32 groups, one downsampling) has a one-channel-per-group norm at level 1: a
+    one-image pass needs 2+ pixels there, i.e. a latent side of 3 (24 px). 16 px fails in group_norm otherwise."""
+    cond, spec = encode(parts)
+    model, runs = watched(bind(parts, spec))
+    with pytest.raises(ValueError, match=r"ToMe Semantic Binding: input 'model'.*16x16 px.*at least 24 px.*Fix:"):
+        sample(parts, model, cond, w=16, h=16, batch=1)
+    assert runs[-1].stats["forward"] == 0 and not runs[-1].done
+    for w, h in ((24, 24), (16, 24)):  # 16x24: 2 pixels at level 1 too
+        out = sample(parts, model, cond, w=w, h=h, batch=1)
+        assert out.shape == (1, 4, h // 8, w // 8) and torch.isfinite(out).all() and runs[-1].stats["backward"]

@@ -68,6 +68,39 @@ def test_lexical_items_skip_punctuation_and_keep_hyphens(flow, tokenizers):
     assert [it.label for it in named] == ["golden gate", "gate"]  # prompt order
 
 
+def test_labels_are_the_words_a_person_reads(flow, tokenizers):
+    from leakless.nodes.alignment import align
+
+    a = align("a cow and bats", tokenizers["flux"])
+    n = a.encoders["t5xxl"].length
+    assert [t.text for t in a.encoders["t5xxl"].tokens[:7]] == ["\u2581", "a", "\u2581cow", "\u2581and",
+                                                                "\u2581bat", "s", "</s>"]
+    assert flow.token_label(a, "t5xxl", range(n)) == f"a cow and bat s </s> <pad x{n - 7}>"
+    assert flow.token_label(a, "t5xxl", [4, 5]) == "bat s" and flow.token_label(a, "t5xxl", []) == "(nothing)"
+    assert flow.token_label(a, "t5xxl", [0]) == "(space)"
+    refs, = flow.parse_refs("cow, bats, 4-5, 7-10")
+    assert flow.selection_label(a, "t5xxl", refs) == "cow, bats, bat s, <pad x4>"
+    c = align("a cow", tokenizers["sdxl"])
+    assert flow.token_label(c, "l", [1, 2, 3]) == "a cow <|endoftext|>"
+    long = align(" ".join(["horse"] * 40), tokenizers["sdxl"])
+    label = flow.token_label(long, "l", range(1, 41))
+    assert len(label) == flow.LABEL_CHARS and label == ("horse " * 14)[:flow.LABEL_CHARS - 1] + "\u2026"
+
+
+def test_grid_caps_columns_and_label_lines(leakless):
+    from leakless.nodes.grid import labelled_grid
+
+    images = torch.rand(3, 40, 56, 3)
+    wide = labelled_grid(images, ["a", "b", "c"], columns=10, font_size=10)
+    assert wide.shape[2] == 3 * 56 + 2 * 4  # three columns, not ten
+    short = labelled_grid(images[:1], ["a"], font_size=10)
+    tall = labelled_grid(images[:1], [" ".join(["horse"] * 300)], font_size=10)
+    line = 10 + 4
+    assert tall.shape[1] - short.shape[1] == 2 * line  # three lines at most, not 100
+    unspaced = labelled_grid(images[:1], ["x" * 500], font_size=10)
+    assert unspaced.shape == short.shape
+
+
 def synthetic(n_items=60, tokens=3, width=16, seed=0):
     """Items whose redundant tokens lie near one direction and representative ones near another."""
     g = torch.Generator().manual_seed(seed)
