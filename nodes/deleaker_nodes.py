@@ -209,10 +209,7 @@ def _make_wrapper(key: str, spec: EntitySpec, override):
         model = executor.class_obj
         to = kwargs.get("transformer_options") or next(
             (a for a in args if isinstance(a, dict) and "sigmas" in a), {})
-        run = run_state.state_of(to, key)
-        if run is None:
-            raise RuntimeError(f"{DeLeaker.NAME}: the model was called outside a sampler's run; sample with KSampler, "
-                               "KSamplerAdvanced or SamplerCustomAdvanced")
+        run = run_state.state_of(to, key, DeLeaker.NAME)
         p = model.patch_size
         grid = ((x.shape[-2] + p // 2) // p, (x.shape[-1] + p // 2) // p)
         try:

@@ -4,7 +4,7 @@ A patch keeps nothing mutable in its closures. `install` adds an OUTER_SAMPLE wr
 makes a fresh state for every sampling run (`factory(guider)`) and puts it into that run's own copy of the model
 options, as ComfyUI's EasyCache does with its holder. ComfyUI passes those options on to every model call of the run,
 so the patch's APPLY_MODEL / DIFFUSION_MODEL wrappers and its attention override find the state with
-`state_of(transformer_options, key)`; the next run, another graph sharing the patched model, or a clone never sees
+`state_of(transformer_options, key, node)`; the next run, another graph sharing the patched model, or a clone never sees
 it. Nothing is stored in the patcher's own model_options, so 0.3.75's clone() (a deep copy of them) copies no state,
 and 0.33.0's (a shared reference) shares none. Each patch has its own key, so two stacked patches keep two states.
 """
@@ -45,9 +45,13 @@ def install(patcher, name: str, key: str, factory, finish=None) -> None:
     patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, name, outer_sample)
 
 
-def state_of(transformer_options, key: str):
-    """The state of the run this model call belongs to; None for a call outside a sampler's run."""
-    return (transformer_options or {}).get(key)
+def state_of(transformer_options, key: str, node: str):
+    """The state of the run this model call belongs to; a clear error for a call outside a sampler's run."""
+    state = (transformer_options or {}).get(key)
+    if state is None:
+        raise RuntimeError(f"{node}: the model was called outside a sampler's run; sample with KSampler, "
+                           "KSamplerAdvanced or SamplerCustomAdvanced")
+    return state
 
 
 def watch(patcher, name: str, prepare=None):

@@ -445,10 +445,7 @@ def _check_size(call: _Sampling):
 def _make_apply_model_wrapper(key: str, spec: BindingSpec, settings: Settings):
     def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
         to = transformer_options or {}
-        run = run_state.state_of(to, key)
-        if run is None:
-            raise RuntimeError(f"{ToMeSemanticBinding.NAME}: the model was called outside a sampler's run; sample "
-                               "with KSampler, KSamplerAdvanced or SamplerCustomAdvanced")
+        run = run_state.state_of(to, key, ToMeSemanticBinding.NAME)
         if to.get("multigpu_thread_device") is not None:  # set by 0.33.0's multi-GPU work units
             raise LeaklessInputError(
                 ToMeSemanticBinding.NAME, "model", "ToMe's update of a step's latent must reach both its cond and "
