@@ -23,7 +23,22 @@ const PICKER_NODES = new Map([
   ["LeaklessDeLeakerEncode", { input: "entities", syntax: "list", family: "flux" }],
   ["LeaklessToMeEncode", { input: "groups", syntax: "groups", family: "sdxl" }],
 ]);
-const FAMILIES = [["flux", "FLUX"], ["sdxl", "SDXL"], ["sd15", "SD1.5"]];
+// The model families, from GET /leakless/families (nodes/families.py is the one list), fetched once.
+let familiesRequest = null;
+function families() {
+  familiesRequest ??= api.fetchApi("/leakless/families").then((r) => (r.ok ? r.json() : [])).catch(() => []);
+  return familiesRequest;
+}
+
+// The family of the CLIP feeding `node`, read from its loader's `type` widget (CLIPLoader, DualCLIPLoader, ...),
+// or null when the loader says nothing (a checkpoint serves SDXL and SD1.5 alike) or names several families.
+function familyFromLoader(node, list) {
+  const source = linkedNode(node, "clip");
+  if (!source) return null;
+  const type = source.widgets?.find((w) => w.name === "type")?.value ?? "";
+  const matches = list.filter((f) => f.available && f.loaders.some(([loader, t]) => loader === source.type && t === type));
+  return matches.length === 1 ? matches[0].id : null;
+}
 
 function showText(node, text, [minWidth, minHeight]) {
   let widget = node.widgets?.find((w) => w.name === "leakless_table");
@@ -39,15 +54,18 @@ function showText(node, text, [minWidth, minHeight]) {
   node.setDirtyCanvas?.(true, true);
 }
 
+// The node linked to `node`'s input `name`, or null.
+function linkedNode(node, name) {
+  const input = node.inputs?.find((i) => i.name === name);
+  if (input?.link == null) return null;
+  const link = node.graph?.links?.[input.link] ?? node.graph?.links?.get?.(input.link);
+  return (link && node.graph.getNodeById(link.origin_id)) ?? null;
+}
+
 // The prompt text of a node: its own "text" widget, or the string widget of the node linked to its "text" input.
 function promptOf(node) {
-  const input = node.inputs?.find((i) => i.name === "text");
-  if (input?.link != null) {
-    const link = node.graph?.links?.[input.link] ?? node.graph?.links?.get?.(input.link);
-    const source = link && node.graph.getNodeById(link.origin_id);
-    const widget = source?.widgets?.find((w) => typeof w.value === "string");
-    if (widget) return widget.value;
-  }
+  const widget = linkedNode(node, "text")?.widgets?.find((w) => typeof w.value === "string");
+  if (widget) return widget.value;
   const own = node.widgets?.find((w) => w.name === "text");
   return typeof own?.value === "string" ? own.value : "";
 }
@@ -129,7 +147,16 @@ function addPicker(node, spec) {
   const bar = document.createElement("div");
   const family = document.createElement("select");
   family.className = "leakless-picker-family";
-  for (const [value, label] of FAMILIES) family.append(new Option(label, value, value === spec.family, value === spec.family));
+  family.append(new Option(spec.family, spec.family, true, true));
+  families().then((list) => {
+    if (!list.length) return;
+    family.replaceChildren(...list.map((f) => {
+      const option = new Option(f.name, f.id, f.id === spec.family, f.id === spec.family);
+      option.disabled = !f.available;
+      option.title = f.available ? f.note : f.reason;
+      return option;
+    }));
+  });
   const show = document.createElement("button");
   show.className = "leakless-picker-show";
   show.textContent = "Show tokens";
@@ -144,6 +171,8 @@ function addPicker(node, spec) {
   root.append(bar, box);
   show.onclick = async () => {
     box.textContent = "…";
+    const fromLoader = familyFromLoader(node, await families());
+    if (fromLoader) family.value = fromLoader;
     try {
       const response = await api.fetchApi("/leakless/tokenize", {
         method: "POST",

@@ -23,16 +23,17 @@ Positions are indices along the encoded sequence: chunk * chunk_length + index f
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass
 
+from .families import ENCODER_NAMES, NAMES, Family, family_of_tokenizer
+
 EMBEDDING_PREFIX = "embedding:"
+ROWS = "rows"  # the key of PromptAlignment.rows: the CONDITIONING rows, whichever encoders they come from
 MAX_CHARS = 20_000  # the longest prompt the token picker route and the Token Inspector show
 
-# Encoder keys of ComfyUI's tokenizer output and the attribute that holds the per-encoder tokenizer.
-_ENCODER_ATTRS = {"l": "clip_l", "g": "clip_g", "t5xxl": "t5xxl"}
-ENCODER_NAMES = {"l": "CLIP-L", "g": "CLIP-G", "t5xxl": "T5-XXL"}
 
 
 class PhraseNotFoundError(ValueError):
@@ -47,13 +48,17 @@ class PromptNestingError(ValueError):
     """The prompt's parentheses nest deeper than ComfyUI's (recursive) weight parser can read."""
 
 
+NESTING = ("the prompt's parentheses nest too deeply for ComfyUI's weight parser (a few hundred levels at most); "
+           "remove extra '(' ')' or escape them as \\( \\)")
+
+
 @dataclass(frozen=True)
 class Token:
     position: int  # row index in the encoded sequence
     chunk: int
     token_id: int | None  # None for an embedding vector
     text: str  # as the vocabulary spells it ("cat</w>", "\u2581cat", "<|endoftext|>")
-    kind: str  # "bos" | "eos" | "pad" | "text" | "embedding"
+    kind: str  # "bos" | "eos" | "pad" | "template" (an LLM's chat template) | "text" | "embedding"
     weight: float
     segment: int  # ComfyUI word id: segment index + 1, 0 for BOS/EOS/pad
     span: tuple[int, int] | None  # characters of the original prompt, None for BOS/EOS/pad
@@ -61,19 +66,22 @@ class Token:
 
     @property
     def is_special(self) -> bool:
-        return self.kind in ("bos", "eos", "pad")
+        return self.kind in ("bos", "eos", "pad", "template")
 
 
 @dataclass(frozen=True)
 class EncoderTokens:
-    key: str  # "l", "g", "t5xxl"
+    key: str  # "l", "g", "t5xxl", "qwen25_7b", ... or ROWS
     tokens: tuple[Token, ...]
     chunk_lengths: tuple[int, ...]
     exact: bool  # False if spans are only word- or segment-level (tokenizer without offsets, ids disagreed)
+    offset: int = 0  # position of the first token: the CONDITIONING row it is (SD3's T5 rows follow CLIP's)
+    rows: bool = True  # its tokens are CONDITIONING rows (False: it only gives the pooled vector)
+    label: str = ""  # display name, when not the encoder's (the ROWS view)
 
     @property
     def name(self) -> str:
-        return ENCODER_NAMES.get(self.key, self.key)
+        return self.label or ENCODER_NAMES.get(self.key, self.key)
 
     @property
     def length(self) -> int:
@@ -83,6 +91,9 @@ class EncoderTokens:
         """Positions of the tokens whose characters overlap prompt characters [start, end)."""
         return [t.position for t in self.tokens if t.span is not None and t.span[0] < end and t.span[1] > start]
 
+    def at(self, position: int) -> Token:
+        return self.tokens[position - self.offset]
+
 
 @dataclass(frozen=True)
 class PhraseMatch:
@@ -90,6 +101,11 @@ class PhraseMatch:
     occurrence: int  # 1-based
     span: tuple[int, int]  # characters of the original prompt
     positions: dict[str, list[int]]  # encoder key -> token positions
+    rows: list[int] | None = None  # the CONDITIONING rows it has (None for an unknown family)
+
+    def of(self, key: str) -> list[int]:
+        """Positions in encoder `key`, or with ROWS its CONDITIONING rows."""
+        return (self.rows or []) if key == ROWS else self.positions[key]
 
 
 @dataclass
@@ -99,6 +115,17 @@ class PromptAlignment:
     plain_to_prompt: list[int]  # index in `prompt` of every character of `plain`
     encoders: dict[str, EncoderTokens]
     word_spans: list[tuple[int, int]]  # words of `plain`, as spans of `plain`
+    family: Family | None = None
+    rows: EncoderTokens | None = None  # the CONDITIONING rows in order (key ROWS), None for an unknown family
+    tokens: dict | None = None  # ComfyUI's tokens, as clip.tokenize returns them: what the nodes encode
+
+    def encoder(self, key: str) -> EncoderTokens:
+        """The tokens of encoder `key`, or with ROWS those of the CONDITIONING rows."""
+        if key == ROWS:
+            if self.rows is None:
+                raise UnsupportedTokenizerError("the CLIP is not of a model family Leakless knows")
+            return self.rows
+        return self.encoders[key]
 
     def words(self) -> list[str]:
         return [self.plain[s:e] for s, e in self.word_spans]
@@ -120,7 +147,8 @@ class PromptAlignment:
         if not any(positions.values()):
             raise PhraseNotFoundError(f"'{phrase}' is in the prompt but no text encoder reads it (ComfyUI drops the "
                                       "name of an embedding it cannot find); choose another word")
-        return PhraseMatch(phrase, occurrence, (start, end), positions)
+        rows = self.rows.positions_in(start, end) if self.rows is not None else None
+        return PhraseMatch(phrase, occurrence, (start, end), positions, rows)
 
     def find_spans(self, phrase: str) -> list[tuple[int, int]]:
         """Every match of `phrase` as a span of the original prompt."""
@@ -156,7 +184,7 @@ class PromptAlignment:
                 first.append(hit[0] if hit else None)
                 for i in range(hit[0], hit[1] + 1) if hit else ():
                     words[i]["tokens"][key] += 1
-            encoders.append({"key": key, "name": enc.name, "length": enc.length, "exact": enc.exact,
+            encoders.append({"key": key, "name": enc.name, "length": enc.length, "exact": enc.exact, "rows": enc.rows,
                              "position": [t.position for t in tokens], "text": [t.text for t in tokens],
                              "word": first, "weight": [t.weight for t in tokens], "kind": [t.kind for t in tokens]})
         return {"encoders": encoders, "words": words}
@@ -169,8 +197,9 @@ class PromptAlignment:
             for t in enc.tokens:
                 if t.kind == "pad":
                     continue
-                rows.append({"encoder": enc.name, "position": t.position, "token": t.text, "word": t.word,
-                             "weight": t.weight, "kind": t.kind})
+                rows.append({"encoder": enc.name, "position": t.position, "token": t.text,
+                             "word": "(template)" if t.kind == "template" else t.word, "weight": t.weight,
+                             "kind": t.kind})
             if pads:
                 first, last = pads[0].position, pads[-1].position
                 rows.append({"encoder": enc.name, "position": first, "token": f"<pad x{len(pads)}>",
@@ -320,15 +349,15 @@ def _segments(prompt: str, disable_weights: bool) -> list[_Piece]:
 
 
 def sub_tokenizer(family_tokenizer, key: str):
-    """The per-encoder ComfyUI tokenizer (SDTokenizer) behind key 'l', 'g' or 't5xxl' of a family tokenizer."""
-    for attr in (_ENCODER_ATTRS.get(key), key, f"clip_{key}"):
-        sub = getattr(family_tokenizer, attr, None) if attr else None
+    """The per-encoder ComfyUI tokenizer (SDTokenizer) behind key 'l', 't5xxl', 'qwen25_7b'... of a family
+    tokenizer."""
+    for attr in (f"clip_{key}", key):
+        sub = getattr(family_tokenizer, attr, None)
         if sub is not None and hasattr(sub, "tokenizer") and hasattr(sub, "tokens_start"):
             return sub
     raise UnsupportedTokenizerError(
-        f"the '{key}' text encoder of {type(family_tokenizer).__name__} is not a CLIP/T5 tokenizer Leakless can "
-        "align; supported: SD1.5 (CLIP-L), SDXL (CLIP-L + CLIP-G), FLUX (T5-XXL + CLIP-L)"
-    )
+        f"the '{key}' text encoder of {type(family_tokenizer).__name__} is not one whose tokens Leakless can "
+        f"align; supported families: {NAMES}")
 
 
 def _hf_ids(sub, text: str, offsets: bool = False):
@@ -393,10 +422,18 @@ def _token_groups(sub, segments: list[_Piece], rules: _EmbeddingRules, seen: dic
     return group_ids, group_spans, exact
 
 
-def _prompt_span(index: list[int], off: tuple[int, int]) -> tuple[int, int] | None:
+TEMPLATE_CHAR = -2  # the prompt index of a chat template's character
+IN_TEMPLATE = ("template",)  # the span of a token made of template characters only
+
+
+def _prompt_span(index: list[int], off: tuple[int, int]):
     """The prompt characters of text characters [off[0], off[1]) (index: increasing prompt index per character, -1
-    for an inserted one), None if there are none. O(1): every token of a long word may span the whole word."""
+    for an inserted one, TEMPLATE_CHAR for a template's), None if there are none, IN_TEMPLATE if they are all the
+    template's. O(1) for a token of the prompt: every token of a long word may span the whole word."""
     lo, hi = off[0], min(off[1], len(index))
+    if lo < hi and index[lo] == TEMPLATE_CHAR and index[hi - 1] == TEMPLATE_CHAR and all(
+            i == TEMPLATE_CHAR for i in index[lo:hi]):
+        return IN_TEMPLATE
     while lo < hi and index[lo] < 0:
         lo += 1
     while hi > lo and index[hi - 1] < 0:
@@ -440,11 +477,16 @@ def _align_encoder(key: str, sub, chunks, segments: list[_Piece], plain: _PlainT
                 cursor[wid] = k + 1
                 ids, spans = group_ids.get(wid, []), group_spans.get(wid, [])
                 same = k < len(ids) and _same_token(ids[k], tok)
+                if same and spans[k] is IN_TEMPLATE:
+                    tokens.append(Token(position, c, tok, _token_text(sub, tok), "template", float(weight),
+                                        int(wid), None, ""))
+                    position += 1
+                    continue
                 if same and spans[k] is not None:
                     span = spans[k]
                 else:
                     if wid not in whole:  # once per group: a group can be one long word
-                        known = [s for s in spans if s is not None]
+                        known = [s for s in spans if s is not None and s is not IN_TEMPLATE]
                         whole[wid] = (min(s[0] for s in known), max(s[1] for s in known)) if known else None
                     span = whole[wid]
                     exact = exact and same
@@ -494,21 +536,84 @@ def _word_range(to_prompt: list[int], words: list[tuple[int, int]], starts: list
     return (first, last) if first <= last else None
 
 
-def align(prompt: str, family_tokenizer, **tokenize_kwargs) -> PromptAlignment:
-    """Tokenize `prompt` with ComfyUI's tokenizer (``clip.tokenizer``) and align every token to the prompt.
+def align(prompt: str, family_tokenizer, tokenized: dict | None = None, present=None,
+          **tokenize_kwargs) -> PromptAlignment:
+    """Align every token ComfyUI's tokenizer (``clip.tokenizer``) makes of `prompt` to the prompt.
 
-    `tokenize_kwargs` are passed to ComfyUI (e.g. ``disable_weights=True``), so positions always match what
-    ``CLIPTextEncode`` encodes for the same text.
+    `tokenized` is what ``clip.tokenize(prompt, return_word_ids=True)`` returned (tokenized here when None, with
+    `tokenize_kwargs` passed to ComfyUI), so positions always match what ``CLIPTextEncode`` encodes. `present`:
+    the encoder keys the CLIP's model has (SD3/HiDream loaders may leave some out); None means all.
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
+    family = None
     try:
-        tokenized = family_tokenizer.tokenize_with_weights(prompt, return_word_ids=True, **tokenize_kwargs)
-        segments = _segments(prompt, bool(tokenize_kwargs.get("disable_weights", False)))
+        if tokenized is None:
+            tokenized = family_tokenizer.tokenize_with_weights(prompt, return_word_ids=True, **tokenize_kwargs)
+        family = family_of_tokenizer(family_tokenizer, tokenized)
+        disable_weights = bool(tokenize_kwargs.get("disable_weights")) or (family is not None and
+                                                                           not family.uses_weights)
+        segments = _segments(prompt, disable_weights)
     except RecursionError:
-        raise PromptNestingError("the prompt's parentheses nest too deeply for ComfyUI's weight parser (a few "
-                                 "hundred levels at most); remove extra '(' ')' or escape them as \\( \\)") from None
+        raise PromptNestingError(NESTING) from None
     plain = _PlainText(segments)
-    encoders = {key: _align_encoder(key, sub_tokenizer(family_tokenizer, key), chunks, segments, plain)
-                for key, chunks in tokenized.items()}
-    return PromptAlignment(prompt, plain.text, plain.to_prompt, encoders, plain.words)
+    template = getattr(family_tokenizer, "llama_template", None) if family and family.chat_template else None
+    encoders = {}
+    for key, chunks in tokenized.items():
+        sub = sub_tokenizer(family_tokenizer, key)
+        enc, prefix = _align_templated(key, sub, chunks, segments, plain, template)
+        if family is not None and family.template_prefix_stripped and prefix:
+            enc = _strip(enc, prefix)
+        encoders[key] = enc
+    encoders, rows = _lay_out_rows(encoders, family, present)
+    plain_tokens = {k: [[tuple(t[:2]) for t in chunk] for chunk in v] for k, v in tokenized.items()}
+    return PromptAlignment(prompt, plain.text, plain.to_prompt, encoders, plain.words, family, rows, plain_tokens)
+
+
+def _align_templated(key, sub, chunks, segments, plain, template):
+    """_align_encoder for an LLM tokenizer that wraps the prompt in `template` ("...{}..."): the template's
+    characters map to no prompt character, so their tokens are "template" tokens. Returns (tokens, how many
+    tokens the template's part before the prompt has). A prompt whose tokens are reproduced without the template
+    (Qwen-Image skips it for a prompt that brings its own) is aligned as it is."""
+    as_is = _align_encoder(key, sub, chunks, segments, plain)
+    if not template or template.count("{}") != 1 or as_is.exact:
+        return as_is, 0
+    before, after = template.split("{}")
+    wrapped = [_Piece(before + "".join(s.text for s in segments) + after, [TEMPLATE_CHAR] * len(before) + [
+        i for s in segments for i in s.index] + [TEMPLATE_CHAR] * len(after))]
+    return _align_encoder(key, sub, chunks, wrapped, plain), len(_hf_ids(sub, before)) if before else 0
+
+
+def _strip(enc: EncoderTokens, count: int) -> EncoderTokens:
+    """`enc` without its first `count` tokens when they are all template tokens (Qwen-Image's encoder drops the
+    rows of the template's system part), positions renumbered from 0."""
+    if len(enc.tokens) < count or any(t.kind != "template" for t in enc.tokens[:count]):
+        return enc
+    tokens = tuple(dataclasses.replace(t, position=t.position - count) for t in enc.tokens[count:])
+    return dataclasses.replace(enc, tokens=tokens, chunk_lengths=(len(tokens),))
+
+
+def _lay_out_rows(encoders: dict[str, EncoderTokens], family: Family | None, present):
+    """Number every encoder's tokens by the CONDITIONING row they are (row groups one after another, SD3's T5 after
+    its CLIP rows) and build the ROWS view. Encoders outside the row groups keep their own numbering."""
+    if family is None:
+        return encoders, None
+    out, parts, offset = dict(encoders), [], 0
+    for group in family.rows:
+        keys = [k for k in group if k in encoders and (present is None or k in present)]
+        for k in keys:
+            enc = encoders[k]
+            out[k] = enc if not offset else dataclasses.replace(enc, offset=offset, tokens=tuple(
+                dataclasses.replace(t, position=t.position + offset) for t in enc.tokens))
+        if keys:
+            parts.append(out[keys[0]])
+            offset += encoders[keys[0]].length
+    for k, enc in encoders.items():
+        if k not in family.row_encoders:
+            out[k] = dataclasses.replace(enc, rows=False)
+    label = " + ".join(enc.name for enc in parts)
+    if len(parts) == 1:
+        return out, dataclasses.replace(parts[0], key=ROWS, label=label)
+    tokens = tuple(t for enc in parts for t in enc.tokens)
+    return out, EncoderTokens(ROWS, tokens, tuple(n for enc in parts for n in enc.chunk_lengths),
+                              all(enc.exact for enc in parts), label=label)

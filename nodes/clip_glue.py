@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import weakref
 
-from .alignment import PromptAlignment, PromptNestingError, UnsupportedTokenizerError, align, sub_tokenizer
+from .alignment import NESTING, PromptAlignment, PromptNestingError, UnsupportedTokenizerError, align, sub_tokenizer
 from .errors import LeaklessInputError
-
-# The encoder whose token rows form the CONDITIONING tensor the diffusion model reads, per model family.
-COND_ENCODER = {"flux": "t5xxl", "sdxl": "l", "sd15": "l"}
-FAMILY_NAMES = {"flux": "FLUX", "sdxl": "SDXL", "sd15": "SD1.5"}
-_FAMILIES = {frozenset({"l", "t5xxl"}): "flux", frozenset({"l", "g"}): "sdxl", frozenset({"l"}): "sd15"}
+from .families import NAMES, Family
 
 
 def check_clip(node: str, clip, input_name: str = "clip"):
@@ -24,24 +20,35 @@ def check_clip(node: str, clip, input_name: str = "clip"):
 
 
 def align_clip(node: str, clip, text: str, input_name: str = "clip") -> PromptAlignment:
-    """Align `text` with the CLIP's own tokenizers and options (positions match CLIPTextEncode's rows)."""
+    """Tokenize `text` once with the CLIP's own tokenizers and options and align it (positions match
+    CLIPTextEncode's rows); ``alignment.tokens`` is what the nodes encode."""
     check_clip(node, clip, input_name)
-    kwargs = {"tokenizer_options": dict(clip.tokenizer_options)} if getattr(clip, "tokenizer_options", None) else {}
     try:
-        return align(text, clip.tokenizer, **kwargs)
+        try:
+            tokenized = clip.tokenize(text, return_word_ids=True)
+        except RecursionError:
+            raise PromptNestingError(NESTING) from None
+        return align(text, clip.tokenizer, tokenized, _present(clip))
     except UnsupportedTokenizerError as e:
-        raise LeaklessInputError(node, input_name, str(e), "use a FLUX, SDXL or SD1.5 text encoder.") from None
+        raise LeaklessInputError(node, input_name, str(e), f"use a CLIP of one of: {NAMES}.") from None
     except PromptNestingError as e:
         raise LeaklessInputError(node, "text", str(e)) from None
 
 
-def family_of(node: str, alignment: PromptAlignment, input_name: str = "clip") -> str:
-    family = _FAMILIES.get(frozenset(alignment.encoders))
-    if family is None:
-        raise LeaklessInputError(node, input_name, f"text encoders {sorted(alignment.encoders)} are not a FLUX, "
-                                 "SDXL or SD1.5 set.", "load the CLIP with DualCLIPLoader (flux or sdxl) or from an "
-                                 "SDXL/SD1.5 checkpoint.")
-    return family
+def _present(clip) -> set[str] | None:
+    """The encoder keys whose model the CLIP has (SD3's and HiDream's loaders may leave some out), or None."""
+    model = getattr(clip, "cond_stage_model", None)
+    keys = {k for k in ("l", "g", "t5xxl", "llama") if hasattr(model, f"clip_{k}") or hasattr(model, k)}
+    if not keys:
+        return None
+    return {k for k in keys if (getattr(model, f"clip_{k}", None) or getattr(model, k, None)) is not None}
+
+
+def family_of(node: str, alignment: PromptAlignment, input_name: str = "clip") -> Family:
+    if alignment.family is None:
+        raise LeaklessInputError(node, input_name, f"its tokenizer ({', '.join(sorted(alignment.encoders))}) is not "
+                                 "of a model family Leakless knows.", f"load a CLIP of one of: {NAMES}.")
+    return alignment.family
 
 
 def empty_tokens_like(clip, tokens: dict) -> dict:

@@ -21,7 +21,8 @@ from comfy_api.latest import io
 
 from . import deleaker, provenance, run_state
 from .alignment import PhraseNotFoundError
-from .clip_glue import align_clip
+from .clip_glue import align_clip, family_of
+from .families import names
 from .errors import LeaklessInputError, input_error
 from .flow import PhraseRef, SelectionError, parse_phrases
 from .sampling_glue import cond_rows, sigma_step
@@ -123,10 +124,12 @@ class DeLeakerEncode(io.ComfyNode):
         check_inputs(cls, locals())
         clean, marked = split_marked(text)
         alignment = align_clip(cls.NAME, clip, clean)
-        if set(alignment.encoders) not in ({"l", "t5xxl"}, {"t5xxl"}):  # FLUX's CLIP-L + T5, or T5 alone (Chroma)
-            raise LeaklessInputError(cls.NAME, "clip", "DeLeaker works on FLUX and Chroma, whose entities are T5 "
-                                     f"tokens; this CLIP's text encoders are {sorted(alignment.encoders)}.",
-                                     "load the CLIP with DualCLIPLoader type flux, or CLIPLoader type chroma.")
+        family = family_of(cls.NAME, alignment)
+        key = family.entity_encoder
+        if key is None:
+            raise LeaklessInputError(cls.NAME, "clip", f"DeLeaker works on {names(lambda f: f.entity_encoder)}; this "
+                                     f"is a CLIP for {family.name}.", "load the CLIP with DualCLIPLoader type flux, or "
+                                     "CLIPLoader type chroma.")
         if entities.strip() and marked:
             raise LeaklessInputError(cls.NAME, "entities", "it is filled in and the text also marks entities ("
                                      f"{', '.join(f'**{p}**' for p, _ in marked)}); only one of them can be used.",
@@ -137,16 +140,15 @@ class DeLeakerEncode(io.ComfyNode):
             if len(refs) < 2:
                 raise SelectionError(f"{len(refs)} entit{'y' if len(refs) == 1 else 'ies'} given; DeLeaker separates "
                                      "at least two")
-            positions = tuple(tuple(alignment.find(r.phrase, r.occurrence).positions["t5xxl"]) for r in refs)
+            positions = tuple(tuple(alignment.find(r.phrase, r.occurrence).positions[key]) for r in refs)
         except (PhraseNotFoundError, SelectionError) as e:
             raise input_error(cls.NAME, "entities", e, "name two or more entities that are words of the prompt, "
                               "e.g. 'cow, horse', or mark them as **cow**.") from None
-        _check_disjoint("entities" if entities.strip() else "text", refs, positions,
-                        alignment.encoders["t5xxl"].tokens)
-        tokens = clip.tokenize(clean)
+        _check_disjoint("entities" if entities.strip() else "text", refs, positions, alignment.encoders[key].tokens)
+        tokens = alignment.tokens
         conditioning, tag = provenance.tag_conditioning(cls.NAME, clip, tokens, clean,
                                                         clip.encode_from_tokens_scheduled(tokens))
-        spec = EntitySpec(tuple(str(r) for r in refs), positions, alignment.encoders["t5xxl"].length, tag)
+        spec = EntitySpec(tuple(str(r) for r in refs), positions, alignment.encoders[key].length, tag)
         return io.NodeOutput(conditioning, spec)
 
 

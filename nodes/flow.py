@@ -112,18 +112,18 @@ def parse_phrases(text: str, what: str) -> list[PhraseRef]:
 
 def resolve_refs(alignment: PromptAlignment, key: str, refs) -> list[int]:
     """Token positions (in encoder `key`) of a subset of refs, sorted and unique."""
-    length = alignment.encoders[key].length
+    length = alignment.encoder(key).length
     positions = set()
     for ref in refs:
         if isinstance(ref, PositionRef):
             if ref.end >= length:
-                raise SelectionError(f"position {ref.end} is out of range: the {alignment.encoders[key].name} "
+                raise SelectionError(f"position {ref.end} is out of range: the {alignment.encoder(key).name} "
                                      f"sequence has {length} positions (0-{length - 1})")
             positions.update(range(ref.start, ref.end + 1))
         else:
-            found = alignment.find(ref.phrase, ref.occurrence).positions[key]
+            found = alignment.find(ref.phrase, ref.occurrence).of(key)
             if not found:
-                raise PhraseNotFoundError(f"'{ref}' is not read by the {alignment.encoders[key].name} encoder")
+                raise PhraseNotFoundError(f"'{ref}' is not read by the {alignment.encoder(key).name} encoder")
             positions.update(found)
     return sorted(positions)
 
@@ -145,7 +145,7 @@ _WORD = re.compile(r"\w(?:[\w'\u2019\-]*\w)?")
 def lexical_items(alignment: PromptAlignment, key: str) -> list[Item]:
     """The prompt's words (punctuation around them excluded; hyphenated words and contractions kept whole) with
     their token positions. Multi-word expressions are items only when the user names them."""
-    enc = alignment.encoders[key]
+    enc = alignment.encoder(key)
     items = []
     for m in _WORD.finditer(alignment.plain):
         start = alignment.plain_to_prompt[m.start()]
@@ -164,7 +164,7 @@ def named_items(alignment: PromptAlignment, key: str, text: str) -> list[Item]:
     items = []
     for ref in refs:
         match = alignment.find(ref.phrase, ref.occurrence)
-        items.append(Item(str(ref), match.span, tuple(match.positions[key])))
+        items.append(Item(str(ref), match.span, tuple(match.of(key))))
     return sorted(items, key=lambda it: it.span)
 
 
@@ -176,10 +176,12 @@ def _shorten(label: str) -> str:
 
 
 def token_label(alignment: PromptAlignment, key: str, positions) -> str:
-    """A readable label for a set of tokens: their spellings without SentencePiece's '▁' and CLIP's '</w>' ('bats'
-    on T5: 'bat s'), padding summarised as '<pad xN>', at most LABEL_CHARS characters."""
-    tokens = [alignment.encoders[key].tokens[p] for p in positions]
-    words = [t.text.replace("\u2581", "").replace("</w>", "") for t in tokens if t.kind != "pad"]
+    """A readable label for a set of tokens: their spellings without SentencePiece's '▁', CLIP's '</w>' and
+    byte-level BPE's 'Ġ' ('Ċ' shown as '\\n'; 'bats' on T5: 'bat s'), padding summarised as '<pad xN>', at most
+    LABEL_CHARS characters."""
+    tokens = [alignment.encoder(key).at(p) for p in positions]
+    words = [t.text.replace("\u2581", "").replace("</w>", "").replace("\u0120", "").replace("\u010a", "\\n")
+             for t in tokens if t.kind != "pad"]
     pads = sum(t.kind == "pad" for t in tokens)
     label = " ".join([w for w in words if w] + ([f"<pad x{pads}>"] if pads else []))
     return _shorten(label or ("(space)" if tokens else "(nothing)"))  # T5's lone '▁' before some words

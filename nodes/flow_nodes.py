@@ -8,8 +8,8 @@ import torch
 from comfy_api.latest import io
 
 from . import flow, provenance, redundancy
-from .alignment import PhraseNotFoundError
-from .clip_glue import COND_ENCODER, EMPTY_PROMPT, align_clip, family_of
+from .alignment import ROWS, PhraseNotFoundError
+from .clip_glue import EMPTY_PROMPT, align_clip, family_of
 from .errors import LeaklessInputError, input_error
 from .grid import labelled_grid, labels_for_batch
 from .validation import check_inputs
@@ -47,12 +47,23 @@ class _Encoded:
     def __init__(self, node: str, clip, text: str, conditioning=None):
         self.alignment = align_clip(node, clip, text)
         self.family = family_of(node, self.alignment)
-        self.key = COND_ENCODER[self.family]
-        self.encoder = self.alignment.encoders[self.key]
-        tokens = clip.tokenize(text)
+        if self.family.extra_rows:
+            raise LeaklessInputError(node, "clip", f"{self.family.name} carries token rows outside the conditioning "
+                                     f"tensor ({', '.join(k for k, _ in self.family.extra_rows)}), which Follow the "
+                                     "Flow does not edit yet, so an edit would be half done.", "use Leakless Token "
+                                     "Inspector to read its tokens; the edits work on the other families.")
+        self.key = ROWS
+        self.encoder = self.alignment.rows
+        tokens = self.alignment.tokens
         if conditioning is None:  # tagged like every Leakless encoding: the tag is kept through its edits
             self.conds, _ = provenance.tag_conditioning(node, clip, tokens, text,
                                                         clip.encode_from_tokens_scheduled(tokens))
+            if self.conds[0][0].shape[1] != self.encoder.length:
+                raise LeaklessInputError(
+                    node, "clip", f"ComfyUI encoded the prompt to {self.conds[0][0].shape[1]} rows where Leakless "
+                    f"counts {self.encoder.length} {self.family.name} rows, so positions would be wrong.",
+                    "this ComfyUI encodes the family differently from the ones Leakless is tested on: report it "
+                    "with the prompt.")
         else:
             fix = ("connect this text's conditioning from this CLIP (CLIPTextEncode or a Leakless node), or leave "
                    "it unconnected.")
@@ -74,7 +85,8 @@ class _Encoded:
         return empties if len(empties) == len(self.conds) else [empties[0]] * len(self.conds)
 
     def pooled(self, mode: str, own: dict, empty: dict, replaced_any: bool):
-        use_empty = mode == "empty prompt" or (mode == "reference" and self.family == "sdxl" and replaced_any)
+        use_empty = mode == "empty prompt" or (mode == "reference" and self.family.empty_pooled_when_replaced
+                                               and replaced_any)
         return (empty if use_empty else own).get("pooled_output")
 
     def conditioning(self, variants, pooled_mode: str):
@@ -96,7 +108,8 @@ def _pooled_input():
 
 def _clip_input():
     return io.Clip.Input("clip", tooltip="The CLIP that encodes the prompt (DualCLIPLoader for FLUX, the "
-                         "checkpoint's CLIP for SDXL/SD1.5); LoRA-patched and clip-skip CLIPs work as usual.")
+                         "checkpoint's CLIP for SDXL/SD1.5, CLIPLoader for Qwen-Image, Z-Image, FLUX.2, Krea 2...); "
+                         "LoRA-patched and clip-skip CLIPs work as usual.")
 
 
 def _text_input(what: str = "The prompt"):
@@ -131,7 +144,7 @@ class TokenTrace(io.ComfyNode):
                 io.String.Input("selection", multiline=True, default="", tooltip=(
                     "Used by the two selection modes. One subset per line (or ';'); join parts with ','. A part is "
                     "a phrase of the prompt ('cow', 'golden gate', 'cat#2' for the 2nd cat) or token positions "
-                    "('12', '5-7') as the Token Inspector numbers them (T5 for FLUX, CLIP for SDXL).")),
+                    "('12', '5-7') as the Token Inspector numbers them: the rows of the conditioning.")),
                 io.Boolean.Input("include_full_prompt", default=True, tooltip=(
                     "Add the untouched prompt as the first image, to compare against. On by default.")),
                 _pooled_input(),
@@ -243,7 +256,7 @@ class RedundantTokenMask(io.ComfyNode):
                 _text_input(),
                 io.Combo.Input("mode", options=REDUNDANCY_MODES, default="causal rule", tooltip=(
                     "'causal rule': keep the last token of each item (the paper's finding for causal encoders, "
-                    "i.e. SDXL/SD1.5 CLIP; not for FLUX's T5). 'manual': keep the tokens you name in 'items'. "
+                    "i.e. CLIP and the LLM encoders; not for T5). 'manual': keep the tokens you name in 'items'. "
                     "'classifier': a k-NN or linear classifier file from models/leakless/.")),
                 io.String.Input("items", multiline=True, default="", tooltip=(
                     "Items to consider, one per line (or ';'), e.g. 'golden gate bridge' or 'bats#2'; empty = "
@@ -269,8 +282,7 @@ class RedundantTokenMask(io.ComfyNode):
     def execute(cls, clip, text, mode, items, classifier, threshold, pooled_output) -> io.NodeOutput:
         check_inputs(cls, locals())
         enc = _Encoded(cls.NAME, clip, text)
-        a, key = enc.alignment, enc.key
-        tokens = enc.encoder.tokens
+        a, key, rows = enc.alignment, enc.key, enc.encoder
         try:
             if mode == "manual":
                 spec = redundancy.parse_manual(items)
@@ -282,12 +294,13 @@ class RedundantTokenMask(io.ComfyNode):
                     if len(found) != 1:
                         raise redundancy.RedundancyError(f"'{phrase}' names {len(found)} items; give one per entry")
                     item = found[0]
-                    decisions.append(redundancy.manual_rule(item, keeps, [tokens[p].text for p in item.positions]))
+                    decisions.append(redundancy.manual_rule(item, keeps, [rows.at(p).text for p in item.positions]))
             elif mode == "causal rule":
-                if enc.family == "flux":
+                if not enc.family.causal:
                     raise LeaklessInputError(cls.NAME, "mode", "the causal rule (keep each item's last token) holds "
-                                             "for causal encoders (CLIP); FLUX conditions on T5, which is "
-                                             "bidirectional.", "use 'manual' or 'classifier' mode for FLUX.")
+                                             f"for causal encoders (CLIP, LLMs); {enc.family.name} conditions on "
+                                             f"{enc.encoder.name}, which is bidirectional.",
+                                             f"use 'manual' or 'classifier' mode for {enc.family.name}.")
                 decisions = redundancy.causal_rule(flow.named_items(a, key, items))
             else:
                 if classifier == "none":
@@ -320,13 +333,13 @@ def _load_classifier(node: str, name: str):
 
 
 def _report(a, key, decisions) -> str:
-    tokens = a.encoders[key].tokens
+    rows = a.encoder(key)
     lines = []
     for d in decisions:
         if not d.remove:
             continue
-        kept = ", ".join(repr(tokens[p].text) for p in d.keep)
-        removed = ", ".join(repr(tokens[p].text) for p in d.remove)
+        kept = ", ".join(repr(rows.at(p).text) for p in d.keep)
+        removed = ", ".join(repr(rows.at(p).text) for p in d.remove)
         lines.append(f"{d.item.label}: kept {kept}; removed {removed}" + (f" ({d.note})" if d.note else ""))
     return "\n".join(lines) or "nothing removed (no multi-token item had a redundant token)"
 
@@ -386,31 +399,34 @@ class LeakPatch(io.ComfyNode):
 
 
 def _isolated(node, clip, a, key, ref):
-    """Encode an item alone with the weights it has in the prompt; return its rows and where they go."""
+    """Encode an item alone (through the same template, if any) with the weights it has in the prompt; return its
+    rows and where they go."""
     match = a.find(ref.phrase, ref.occurrence)
-    target = match.positions[key]
+    target = match.of(key)
     alone = align_clip(node, clip, ref.phrase)
-    source = [t.position for t in alone.encoders[key].tokens if not t.is_special]
-    ids_in_prompt = [a.encoders[key].tokens[p].token_id for p in target]
-    ids_alone = [alone.encoders[key].tokens[p].token_id for p in source]
+    source = [t.position for t in alone.encoder(key).tokens if not t.is_special]
+    ids_in_prompt = [a.encoder(key).at(p).token_id for p in target]
+    ids_alone = [alone.encoder(key).at(p).token_id for p in source]
     if ids_in_prompt != ids_alone:
-        texts = [a.encoders[key].tokens[p].text for p in target]
+        texts = [a.encoder(key).at(p).text for p in target]
         raise flow.SelectionError(
-            f"'{ref}' is tokenized differently alone {[alone.encoders[key].tokens[p].text for p in source]} than "
+            f"'{ref}' is tokenized differently alone {[alone.encoder(key).at(p).text for p in source]} than "
             f"in the prompt {texts}, so its rows cannot be matched; name the item with the characters around it "
             "as they stand in the prompt")
-    tokens = clip.tokenize(ref.phrase)
+    tokens = dict(alone.tokens)
     for k, enc_tokens in a.encoders.items():
         if k not in tokens or k not in alone.encoders:
             continue
         prompt_pos = match.positions[k]
-        alone_pos = [t.position for t in alone.encoders[k].tokens if not t.is_special]
-        weights = {q: enc_tokens.tokens[p].weight for p, q in zip(prompt_pos, alone_pos, strict=False)}
+        alone_enc = alone.encoders[k]
+        alone_pos = [t.position for t in alone_enc.tokens if not t.is_special]
+        weights = {q - alone_enc.offset: enc_tokens.at(p).weight for p, q in zip(prompt_pos, alone_pos, strict=False)}
         tokens[k] = _reweighted(tokens[k], weights)
     return ref, clip.encode_from_tokens_scheduled(tokens), source, target
 
 
 def _reweighted(chunks, weights: dict[int, float]):
+    """`chunks` with the weights of the tokens at `weights`' indices (counted over the chunks) replaced."""
     out, position = [], 0
     for chunk in chunks:
         row = []

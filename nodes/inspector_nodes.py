@@ -12,7 +12,8 @@ WORD_WIDTH = 24  # the word column shows at most this many characters, so a row'
 
 
 def format_table(alignment: PromptAlignment) -> str:
-    """A plain-text table (encoder, position, token, word, weight) grouped by encoder."""
+    """A plain-text table (encoder, position, token, word, weight) grouped by encoder, after a line naming the
+    model family and what to know about its encoders."""
     rows = alignment.table()
     header = ("encoder", "pos", "token", "word", "weight")
     cells = [header] + [(r["encoder"], str(r["position"]), r["token"], _shorten(r["word"]),
@@ -25,7 +26,12 @@ def format_table(alignment: PromptAlignment) -> str:
             lines.append("")
         lines.append("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
         previous = c[0]
-    return "\n".join(lines)
+    family = alignment.family
+    notes = [f"{family.name}: {family.note}" if family.note else family.name] if family else []
+    elsewhere = {encoder: key for key, encoder in family.extra_rows} if family else {}
+    notes += [f"{enc.name}: rows in the conditioning's '{elsewhere[k]}'" if k in elsewhere else
+              f"{enc.name}: pooled vector only (no rows)" for k, enc in alignment.encoders.items() if not enc.rows]
+    return "\n".join(notes + ([""] if notes else []) + lines)
 
 
 def _shorten(word: str) -> str:
@@ -46,7 +52,8 @@ class TokenInspector(io.ComfyNode):
             ),
             inputs=[
                 io.Clip.Input("clip", tooltip=(
-                    "The CLIP from your loader (DualCLIPLoader for FLUX, the checkpoint's CLIP for SDXL/SD1.5). "
+                    "The CLIP from your loader (any family Leakless knows: FLUX, SDXL, SD1.5, SD3, Qwen-Image, "
+                    "Z-Image, FLUX.2, Krea 2, Chroma, HiDream). "
                     "Only its tokenizers are used; nothing is encoded.")),
                 io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
                     "The prompt, written exactly as you give it to CLIPTextEncode (weights like (cat:1.2) and "

@@ -6,10 +6,12 @@ Run from ComfyUI's custom_nodes/ folder (the pack is the package `leakless`):
         --text-encoders t5xxl_fp16.safetensors clip_l.safetensors --out ../models/leakless/flux-t5
 
 data.csv has the columns prompt,item,token_index,representative: one row per token of a multi-token item;
-token_index counts from 0 inside the item as the Token Inspector lists the item's tokens (T5 for FLUX, CLIP for
-SDXL/SD1.5); representative is yes/no (does an image generated from that token alone show the item?). Features
-are the token rows the diffusion model reads. Rows are split into train/test by item, never by token, and the
-precision of the redundant class on the test items is reported, for k-NN (cosine) and a linear probe.
+token_index counts from 0 inside the item as the Token Inspector lists the item's rows (T5 for FLUX, CLIP for
+SDXL/SD1.5, the LLM for Qwen-Image and the like); representative is yes/no (does an image generated from that
+token alone show the item?). Features are the token rows the diffusion model reads. --clip-type is a Leakless
+family id (flux, sdxl, sd15, qwen_image, z_image, ...; 'sd1' is still read as sd15). Rows are split into
+train/test by item, never by token, and the precision of the redundant class on the test items is reported,
+for k-NN (cosine) and a linear probe.
 """
 
 from __future__ import annotations
@@ -24,18 +26,26 @@ from pathlib import Path
 import torch
 
 from . import redundancy
-from .alignment import align
+from .alignment import ROWS, align
+from .families import BY_ID
 from .flow import SelectionError, parse_phrases
 
-CLIP_TYPES = {"flux": "FLUX", "sdxl": "STABLE_DIFFUSION", "sd1": "STABLE_DIFFUSION"}
-COND_KEYS = {"flux": "t5xxl", "sdxl": "l", "sd1": "l"}
+ALIASES = {"sd1": "sd15"}  # the name this CLI first gave SD1.5
+
+
+def clip_type(family_id: str) -> str:
+    """The comfy.sd.CLIPType member that loads a family's text encoder files (its CLIPLoader/DualCLIPLoader
+    `type`; DualCLIPLoader's 'sdxl' and CLIPLoader's 'stable_diffusion' are STABLE_DIFFUSION)."""
+    loader_type = next((t for _, t in BY_ID[family_id].loaders if t), family_id)
+    return "STABLE_DIFFUSION" if loader_type == "sdxl" else loader_type.upper()
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m leakless.nodes.redundancy_cli", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("csv", help="labelled tokens: prompt,item,token_index,representative (yes/no)")
-    p.add_argument("--clip-type", choices=sorted(CLIP_TYPES), required=True, help="model family of the encoder")
+    p.add_argument("--clip-type", choices=sorted([*BY_ID, *ALIASES]), required=True,
+                   help="model family of the encoder (a Leakless family id)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text-encoders", nargs="+", metavar="FILE",
                      help="text encoder files (paths, or names under models/text_encoders)")
@@ -80,7 +90,7 @@ def load_clip(args):
                                                output_vae=False, output_clip=True)[1]
     paths = [_resolve(folder_paths, "text_encoders", n) for n in args.text_encoders]
     return sd.load_clip(ckpt_paths=paths, embedding_directory=folder_paths.get_folder_paths("embeddings"),
-                        clip_type=getattr(sd.CLIPType, CLIP_TYPES[args.clip_type]))
+                        clip_type=getattr(sd.CLIPType, clip_type(ALIASES.get(args.clip_type, args.clip_type))))
 
 
 def read_rows(path: str) -> list[dict]:
@@ -92,21 +102,24 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
-def features_and_labels(clip, rows: list[dict], key: str):
+def features_and_labels(clip, rows: list[dict]):
     """One feature row (the token's conditioning row) and label (1 = redundant) per CSV row."""
     feats, labels, items = [], [], []
     by_prompt: dict[str, list[tuple[int, dict]]] = {}
     for i, row in enumerate(rows):
         by_prompt.setdefault(row["prompt"], []).append((i, row))
     for prompt, entries in by_prompt.items():
-        alignment = align(prompt, clip.tokenizer)
-        cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0][0][0]
+        alignment = align(prompt, clip.tokenizer, clip.tokenize(prompt, return_word_ids=True))
+        if alignment.family is None:
+            raise SystemExit(f"the text encoder's tokenizer ({', '.join(alignment.encoders)}) is not of a family "
+                             "Leakless knows")
+        cond = clip.encode_from_tokens_scheduled(alignment.tokens)[0][0][0]
         for i, row in entries:
             try:
                 (ref,) = parse_phrases(row["item"], "items")
             except (SelectionError, ValueError) as e:
                 raise SystemExit(f"row {i + 2}: give one item, a phrase of the prompt ({e})") from None
-            positions = alignment.find(ref.phrase, ref.occurrence).positions[key]
+            positions = alignment.find(ref.phrase, ref.occurrence).of(ROWS)
             index = int(row["token_index"])
             if not 0 <= index < len(positions):
                 raise SystemExit(f"row {i + 2}: '{ref}' has {len(positions)} token(s); token_index {index} is "
@@ -136,10 +149,10 @@ def main(argv=None) -> dict:
     args = _parser().parse_args(argv)
     rows = read_rows(args.csv)
     clip = load_clip(args)
-    key = COND_KEYS[args.clip_type]
-    x, y, items = features_and_labels(clip, rows, key)
+    x, y, items = features_and_labels(clip, rows)
     train, test = redundancy.split_by_item(items, 1 - args.test_fraction, args.seed)
-    meta = {"family": args.clip_type, "encoder": key, "trained_on": os.path.basename(args.csv),
+    family = BY_ID[ALIASES.get(args.clip_type, args.clip_type)]
+    meta = {"family": family.id, "encoder": "+".join(family.row_encoders), "trained_on": os.path.basename(args.csv),
             "n_train": len(train), "n_test": len(test)}
     results = {}
     kinds = ["knn", "linear"] if args.kind == "both" else [args.kind]

@@ -1,4 +1,5 @@
-"""Server route for the token picker: POST /leakless/tokenize {"text", "family"} -> the prompt's tokens per encoder.
+"""Server routes for the token picker: POST /leakless/tokenize {"text", "family"} -> the prompt's tokens per
+encoder; GET /leakless/families -> the model families (nodes/families.py) and whether the picker can tokenize each.
 
 Uses the tokenizers ComfyUI ships (no model weights), built once per family. Registered only when ComfyUI runs its
 server (PromptServer.instance exists); headless runs have no routes.
@@ -8,32 +9,50 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import json
 import sys
 
 from .alignment import MAX_CHARS, PromptNestingError, align
+from .families import BY_ID, FAMILIES
 
 ROUTE = "/leakless/tokenize"
+FAMILIES_ROUTE = "/leakless/families"
 # The payload lists each word once and each token's fields once, so it grows linearly: at most about 100 bytes per
 # character (every UTF-8 byte of a character can be a CLIP token); the byte cap only guards that promise.
 MAX_BYTES = 4_000_000
-FAMILIES = ("flux", "sdxl", "sd15")
-USAGE = 'the body must be JSON: {"text": "...", "family": "flux"|"sdxl"|"sd15"}'
+USAGE = 'the body must be JSON: {"text": "...", "family": "<id from GET /leakless/families>"}'
+
+
+class NoTokenizer(ValueError):
+    """The family's tokenizer cannot be built without its model file, or this ComfyUI lacks it."""
 
 
 @functools.lru_cache(maxsize=len(FAMILIES))
-def _tokenizer(family: str):
-    if family == "flux":
-        import comfy.text_encoders.flux
+def _tokenizer(family_id: str):
+    family = BY_ID[family_id]
+    if not family.tokenizer:
+        raise NoTokenizer(f"{family.name} reads its tokenizer from the text encoder file, so the picker cannot "
+                          "tokenize without it: use Leakless Token Inspector on the loaded CLIP")
+    module, name = family.tokenizer.split(":")
+    try:
+        return getattr(importlib.import_module(module), name)()
+    except (ImportError, AttributeError):
+        raise NoTokenizer(f"this ComfyUI has no {family.name} tokenizer ({family.tokenizer}); {family.name} needs "
+                          f"ComfyUI {family.comfyui} or newer") from None
 
-        return comfy.text_encoders.flux.FluxTokenizer()
-    if family == "sdxl":
-        import comfy.sdxl_clip
 
-        return comfy.sdxl_clip.SDXLTokenizer()
-    import comfy.sd1_clip
-
-    return comfy.sd1_clip.SD1Tokenizer()
+def families_payload() -> list[dict]:
+    """Every family with `available`: whether the picker can tokenize for it on this ComfyUI."""
+    out = []
+    for f in FAMILIES:
+        try:
+            _tokenizer(f.id)
+            available, reason = True, ""
+        except NoTokenizer as e:
+            available, reason = False, str(e)
+        out.append({**f.payload(), "available": available, "reason": reason})
+    return out
 
 
 def tokenize_payload(text: str, family: str) -> dict:
@@ -71,12 +90,14 @@ async def _tokenize(request):
     except UnicodeEncodeError as e:
         return _error(web, 400, f"'text' has a lone surrogate (\\u{ord(text[e.start]):04x}) at character {e.start}; "
                                 "send valid Unicode text")
-    if family not in FAMILIES:
-        return _error(web, 400, f"'family' must be one of {', '.join(FAMILIES)}; got {family!r}")
+    if not isinstance(family, str) or family not in BY_ID:
+        return _error(web, 400, f"'family' must be one of {', '.join(BY_ID)}; got {family!r}")
     try:
         data = await asyncio.to_thread(lambda: _encode(tokenize_payload(text, family)))
     except PromptNestingError as e:
         return _error(web, 400, f"'text': {e}")
+    except NoTokenizer as e:
+        return _error(web, 400, f"'family': {e}")
     if len(data) > MAX_BYTES:
         return _error(web, 400, f"the tokens of this prompt take {len(data)} bytes; the limit is {MAX_BYTES}: "
                                 "shorten the prompt")
@@ -94,3 +115,10 @@ def register_routes():
     if any(getattr(r, "path", None) == ROUTE for r in routes):
         return
     routes.post(ROUTE)(_tokenize)
+    routes.get(FAMILIES_ROUTE)(_families)
+
+
+async def _families(request):
+    from aiohttp import web
+
+    return web.json_response(await asyncio.to_thread(families_payload))

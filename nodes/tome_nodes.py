@@ -20,6 +20,7 @@ from comfy_api.latest import io
 from . import provenance, run_state, tome
 from .alignment import PhraseNotFoundError
 from .clip_glue import align_clip, family_of
+from .families import names
 from .errors import LeaklessInputError, input_error
 from .flow import SelectionError
 from .sampling_glue import cond_rows, sigma_step
@@ -101,11 +102,13 @@ class ToMeEncode(io.ComfyNode):
         check_inputs(cls, locals())
         alignment = align_clip(cls.NAME, clip, text)
         family = family_of(cls.NAME, alignment)
-        if family == "flux":
-            raise LeaklessInputError(cls.NAME, "clip", "ToMe merges CLIP token rows of SDXL or SD1.5; this is a "
-                                     "FLUX CLIP (T5).", "use an SDXL checkpoint's CLIP; for FLUX leakage use "
-                                     "Leakless DeLeaker or Leak Patch.")
-        tokens = clip.tokenize(text)
+        if not family.tome:
+            raise LeaklessInputError(cls.NAME, "clip", f"ToMe merges CLIP token rows of {names(lambda f: f.tome)}; "
+                                     f"this is a CLIP for {family.name} ({alignment.rows.name}).", "use an SDXL "
+                                     "checkpoint's CLIP; for leakage on other models use Leakless Leak Patch or "
+                                     "DeLeaker.")
+        family = family.id
+        tokens = alignment.tokens
         conditioning, tag = provenance.tag_conditioning(cls.NAME, clip, tokens, text,
                                                         clip.encode_from_tokens_scheduled(tokens))
         try:

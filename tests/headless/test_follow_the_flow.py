@@ -259,7 +259,7 @@ def test_redundant_classifier_file(clips, node, tmp_path, comfy_nodes):
     ("LeaklessLeakPatch", dict(items="zebra"), "items", "'zebra' is not in the prompt"),
     ("LeaklessLeakPatch", dict(items=""), "items", "no item was given"),
     ("LeaklessRedundantTokenMask", dict(mode="causal rule", items="", classifier="none", threshold=0.5,
-                                        pooled_output="reference"), "mode", "T5, which is bidirectional"),
+                                        pooled_output="reference"), "mode", "T5-XXL, which is bidirectional"),
     ("LeaklessRedundantTokenMask", dict(mode="classifier", items="", classifier="none", threshold=0.5,
                                         pooled_output="reference"), "classifier", "redundancy_cli"),
     ("LeaklessRedundantTokenMask", dict(mode="manual", items="cat", classifier="none", threshold=0.5,

@@ -104,11 +104,53 @@ def test_tokenize_route_gives_tokens_per_encoder(comfy_server):
     assert len(clip_l["position"]) == len(clip_l["text"]) == len(clip_l["word"]) == len(clip_l["weight"])
 
 
+def _get(comfy_server, path):
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(comfy_server.url + path, timeout=60) as r:  # noqa: S310 - loopback only
+        return json.loads(r.read())
+
+
+def test_families_route_lists_the_registry(comfy_server):
+    from leakless.nodes.families import FAMILIES
+
+    listed = {f["id"]: f for f in _get(comfy_server, "/leakless/families")}
+    assert list(listed) == [f.id for f in FAMILIES]
+    assert listed["qwen_image"]["available"] and not listed["qwen_image"]["weights"]
+    assert ["CLIPLoader", "lumina2"] in listed["z_image"]["loaders"]
+    assert not listed["flux2"]["available"] and "text encoder file" in listed["flux2"]["reason"]
+    import comfy_env
+
+    assert listed["krea2"]["available"] == (comfy_env.COMFY_NAME != "0.3.75")
+
+
+@pytest.mark.parametrize("family, cat_row", [("qwen_image", 2), ("z_image", 5)])
+def test_tokenize_route_gives_the_rows_of_llm_encoders(comfy_server, family, cat_row):
+    """Positions are the rows the diffusion model reads: Qwen-Image's system template is stripped by ComfyUI,
+    Z-Image keeps its template; template tokens are listed as such, never as words."""
+    import json
+
+    status, body = _post(comfy_server, "/leakless/tokenize", json.dumps({"text": "a red cat",
+                                                                          "family": family}).encode())
+    assert status == 200, body
+    (enc,) = body["encoders"]
+    assert [w["word"] for w in body["words"]] == ["a", "red", "cat"]
+    assert [p for p, w in zip(enc["position"], enc["word"], strict=True) if w == 2] == [cat_row]
+    assert enc["kind"][-5:] == ["template"] * 5 and enc["length"] == cat_row + 6
+    status, body = _post(comfy_server, "/leakless/tokenize", json.dumps({"text": "a (red:1.5) cat",
+                                                                          "family": family}).encode())
+    assert [w["word"] for w in body["words"]] == ["a", "(red:1.5)", "cat"]  # plain text to an LLM tokenizer
+    assert set(body["encoders"][0]["weight"]) == {1.0}
+
+
 @pytest.mark.parametrize("body, message", [
     (b"not json", "must be JSON"),
     (b"[1, 2]", "JSON object"),
     (b'{"text": 5, "family": "sdxl"}', "'text' must be a string"),
-    (b'{"text": "a cat", "family": "sd3"}', "'family' must be one of flux, sdxl, sd15"),
+    (b'{"text": "a cat", "family": "sd4"}', "'family' must be one of flux, sdxl, sd15, chroma, sd3, qwen_image"),
+    (b'{"text": "a cat", "family": ["flux"]}', "'family' must be one of"),
+    (b'{"text": "a cat", "family": "flux2"}', "FLUX.2 dev reads its tokenizer from the text encoder file"),
     (('{"text": "' + "a " * 10_001 + '", "family": "flux"}').encode(), "the limit is 20000"),
     (b'{"text": "a \\ud800 cat", "family": "flux"}', "lone surrogate"),
     (b'{"text": "a \xff cat", "family": "flux"}', "must be JSON"),
