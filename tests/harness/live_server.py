@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -56,6 +57,12 @@ class ComfyServer:
                 self.proc.kill()
         if getattr(self, "log", None):
             self.log.close()
+
+    def kill(self):
+        """SIGKILL by PID, as a crash would end it; start() brings it back on the same port."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
 
     def request(self, path, data=None, method=None):
         body = None if data is None else (data if isinstance(data, bytes) else json.dumps(data).encode())
