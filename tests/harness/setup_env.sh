@@ -5,6 +5,7 @@
 #   frontend-newest/  the newest comfyui-frontend-package release tested (browser tests run on it and on the pin)
 #   comfyui-0.33.0/   ComfyUI 0.33.0 from $LEAKLESS_COMFYUI_TARBALL (default ../shared/comfyui/ComfyUI-0.33.0.tar.gz)
 #   venv-0.33.0/      a venv layered over venv/ (a .pth file) with what 0.33.0 adds: requirements-0.33.0.txt
+#   mistral-common/   requirements-data.txt unpacked (--no-deps, off sys.path): the tekken vocabulary of the tiny FLUX.2
 # Without the tarball the 0.33.0 part is skipped with a message; LEAKLESS_REQUIRE_MATRIX=1 (CI) makes it an error.
 # Re-running is a no-op unless the requirements files or this script changed.
 set -euo pipefail
@@ -12,7 +13,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${LEAKLESS_CACHE:-$repo/.cache}
 py=${LEAKLESS_PYTHON:-python3.11}
-stamp_src=$(cat "$here/requirements.txt" "$here/requirements-0.33.0.txt" "$0" | sha256sum | cut -c1-16)
+stamp_src=$(cat "$here/requirements.txt" "$here/requirements-0.33.0.txt" "$here/requirements-data.txt" "$0" \
+  | sha256sum | cut -c1-16)
 tarball=${LEAKLESS_COMFYUI_TARBALL:-$repo/../shared/comfyui/ComfyUI-0.33.0.tar.gz}
 mkdir -p "$cache"
 if [ ! -f "$tarball" ]; then
@@ -27,6 +29,7 @@ fi
 newest_frontend=1.58.1  # the newest release on PyPI when last checked (2026-11-23); bump it to test a newer one
 if [ "$(cat "$cache/.env-stamp" 2>/dev/null)" = "$stamp_src" ] && [ -x "$cache/venv/bin/python" ] \
    && [ -f "$cache/comfyui/main.py" ] && [ -d "$cache/frontend-newest/comfyui_frontend_package-$newest_frontend.dist-info" ] \
+   && [ -d "$cache/mistral-common/mistral_common" ] \
    && { [ ! -f "$tarball" ] || { [ -f "$cache/comfyui-0.33.0/main.py" ] && [ -x "$cache/venv-0.33.0/bin/python" ]; }; }; then
   exit 0
 fi
@@ -69,6 +72,9 @@ fi
 if [ ! -d "$cache/frontend-newest/comfyui_frontend_package-$newest_frontend.dist-info" ]; then
   rm -rf "$cache/frontend-newest"
   pip install --no-deps --target "$cache/frontend-newest" "comfyui-frontend-package==$newest_frontend"
+fi
+if [ ! -d "$cache/mistral-common/mistral_common" ]; then
+  pip install --no-deps --target "$cache/mistral-common" -r "$here/requirements-data.txt"
 fi
 if [ -f "$tarball" ]; then
   if [ ! -f "$cache/comfyui-0.33.0/main.py" ]; then

@@ -1,4 +1,5 @@
-"""Writes tiny random-weight FLUX / SDXL / SD1.5 models and text encoders as .safetensors, through ComfyUI's classes.
+"""Writes tiny random-weight FLUX / SDXL / SD1.5 models and text encoders (those and Qwen-Image, Z-Image, FLUX.2,
+Krea 2, SD3, HiDream) as .safetensors, through ComfyUI's classes.
 
 Run inside a process that has imported ComfyUI (see comfy_env.py). Files carry the metadata key
 ``leakless.tiny`` that the test-only loader shim (custom_nodes/leakless_test_tiny) reads; real tokenizers are
@@ -6,6 +7,7 @@ used throughout (ComfyUI ships them), only the weights are tiny and random.
 File names are the ones the example workflows use, so those run unchanged on the tiny models.
 """
 
+import importlib
 import json
 import os
 
@@ -17,6 +19,63 @@ TINY_CLIP_G = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads"
                "projection_dim": 32}
 TINY_T5 = {"d_model": 64, "d_ff": 128, "num_heads": 2, "d_kv": 32, "num_layers": 2}
 TE_OPTS = {"clip_l_model_config": TINY_CLIP_L, "clip_g_model_config": TINY_CLIP_G, "t5xxl_model_config": TINY_T5}
+
+# The LLM text encoders: hidden 8, one head (ComfyUI fixes head_dim at 128), as many layers as the encoder reads;
+# the full vocabulary, since the real tokenizers' ids index the embedding. Stored in float32: ComfyUI runs these
+# encoders in the file's dtype, and float16 matmuls on a CPU are ~10x slower.
+TINY_LLM = {"hidden_size": 8, "intermediate_size": 16, "num_attention_heads": 1, "num_key_value_heads": 1}
+# HiDream's text encoder hands a file to its T5 only if it has block 23 (else to the Llama): 24 blocks.
+TINY_T5_24 = {"d_model": 32, "d_ff": 64, "num_heads": 2, "d_kv": 16, "num_layers": 24}
+
+# LLM text encoders by template file name: (module in comfy.text_encoders, its SDClipModel class, model name (the
+# `<name>_model_config` key), config beyond TINY_LLM, TEModel). Layers: as many as the encoder reads: Qwen-Image the
+# last; Z-Image the second to last and FLUX.2 Klein 9/18/27 (one file serves both); FLUX.2 dev 10/20/30; Krea 2
+# 2..35; HiDream all 32 of Llama 3.1 8B (whose vocabulary HiDream sets to 128256).
+LLM_FILES = {
+    "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors": ("qwen_image", "Qwen25_7BVLIModel", "qwen25_7b",
+                                                            {"num_hidden_layers": 2}, "QWEN25_7B"),
+    "text_encoders/qwen_3_4b.safetensors": ("z_image", "Qwen3_4BModel", "qwen3_4b", {"num_hidden_layers": 28},
+                                            "QWEN3_4B"),
+    "text_encoders/mistral_3_small_flux2_bf16.safetensors": ("flux", "Mistral3_24BModel", "mistral3_24b",
+                                                             {"num_hidden_layers": 31}, "MISTRAL3_24B"),
+    "text_encoders/qwen3vl_4b_fp8_scaled.safetensors": ("krea2", "Krea2Qwen3VLClipModel", "qwen3vl_4b",
+                                                        {"num_hidden_layers": 36}, "QWEN3VL_4B"),
+    "text_encoders/llama_3.1_8b_instruct_fp8_scaled.safetensors": ("hunyuan_video", "LLAMAModel", "llama",
+                                                                   {"num_hidden_layers": 32, "vocab_size": 128256},
+                                                                   "LLAMA3_8"),
+}
+# Mistral 3's 131k tekken vocabulary, from the mistral-common package setup_env.sh unpacks into the cache
+# (requirements-data.txt); its first 130072 entries equal those of tekken_240911.json in the same package.
+TEKKEN = "mistral-common/mistral_common/data/tekken_240718.json"
+# The special tokens a Mistral 3 tekken file lists first (mistral-common's Tekkenizer.DEPRECATED_SPECIAL_TOKENS, the
+# ranks Mistral Small 3 uses); ranks up to default_num_special_tokens are filled with <SPECIAL_n>.
+TEKKEN_SPECIAL = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                  "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]",
+                  "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]"]
+
+# Each family's text encoder as its ComfyUI template loads it: (loader node, inputs), and what ComfyUI must have
+# (module in comfy.text_encoders, attribute). SD3: ComfyUI pads the CLIP rows to 4096 and appends the T5 rows, so a
+# TripleCLIPLoader needs a 4096-wide T5 (263 MB of embedding at least): CLIP-L+G and T5 are loaded apart.
+TEXT_ENCODERS = {
+    "qwen_image": ("CLIPLoader", {"clip_name": "qwen_2.5_vl_7b_fp8_scaled.safetensors", "type": "qwen_image"}),
+    "z_image": ("CLIPLoader", {"clip_name": "qwen_3_4b.safetensors", "type": "lumina2"}),
+    "flux2": ("CLIPLoader", {"clip_name": "mistral_3_small_flux2_bf16.safetensors", "type": "flux2"}),
+    "flux2_klein": ("CLIPLoader", {"clip_name": "qwen_3_4b.safetensors", "type": "flux2"}),
+    "krea2": ("CLIPLoader", {"clip_name": "qwen3vl_4b_fp8_scaled.safetensors", "type": "krea2"}),
+    "sd3": ("DualCLIPLoader", {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors", "type": "sd3"}),
+    "sd3_t5": ("CLIPLoader", {"clip_name": "t5xxl_fp16.safetensors", "type": "sd3"}),
+    "hidream": ("QuadrupleCLIPLoader", {"clip_name1": "clip_l_hidream.safetensors",
+                                        "clip_name2": "clip_g_hidream.safetensors",
+                                        "clip_name3": "t5xxl_fp8_e4m3fn_scaled.safetensors",
+                                        "clip_name4": "llama_3.1_8b_instruct_fp8_scaled.safetensors"}),
+}
+FAMILY_NEEDS = {"qwen_image": ("qwen_image", "te"), "z_image": ("z_image", "te"), "flux2": ("flux", "flux2_te"),
+                "flux2_klein": ("flux", "klein_te"), "krea2": ("krea2", "te"), "sd3": ("sd3_clip", "sd3_clip"),
+                "sd3_t5": ("sd3_clip", "sd3_clip"), "hidream": ("hidream", "hidream_clip")}
+# HiDream's template names for the CLIPs: links to the tiny clip_l / clip_g.
+LINKS = {"text_encoders/clip_l_hidream.safetensors": "clip_l.safetensors",
+         "text_encoders/clip_g_hidream.safetensors": "clip_g.safetensors"}
+T5_24_FILE = "text_encoders/t5xxl_fp8_e4m3fn_scaled.safetensors"
 
 # The file names of the official example workflows (and of ours), mapped to tiny content.
 FILES = {
@@ -53,7 +112,8 @@ def rand_init_(module, std=0.02, seed=0):
 
 def fit_params(cfg: dict, image_model: str) -> dict:
     """`cfg` with the fields this ComfyUI's FLUX/Chroma parameter class requires and the config lacks (0.33.0 added
-    `txt_ids_dims`, and `vec_in_dim` to Chroma), at the values its own model detection gives FLUX.1 and Chroma."""
+    `txt_ids_dims`, and `vec_in_dim` to Chroma), at the values its own model detection gives FLUX.1 and Chroma, and
+    without the fields it lacks (FLUX.2's `txt_ids_dims` on 0.3.75)."""
     import dataclasses
 
     if image_model == "chroma":
@@ -61,8 +121,10 @@ def fit_params(cfg: dict, image_model: str) -> dict:
     else:
         from comfy.ldm.flux.model import FluxParams as params
     defaults = {"txt_ids_dims": [], "vec_in_dim": None}
-    required = {f.name for f in dataclasses.fields(params) if f.default is dataclasses.MISSING}
-    return {**{k: v for k, v in defaults.items() if k in required and k not in cfg}, **cfg}
+    fields = {f.name: f for f in dataclasses.fields(params)}
+    required = {k for k, f in fields.items() if f.default is dataclasses.MISSING}
+    return {**{k: v for k, v in defaults.items() if k in required and k not in cfg},
+            **{k: v for k, v in cfg.items() if k in fields or k == "image_model"}}
 
 
 def flux_cfg(hidden=128, heads=1, depth=1, single=1, ctx=64, vec=32, guidance=True):
@@ -99,6 +161,67 @@ def sd15_cfg(mc=32, ctx=32, head_ch=32):
                 adm_in_channels=None)
 
 
+def flux2_cfg(hidden=128, ctx=24):
+    """FLUX.2 (dev and Klein share the DiT; ComfyUI's detection values, tiny): the context is the text encoder's
+    three stacked layers, 3 × 8 wide for both tiny encoders."""
+    return fit_params(dict(image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None, context_in_dim=ctx,
+                           hidden_size=hidden, mlp_ratio=3.0, num_heads=1, depth=1, depth_single_blocks=1,
+                           axes_dim=[32, 32, 32, 32], theta=2000, patch_size=1, qkv_bias=False, guidance_embed=True,
+                           txt_ids_dims=[3], global_modulation=True, mlp_silu_act=True, ops_bias=False,
+                           default_ref_method="index", ref_index_scale=10.0), "flux")
+
+
+# Tiny DiTs by family: (supported_models class, config (also the shim's override of what detection reads from
+# full-size shapes), template file name, the template's empty-latent node). Head dims stay what the RoPE axes sum to.
+DIFFUSION_MODELS = {
+    "qwen_image": ("QwenImage", dict(image_model="qwen_image", patch_size=2, in_channels=64, out_channels=16,
+                                     num_layers=1, attention_head_dim=128, num_attention_heads=1,
+                                     joint_attention_dim=8, axes_dims_rope=[16, 56, 56]),
+                   "qwen_image_fp8_e4m3fn.safetensors", "EmptySD3LatentImage"),
+    # Z-Image's timestep embedding is 256 wide and its modulation reads min(dim, 256): dim 256.
+    "z_image": ("ZImage", dict(image_model="lumina2", patch_size=2, in_channels=16, dim=256, n_layers=2,
+                               n_refiner_layers=1, n_heads=2, n_kv_heads=2, multiple_of=16, ffn_dim_multiplier=1.0,
+                               norm_eps=1e-5, qk_norm=True, cap_feat_dim=8, axes_dims=[32, 48, 48],
+                               axes_lens=[1536, 512, 512], rope_theta=256.0, z_image_modulation=True,
+                               time_scale=1000.0, pad_tokens_multiple=32),
+                "z_image_turbo_bf16.safetensors", "EmptySD3LatentImage"),
+    # Krea 2: head dim 64 (RoPE axes 16/24/24 from it), its text fusion reads the 12 tapped layers, 8 wide.
+    "krea2": ("Krea2", dict(image_model="krea2", features=64, tdim=256, txtdim=8, heads=1, kvheads=1, multiplier=2,
+                            layers=2, patch=2, channels=16, txtlayers=12, txtheads=1, txtkvheads=1),
+              "krea2_turbo_fp8_scaled.safetensors", "EmptyLatentImage"),
+    "flux2": ("Flux2", None, "flux2_dev_fp8mixed.safetensors", "EmptyFlux2LatentImage"),
+    # SD3.5 MMDiT (hidden 64 × depth, RMS q/k norm, block 0 with SD3.5 Medium's extra image-only attention); its
+    # context is the 4096-wide CLIP-L+G rows (ComfyUI's SD3.5 templates load a checkpoint; this is the DiT alone).
+    "sd3": ("SD3", dict(in_channels=16, out_channels=16, patch_size=2, depth=2, input_size=None, adm_in_channels=64,
+                        context_embedder_config={"target": "torch.nn.Linear",
+                                                 "params": {"in_features": 4096, "out_features": 128}},
+                        num_patches=64, pos_embed_max_size=8, qk_norm="rms", pos_embed_scaling_factor=None,
+                        x_block_self_attn_layers=[0]),
+            "sd3.5_large.safetensors", "EmptySD3LatentImage"),
+    # HiDream: one double and one single block (they read Llama layers 0 and 31), MoE as in the real model;
+    # caption_channels = [T5 width, Llama width].
+    "hidream": ("HiDream", dict(image_model="hidream", patch_size=2, in_channels=16, out_channels=16, num_layers=1,
+                                num_single_layers=1, attention_head_dim=128, num_attention_heads=1,
+                                caption_channels=[32, 8], text_emb_dim=64, num_routed_experts=4,
+                                num_activated_experts=2, axes_dims_rope=[64, 32, 32], max_resolution=[128, 128],
+                                llama_layers=[0, 31]),
+                "hidream_i1_dev_fp8.safetensors", "EmptySD3LatentImage"),
+    "flux2_klein": ("Flux2", None, "flux-2-klein-4b.safetensors", "EmptyFlux2LatentImage"),
+}
+
+
+def write_diffusion_models(models_dir):
+    """The tiny DiTs this ComfyUI has a model class for, stored in bfloat16 (ComfyUI picks the compute dtype)."""
+    import comfy.supported_models
+
+    for model, cfg, name, _ in DIFFUSION_MODELS.values():
+        if hasattr(comfy.supported_models, model):
+            cfg = cfg or flux2_cfg()
+            sd = build_unet(getattr(comfy.supported_models, model), cfg).diffusion_model.state_dict()
+            save({k: v.to(torch.bfloat16) for k, v in sd.items()}, os.path.join(models_dir, "diffusion_models", name),
+                 tiny_meta(model, cfg))
+
+
 def build_unet(model_cls, cfg, seed=0, dtype=torch.float32, device=None):
     mc = model_cls(cfg)
     mc.set_inference_dtype(dtype, None)
@@ -127,6 +250,81 @@ def build_taesd(latent_channels, seed=2):
         t.vae_scale.fill_(1.0)
         t.vae_shift.fill_(0.0)
     return {k: v.contiguous() for k, v in t.state_dict().items()}
+
+
+def te_module(name):
+    """comfy.text_encoders.<name>, or None where this ComfyUI lacks it."""
+    try:
+        return importlib.import_module(f"comfy.text_encoders.{name}")
+    except ImportError:
+        return None
+
+
+def tekken_path():
+    from comfy_env import CACHE
+
+    return CACHE / TEKKEN
+
+
+def tekken_json():
+    """The tekken vocabulary mistral-common ships, as ComfyUI reads a FLUX.2 file's `tekken_model`: the entries
+    below default_vocab_size − default_num_special_tokens (ComfyUI drops the rest) and Mistral 3's special tokens
+    (the file in the package predates them)."""
+    with open(tekken_path(), encoding="utf-8") as f:
+        data = json.load(f)
+    cfg = data["config"]
+    specials = cfg["default_num_special_tokens"]
+    data["vocab"] = [v for v in data["vocab"] if v["rank"] < cfg["default_vocab_size"] - specials]
+    names = TEKKEN_SPECIAL + [f"<SPECIAL_{i}>" for i in range(len(TEKKEN_SPECIAL), specials)]
+    data["special_tokens"] = [{"rank": i, "token_str": name, "is_control": True} for i, name in enumerate(names)]
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def text_encoders():
+    """TEXT_ENCODERS less the families this ComfyUI lacks (by attribute) or whose files could not be written."""
+    have = {f for f, (module, attr) in FAMILY_NEEDS.items() if hasattr(te_module(module), attr)}
+    if not tekken_path().exists():
+        have.discard("flux2")
+    return {f: v for f, v in TEXT_ENCODERS.items() if f in have}
+
+
+def build_llm(module, cls, name, config, seed=3):
+    """One LLM encoder (an SDClipModel) with a tiny config; the language model drawn at random. Vision towers
+    (Qwen-VL) keep their fixed full size, stay unallocated and are not saved: a text prompt never runs them."""
+    encoder = getattr(te_module(module), cls)(device="cpu", dtype=torch.float32, model_options={
+        "model_name": name, f"{name}_model_config": config})
+    rand_init_(encoder.transformer.model, seed=seed)
+    return {f"model.{k}": v for k, v in encoder.transformer.model.state_dict().items()}
+
+
+def text_encoder_files():
+    """The text-encoder files write_text_encoders writes on this ComfyUI, relative to models/."""
+    llms = [rel for rel, (module, cls, name, *_) in LLM_FILES.items() if hasattr(te_module(module), cls)
+            and (name != "mistral3_24b" or tekken_path().exists())]
+    return [*llms, T5_24_FILE, *LINKS]
+
+
+def write_text_encoders(models_dir):
+    """The text encoders of the newer families this ComfyUI has (HiDream's CLIPs are links to the tiny CLIP-L/G)."""
+    import comfy.text_encoders.sd3_clip
+
+    for rel in text_encoder_files():
+        path = os.path.join(models_dir, rel)
+        if rel in LINKS:
+            if not os.path.lexists(path):
+                os.symlink(LINKS[rel], path)
+        elif rel == T5_24_FILE:
+            t5 = comfy.text_encoders.sd3_clip.T5XXLModel(device="cpu", dtype=torch.float16,
+                                                         model_options={"t5xxl_model_config": TINY_T5_24})
+            rand_init_(t5.transformer, seed=4)
+            save(t5.transformer.state_dict(), path, tiny_meta(te={"t5xxl_model_config": TINY_T5_24}, te_model="T5_XXL"))
+        else:
+            module, cls, name, config, te_model = LLM_FILES[rel]
+            config = {**TINY_LLM, **config}
+            sd = build_llm(module, cls, name, config)
+            if name == "mistral3_24b":  # FLUX.2 dev reads its tokenizer from the file
+                sd["tekken_model"] = torch.frombuffer(bytearray(tekken_json()), dtype=torch.uint8)
+            save(sd, path, tiny_meta(te={f"{name}_model_config": config}, te_model=te_model))
 
 
 def tiny_meta(supported_model=None, unet=None, te=None, te_model=None):
@@ -166,8 +364,11 @@ def write_all(models_dir):
     import comfy.text_encoders.flux
 
     paths = {k: os.path.join(models_dir, v) for k, v in FILES.items()}
-    stamp = os.path.join(models_dir, ".leakless-tiny-v5")
-    if os.path.exists(stamp) and all(os.path.exists(p) for p in paths.values()):
+    stamp = os.path.join(models_dir, ".leakless-tiny-v6")
+    te_paths = [os.path.join(models_dir, rel) for rel in text_encoder_files()]
+    te_paths += [os.path.join(models_dir, "diffusion_models", name) for model, _, name, _ in DIFFUSION_MODELS.values()
+                 if hasattr(comfy.supported_models, model)]
+    if os.path.exists(stamp) and all(os.path.exists(p) for p in [*paths.values(), *te_paths]):
         return paths
     for p in paths.values():
         os.makedirs(os.path.dirname(p), exist_ok=True)
@@ -197,5 +398,7 @@ def write_all(models_dir):
                              comfy.sd.VAE(sd=build_taesd(4)),
                              metadata=tiny_meta("SD15", {"num_head_channels": 32},
                                                 {"clip_l_model_config": TINY_CLIP_L}))
+    write_text_encoders(models_dir)
+    write_diffusion_models(models_dir)
     open(stamp, "w").close()
     return paths
