@@ -369,19 +369,52 @@ def _hf_ids(sub, text: str, offsets: bool = False):
 
 
 def _hf_tokens(sub, text: str) -> tuple[list[int], list[tuple[int, int] | None], bool]:
-    """(ids, character offsets, exact). Without offset support (slow tokenizers, transformers 4.x), offsets come
-    from tokenizing word by word when that reproduces the ids (CLIP pre-splits on whitespace), else from the
+    """(ids, character offsets, exact). Without offset support (slow tokenizers, transformers 4.x, ComfyUI's own
+    tekken BPE), offsets come from the tokens' bytes where the vocabulary is byte-level (GPT-2's byte alphabet),
+    else from tokenizing word by word when that reproduces the ids (CLIP pre-splits on whitespace), else from the
     whole text."""
     try:
         ids, offsets = _hf_ids(sub, text, offsets=True)
         return ids, offsets, True
     except (NotImplementedError, ValueError, TypeError, KeyError):
         ids = _hf_ids(sub, text)
+    offsets = _byte_level_offsets(sub, text, ids)
+    if offsets is not None:
+        return ids, offsets, True
     words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
     per_word = [(s, e, _hf_ids(sub, text[s:e])) for s, e in words]
     if [i for _, _, w in per_word for i in w] == ids:
         return ids, [(s, e) for s, e, w in per_word for _ in w], False
     return ids, [(0, len(text))] * len(ids), False
+
+
+@functools.cache
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet: the character that spells each byte in a vocabulary ('Ġ' is a space)."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars = printable + [256 + i for i in range(256 - len(printable))]
+    return {chr(c): b for c, b in zip(chars, printable + [b for b in range(256) if b not in printable], strict=True)}
+
+
+def _byte_level_offsets(sub, text: str, ids: list) -> list[tuple[int, int]] | None:
+    """Character offsets of `ids` from the bytes their vocabulary spellings stand for, or None when the spellings
+    are not byte-level or do not add up to `text` exactly."""
+    alphabet, vocab = _byte_alphabet(), getattr(sub, "inv_vocab", None) or {}
+    data = text.encode("utf-8")
+    char_of = [i for i, ch in enumerate(text) for _ in ch.encode("utf-8")] + [len(text)]
+    out, pos = [], 0
+    for token in ids:
+        spelling = vocab.get(token)
+        if not isinstance(spelling, str):
+            return None
+        piece = bytes(alphabet[c] for c in spelling) if all(c in alphabet for c in spelling) else \
+            spelling.encode("utf-8")
+        if data[pos:pos + len(piece)] != piece:
+            return None
+        end = pos + len(piece)
+        out.append((char_of[pos], char_of[end - 1] + 1 if end > pos else char_of[pos]))
+        pos = end
+    return out if pos == len(data) else None
 
 
 def _same_token(a, b) -> bool:

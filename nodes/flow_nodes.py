@@ -400,14 +400,19 @@ class LeakPatch(io.ComfyNode):
 
 def _isolated(node, clip, a, key, ref):
     """Encode an item alone (through the same template, if any) with the weights it has in the prompt; return its
-    rows and where they go."""
+    rows and where they go. Byte-level BPE encoders (the LLMs) spell a word after a space differently ('Ġcat'), so
+    an item that follows whitespace in the prompt is encoded with one space before it when that is what gives the
+    prompt's tokens."""
     match = a.find(ref.phrase, ref.occurrence)
     target = match.of(key)
-    alone = align_clip(node, clip, ref.phrase)
-    source = [t.position for t in alone.encoder(key).tokens if not t.is_special]
     ids_in_prompt = [a.encoder(key).at(p).token_id for p in target]
-    ids_alone = [alone.encoder(key).at(p).token_id for p in source]
-    if ids_in_prompt != ids_alone:
+    spaced = match.span[0] > 0 and a.prompt[match.span[0] - 1].isspace()
+    for text in (ref.phrase, " " + ref.phrase) if spaced else (ref.phrase,):
+        alone = align_clip(node, clip, text)
+        source = [t.position for t in alone.encoder(key).tokens if not t.is_special]
+        if [alone.encoder(key).at(p).token_id for p in source] == ids_in_prompt:
+            break
+    else:
         texts = [a.encoder(key).at(p).text for p in target]
         raise flow.SelectionError(
             f"'{ref}' is tokenized differently alone {[alone.encoder(key).at(p).text for p in source]} than "
