@@ -131,7 +131,8 @@ class TokenTrace(io.ComfyNode):
                 io.String.Input("selection", multiline=True, default="", tooltip=(
                     "Used by the two selection modes. One subset per line (or ';'); join parts with ','. A part is "
                     "a phrase of the prompt ('cow', 'golden gate', 'cat#2' for the 2nd cat) or token positions "
-                    "('12', '5-7') as the Token Inspector numbers them (T5 for FLUX, CLIP for SDXL).")),
+                    "('12', '5-7') as the Token Inspector numbers them (T5 for FLUX, CLIP for SDXL). A word that is a "
+                    "number: '\"1984\"'; '@12' is always a position.")),
                 io.Boolean.Input("include_full_prompt", default=True, tooltip=(
                     "Add the untouched prompt as the first image, to compare against. On by default.")),
                 _pooled_input(),
@@ -387,7 +388,7 @@ class LeakPatch(io.ComfyNode):
 
 def _isolated(node, clip, a, key, ref):
     """Encode an item alone with the weights it has in the prompt; return its rows and where they go."""
-    match = a.find(ref.phrase, ref.occurrence)
+    match = flow.find_ref(a, ref)
     target = match.positions[key]
     alone = align_clip(node, clip, ref.phrase)
     source = [t.position for t in alone.encoders[key].tokens if not t.is_special]

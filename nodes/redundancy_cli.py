@@ -25,7 +25,7 @@ import torch
 
 from . import redundancy
 from .alignment import align
-from .flow import SelectionError, parse_phrases
+from .flow import SelectionError, find_ref, parse_phrases
 
 CLIP_TYPES = {"flux": "FLUX", "sdxl": "STABLE_DIFFUSION", "sd1": "STABLE_DIFFUSION"}
 COND_KEYS = {"flux": "t5xxl", "sdxl": "l", "sd1": "l"}
@@ -106,7 +106,7 @@ def features_and_labels(clip, rows: list[dict], key: str):
                 (ref,) = parse_phrases(row["item"], "items")
             except (SelectionError, ValueError) as e:
                 raise SystemExit(f"row {i + 2}: give one item, a phrase of the prompt ({e})") from None
-            positions = alignment.find(ref.phrase, ref.occurrence).positions[key]
+            positions = find_ref(alignment, ref).positions[key]
             index = int(row["token_index"])
             if not 0 <= index < len(positions):
                 raise SystemExit(f"row {i + 2}: '{ref}' has {len(positions)} token(s); token_index {index} is "
