@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import functools
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -155,11 +156,33 @@ class PromptAlignment:
         words = phrase.split()
         if not words:
             raise PhraseNotFoundError("an empty phrase cannot be matched; give a word of the prompt")
-        pattern = r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)"
-        out = []
+        pattern = r"(?=(" + r"\s+".join(re.escape(w) for w in words) + "))"
+        out, end = [], 0
         for m in re.finditer(pattern, self.plain, flags=re.IGNORECASE):
-            out.append((self.plain_to_prompt[m.start()], self.plain_to_prompt[m.end() - 1] + 1))
+            s, e = m.span(1)
+            if s >= end and self._bounded(s, s - 1) and self._bounded(e, e) and not self._crosses_break(s, e):
+                out.append((self.plain_to_prompt[s], self.plain_to_prompt[e - 1] + 1))
+                end = e
         return out
+
+    def _bounded(self, i: int, outside: int) -> bool:
+        """Whether a match may start or end at plain index `i` (`outside`: the character beyond it): that character
+        is not a word character, or two segments meet at `i` (ComfyUI reads '(cat)embedding:x' as 'cat' and
+        'embedding:x', so words never span two segments)."""
+        return not (0 <= outside < len(self.plain) and re.match(r"\w", self.plain[outside])) or i in self._breaks
+
+    def _crosses_break(self, start: int, end: int) -> bool:
+        i = bisect.bisect_right(self._sorted_breaks, start)
+        return i < len(self._sorted_breaks) and self._sorted_breaks[i] < end
+
+    @functools.cached_property
+    def _breaks(self) -> set[int]:
+        """Plain indices where one word ends and the next starts with no space between (two segments meet)."""
+        return {e for _, e in self.word_spans} & set(self._word_starts)
+
+    @functools.cached_property
+    def _sorted_breaks(self) -> list[int]:
+        return sorted(self._breaks)
 
     @functools.cached_property
     def _word_starts(self) -> list[int]:
@@ -544,7 +567,10 @@ class _PlainText:
     def __init__(self, segments: list[_Piece]):
         self.text = "".join(segment.text for segment in segments)
         self.to_prompt = [i for segment in segments for i in segment.index]  # increasing: segments keep the order
-        self.words = [(m.start(), m.end()) for m in re.finditer(r"\S+", self.text)]
+        starts = itertools.accumulate((len(segment.text) for segment in segments), initial=0)
+        # words never span two segments: ComfyUI tokenizes each alone ('(cat)embedding:x': 'cat', 'embedding:x')
+        self.words = [(start + m.start(), start + m.end()) for segment, start in zip(segments, starts, strict=False)
+                      for m in re.finditer(r"\S+", segment.text)]
         self._word_starts = [s for s, _ in self.words]
         self._texts: dict[tuple[int, int], str] = {}  # one string per word range: tokens of a word share it
 

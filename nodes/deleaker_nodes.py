@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import re
 import threading
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .alignment import PhraseNotFoundError
 from .clip_glue import align_clip, family_of
 from .families import names
 from .errors import LeaklessInputError, input_error
-from .flow import PhraseRef, SelectionError, parse_phrases
+from .flow import PhraseRef, SelectionError, find_ref, parse_phrases
 from .sampling_glue import cond_rows, sigma_step
 from .validation import check_inputs
 
@@ -140,7 +141,7 @@ class DeLeakerEncode(io.ComfyNode):
             if len(refs) < 2:
                 raise SelectionError(f"{len(refs)} entit{'y' if len(refs) == 1 else 'ies'} given; DeLeaker separates "
                                      "at least two")
-            positions = tuple(tuple(alignment.find(r.phrase, r.occurrence).positions[key]) for r in refs)
+            positions = tuple(tuple(find_ref(alignment, r).positions[key]) for r in refs)
         except (PhraseNotFoundError, SelectionError) as e:
             raise input_error(cls.NAME, "entities", e, "name two or more entities that are words of the prompt, "
                               "e.g. 'cow, horse', or mark them as **cow**.") from None
@@ -310,6 +311,25 @@ class MaskRun:
     latent: tuple[int, ...]  # the shape of the latent the run produced
     fingerprint: str  # a digest of that latent
     prompt: str | None  # the prompt execution the run belonged to (None outside one)
+    names: tuple[str, ...] = ()  # the entities, in mask order
+
+    @property
+    def missing(self) -> list[str]:
+        """The entities no image token was assigned to in any image of the run."""
+        found = self.masks.any(dim=-1).any(dim=0).tolist()
+        return [name for name, hit in zip(self.names, found, strict=False) if not hit]
+
+    def summary(self) -> str:
+        """What the user is told about the masks ('' when every entity was found)."""
+        missing = self.missing
+        if not missing:
+            return ""
+        if len(missing) == len(self.names):
+            return ("Leakless DeLeaker found none of the entities in the image (every mask is empty), so it changed "
+                    "nothing in this sampling. Lower mask_threshold (e.g. 0.5), or check that the entities are what "
+                    "the image shows.")
+        return (f"Leakless DeLeaker found no image region for {', '.join(repr(n) for n in missing)} (empty mask), so "
+                "those entities were not separated. Lower mask_threshold to find them.")
 
 
 def _fingerprint(latent: torch.Tensor) -> str:
@@ -333,15 +353,19 @@ class MaskResults:
 
     KEEP = 16
 
-    def __init__(self):
+    def __init__(self, names: tuple[str, ...] = ()):
         self.runs: list[MaskRun] = []
+        self.names = names
 
     def record(self, run: _Run, output) -> None:
         track = next((t for t in run.tracks.values() if t.masks is not None), None)  # the first positive entries
         if track is None or not torch.is_tensor(output):
             return
-        done = MaskRun(track.masks.cpu(), track.layout.grid, tuple(output.shape), _fingerprint(output), _prompt_id())
+        done = MaskRun(track.masks.cpu(), track.layout.grid, tuple(output.shape), _fingerprint(output), _prompt_id(),
+                       self.names)
         self.runs = [*self.runs, done][-self.KEEP:]  # a new list: a reader never sees it half-changed
+        if done.summary():
+            logging.warning("%s", done.summary())  # shown in ComfyUI's log; DeLeaker Masks shows it too
 
     @property
     def last(self) -> MaskRun | None:
@@ -447,7 +471,7 @@ class DeLeaker(io.ComfyNode):
         if len(entities.names) < 2:
             raise LeaklessInputError(cls.NAME, "entities", "fewer than two entities.", "name at least two in "
                                      "Leakless DeLeaker Encode.")
-        key, results = run_state.new_key(WRAPPER_KEY), MaskResults()
+        key, results = run_state.new_key(WRAPPER_KEY), MaskResults(entities.names)
         patched = model.clone()
         to = patched.model_options.setdefault("transformer_options", {})
         override = _make_override(key, entities, settings, mask_history, to.get("optimized_attention_override"))
@@ -519,4 +543,5 @@ class DeLeakerMasks(io.ComfyNode):
             colour = torch.tensor(PALETTE[e % len(PALETTE)], dtype=overlay.dtype, device=overlay.device)
             a = (up[:, e, ..., None] * opacity).to(overlay.device, overlay.dtype)
             overlay = overlay * (1 - a) + colour * a
-        return io.NodeOutput(up.reshape(n * k, ih, iw).to(images.device), overlay)
+        summary = run.summary() or f"Every entity was found: {', '.join(run.names)}."
+        return io.NodeOutput(up.reshape(n * k, ih, iw).to(images.device), overlay, ui={"text": [summary]})

@@ -9,7 +9,7 @@ nor attention-masked; its row becomes the row **at the same position** of the em
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -52,62 +52,105 @@ def paste_rows(cond: torch.Tensor, source: torch.Tensor, source_rows, target_row
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Selections: "cow; horse; cow, horse" (subsets by line or ';', parts by ','), "cat#2", "3", "5-7"
+# Selections: "cow; horse; cow, horse" (subsets by line or ';', parts by ','), "cat#2", "3", "5-7", "@3", '"1984"'
+# A bare number is a token position where positions are allowed (Token Trace's selection) and a word elsewhere;
+# a quoted part ('"1984"', '"C#"#2') is always a phrase, '@3' / '@5-7' always positions.
 
 
 @dataclass(frozen=True)
 class PhraseRef:
     phrase: str
     occurrence: int = 1
+    explicit: bool = field(default=False, compare=False)  # '#n' written: 'round#1' is that occurrence, always
+    quoted: bool = field(default=False, compare=False)
 
     def __str__(self):
-        return self.phrase if self.occurrence == 1 else f"{self.phrase}#{self.occurrence}"
+        text = f'"{self.phrase}"' if self.quoted else self.phrase
+        return f"{text}#{self.occurrence}" if self.explicit or self.occurrence > 1 else text
 
 
 @dataclass(frozen=True)
 class PositionRef:
     start: int
     end: int  # inclusive
+    bare: bool = field(default=True, compare=False)  # no "@": a number that is also a word is then an error
 
     def __str__(self):
-        return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
+        return ("" if self.bare else "@") + (str(self.start) if self.start == self.end else f"{self.start}-{self.end}")
 
 
-def parse_refs(text: str) -> list[list[PhraseRef | PositionRef]]:
-    """Parse a selection: one subset per line (or per ';'), parts joined by ','. A part is a phrase of the prompt
-    (optionally '#n' for its n-th occurrence) or a token position / inclusive range ('12', '5-7')."""
+_POSITIONS = re.compile(r"(@)?\s*(\d+)(?:\s*-\s*(\d+))?")
+_QUOTED = re.compile(r'"([^"]*)"(?:\s*#\s*(\d+))?')
+_OCCURRENCE = re.compile(r"(.*?)\s*#\s*(\d+)")
+
+
+def split_outside_quotes(text: str, separators: str) -> list[str]:
+    """`text` split at each of `separators` that is not inside double quotes."""
+    text = text or ""
+    if text.count('"') % 2:
+        raise SelectionError(f"'{text.strip()}' has an unclosed '\"'; quote a phrase as \"1984\"")
+    parts, start, quoted = [], 0, False
+    for i, ch in enumerate(text):
+        if ch == '"':
+            quoted = not quoted
+        elif ch in separators and not quoted:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
+def _part(part: str, positions: bool, what: str):
+    m = _POSITIONS.fullmatch(part)
+    if m and (positions or m[1]):
+        if not positions:
+            raise SelectionError(f"{what} are words of the prompt, not token positions ('{part}')")
+        start, end = int(m[2]), int(m[3] or m[2])
+        if end < start:
+            raise SelectionError(f"'{part}' is an empty range; write the smaller position first")
+        return PositionRef(start, end, bare=not m[1])
+    quoted = _QUOTED.fullmatch(part)
+    if quoted is None and '"' in part:
+        raise SelectionError(f"'{part}': quotes go around a whole phrase ('\"1984\"', '\"big cat\"#2')")
+    m = quoted or _OCCURRENCE.fullmatch(part)
+    phrase, number = (m[1], m[2]) if m and (quoted or m[1]) else (part, None)
+    if number is not None and int(number) < 1:
+        raise SelectionError(f"'{part}': occurrences count from 1")
+    if not phrase.strip():
+        raise SelectionError(f"'{part}' names no word")
+    return PhraseRef(phrase.strip(), int(number or 1), number is not None, quoted is not None)
+
+
+def _parse(text: str, positions: bool, what: str) -> list[list]:
     subsets = []
-    for line in re.split(r"[;\n]", text or ""):
-        refs = []
-        for part in (p.strip() for p in line.split(",")):
-            if not part:
-                continue
-            m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-            if m:
-                start, end = int(m[1]), int(m[2] or m[1])
-                if end < start:
-                    raise SelectionError(f"'{part}' is an empty range; write the smaller position first")
-                refs.append(PositionRef(start, end))
-                continue
-            m = re.fullmatch(r"(.*?)\s*#\s*(\d+)", part)
-            if m and m[1]:
-                if int(m[2]) < 1:
-                    raise SelectionError(f"'{part}': occurrences count from 1")
-                refs.append(PhraseRef(m[1], int(m[2])))
-            else:
-                refs.append(PhraseRef(part))
+    for line in split_outside_quotes(text, ";\n"):
+        refs = [_part(p, positions, what) for p in (p.strip() for p in split_outside_quotes(line, ",")) if p]
         if refs:
             subsets.append(refs)
     return subsets
 
 
+def parse_refs(text: str) -> list[list[PhraseRef | PositionRef]]:
+    """Parse a selection: one subset per line (or per ';'), parts joined by ','. A part is a phrase of the prompt
+    (optionally '#n' for its n-th occurrence; in double quotes to make a number a word: '"1984"') or a token
+    position / inclusive range ('12', '5-7'; '@12' when the number is also a word of the prompt)."""
+    return _parse(text, True, "")
+
+
 def parse_phrases(text: str, what: str) -> list[PhraseRef]:
-    """A flat list of phrases ('cow, horse', 'bats#2; golden gate'): `what` (items, entities) are never positions."""
-    refs = [r for subset in parse_refs(text) for r in subset]
-    for ref in refs:
-        if isinstance(ref, PositionRef):
-            raise SelectionError(f"{what} are words of the prompt, not token positions ('{ref}')")
-    return refs
+    """A flat list of phrases ('cow, horse', 'bats#2; golden gate', '1984'): `what` (items, entities) are never
+    positions, so a bare number is a word here."""
+    return [r for subset in _parse(text, False, what) for r in subset]
+
+
+def find_ref(alignment: PromptAlignment, ref: PhraseRef):
+    """alignment.find for a ref; a number that is not in the prompt says it was read as a word."""
+    try:
+        return alignment.find(ref.phrase, ref.occurrence)
+    except PhraseNotFoundError as e:
+        if _POSITIONS.fullmatch(ref.phrase) and not ref.quoted:
+            raise PhraseNotFoundError(f"{e} ('{ref.phrase}' was read as a word of the prompt, not as a token "
+                                      "position; only Leakless Token Trace's selection takes positions)") from None
+        raise
 
 
 def resolve_refs(alignment: PromptAlignment, key: str, refs) -> list[int]:
@@ -116,12 +159,18 @@ def resolve_refs(alignment: PromptAlignment, key: str, refs) -> list[int]:
     positions = set()
     for ref in refs:
         if isinstance(ref, PositionRef):
+            number = str(ref).lstrip("@")
+            if ref.bare and alignment.find_spans(number):
+                raise SelectionError(f"'{number}' is read as token position(s) {number}, but '{number}' is also a "
+                                     f"word of the prompt; write \"{number}\" for the word, @{number} for the "
+                                     "position(s)")
             if ref.end >= length:
                 raise SelectionError(f"position {ref.end} is out of range: the {alignment.encoder(key).name} "
-                                     f"sequence has {length} positions (0-{length - 1})")
+                                     f"sequence has {length} positions (0-{length - 1}); '{number}' is read as "
+                                     f"token position(s); write \"{number}\" to name a word of the prompt")
             positions.update(range(ref.start, ref.end + 1))
         else:
-            found = alignment.find(ref.phrase, ref.occurrence).of(key)
+            found = find_ref(alignment, ref).of(key)
             if not found:
                 raise PhraseNotFoundError(f"'{ref}' is not read by the {alignment.encoder(key).name} encoder")
             positions.update(found)
@@ -147,7 +196,8 @@ def lexical_items(alignment: PromptAlignment, key: str) -> list[Item]:
     their token positions. Multi-word expressions are items only when the user names them."""
     enc = alignment.encoder(key)
     items = []
-    for m in _WORD.finditer(alignment.plain):
+    matches = (m for s, e in alignment.word_spans for m in _WORD.finditer(alignment.plain, s, e))
+    for m in matches:  # within the words ComfyUI reads: '(red)(cat)' is two
         start = alignment.plain_to_prompt[m.start()]
         end = alignment.plain_to_prompt[m.end() - 1] + 1
         positions = tuple(enc.positions_in(start, end))
@@ -163,7 +213,7 @@ def named_items(alignment: PromptAlignment, key: str, text: str) -> list[Item]:
         return lexical_items(alignment, key)
     items = []
     for ref in refs:
-        match = alignment.find(ref.phrase, ref.occurrence)
+        match = find_ref(alignment, ref)
         items.append(Item(str(ref), match.span, tuple(match.of(key))))
     return sorted(items, key=lambda it: it.span)
 

@@ -144,7 +144,8 @@ class TokenTrace(io.ComfyNode):
                 io.String.Input("selection", multiline=True, default="", tooltip=(
                     "Used by the two selection modes. One subset per line (or ';'); join parts with ','. A part is "
                     "a phrase of the prompt ('cow', 'golden gate', 'cat#2' for the 2nd cat) or token positions "
-                    "('12', '5-7') as the Token Inspector numbers them: the rows of the conditioning.")),
+                    "('12', '5-7') as the Token Inspector numbers them: the rows of the conditioning. A word that "
+                    "is a number: '\"1984\"'; '@12' is always a position.")),
                 io.Boolean.Input("include_full_prompt", default=True, tooltip=(
                     "Add the untouched prompt as the first image, to compare against. On by default.")),
                 _pooled_input(),
@@ -403,7 +404,7 @@ def _isolated(node, clip, a, key, ref):
     rows and where they go. Byte-level BPE encoders (the LLMs) spell a word after a space differently ('Ġcat'), so
     an item that follows whitespace in the prompt is encoded with one space before it when that is what gives the
     prompt's tokens."""
-    match = a.find(ref.phrase, ref.occurrence)
+    match = flow.find_ref(a, ref)
     target = match.of(key)
     ids_in_prompt = [a.encoder(key).at(p).token_id for p in target]
     spaced = match.span[0] > 0 and a.prompt[match.span[0] - 1].isspace()

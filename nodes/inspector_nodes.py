@@ -48,7 +48,9 @@ class TokenInspector(io.ComfyNode):
             description=(
                 "Shows how the text encoders of a CLIP split a prompt into tokens: for every encoder (CLIP-L, "
                 "CLIP-G, T5-XXL) each token's position in the encoded sequence, its vocabulary spelling, the prompt "
-                "word it belongs to and its weight. Use it to see which positions other Leakless nodes will touch."
+                "word it belongs to and its weight. Use it to see which positions other Leakless nodes will touch. "
+                "Token Trace's selection takes these positions ('12', '@12'; a word that is a number: '\"1984\"'); "
+                "items, entities and groups are always words."
             ),
             inputs=[
                 io.Clip.Input("clip", tooltip=(

@@ -69,16 +69,21 @@ def parse_manual(text: str) -> list[tuple[str, list[str]]]:
 
 
 def manual_rule(item: Item, keeps: list[str], token_texts: list[str]) -> Decision:
-    """Keep the named tokens of `item` (texts matched without '\u2581'/'</w>', case-insensitive, or 1-based
-    indices); remove the rest."""
+    """Keep the named tokens of `item` (texts matched without '\u2581'/'</w>', case-insensitive; '"9"' quoted is
+    always a text) or 1-based indices ('2', '#2' always an index); remove the rest."""
     chosen = set()
     for k in keeps:
-        if k.isdigit():
-            i = int(k)
+        index = re.fullmatch(r"#?\s*(\d+)", k)
+        if index and not k.startswith("#") and any(_norm_token(t) == k for t in token_texts):
+            raise RedundancyError(f"'{k}' is read as token {k} of '{item.label}' (a 1-based index), but '{k}' is also "
+                                  f"one of its tokens; write #{k} for the index, \"{k}\" for the token")
+        if index:
+            i = int(index[1])
             if not 1 <= i <= len(item.positions):
                 raise RedundancyError(f"'{item.label}' has {len(item.positions)} token(s); there is no token {i}")
             chosen.add(item.positions[i - 1])
             continue
+        k = k[1:-1] if len(k) > 1 and k[0] == k[-1] == '"' else k
         hits = [p for p, t in zip(item.positions, token_texts, strict=True) if _norm_token(t) == _norm_token(k)]
         if not hits:
             raise RedundancyError(f"'{item.label}' has no token '{k}'; its tokens are "

@@ -28,7 +28,7 @@ import torch
 from . import redundancy
 from .alignment import ROWS, align
 from .families import BY_ID
-from .flow import SelectionError, parse_phrases
+from .flow import SelectionError, find_ref, parse_phrases
 
 ALIASES = {"sd1": "sd15"}  # the name this CLI first gave SD1.5
 
@@ -119,7 +119,7 @@ def features_and_labels(clip, rows: list[dict]):
                 (ref,) = parse_phrases(row["item"], "items")
             except (SelectionError, ValueError) as e:
                 raise SystemExit(f"row {i + 2}: give one item, a phrase of the prompt ({e})") from None
-            positions = alignment.find(ref.phrase, ref.occurrence).of(ROWS)
+            positions = find_ref(alignment, ref).of(ROWS)
             index = int(row["token_index"])
             if not 0 <= index < len(positions):
                 raise SystemExit(f"row {i + 2}: '{ref}' has {len(positions)} token(s); token_index {index} is "

@@ -7,14 +7,13 @@ weights created under ``torch.inference_mode`` without copying them. The samplin
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 from .alignment import PromptAlignment
-from .flow import PhraseRef, parse_phrases
+from .flow import PhraseRef, find_ref, parse_phrases, split_outside_quotes
 
 REFERENCE_NOUN_WEIGHT = 1.1
 REFERENCE_ATTRIBUTE_WEIGHT = 1.2
@@ -180,44 +179,68 @@ class GroupSpec:
 
 def parse_groups(text: str) -> list[GroupSpec]:
     """'cat: wearing sunglasses; dog: wearing a hat, red' -> one group per line or ';': the noun before ':', its
-    attributes after it, comma-separated. Each is a phrase of the prompt, optionally 'word#n' (n-th occurrence)."""
+    attributes after it, comma-separated. Each is a phrase of the prompt, optionally 'word#n' (n-th occurrence) or
+    quoted ('"1984"')."""
     groups = []
-    for line in (p.strip() for p in re.split(r"[;\n]", text or "")):
+    for line in (p.strip() for p in split_outside_quotes(text, ";\n")):
         if not line:
             continue
-        noun, colon, attributes = line.partition(":")
-        if not colon or not noun.strip():
+        noun, *rest = split_outside_quotes(line, ":")
+        if not rest or not noun.strip():
             raise GroupError(f"'{line}' is not 'noun: attribute, attribute'")
         noun_refs = parse_phrases(noun, "nouns")
         if len(noun_refs) != 1:
             raise GroupError(f"'{noun.strip()}': one noun per group (a multi-word noun is fine: 'teddy bear')")
-        attrs = tuple(parse_phrases(attributes, "attributes"))
+        attrs = tuple(parse_phrases(":".join(rest), "attributes"))
         if not attrs:
             raise GroupError(f"'{line}' has no attributes after ':'")
         groups.append(GroupSpec(noun_refs[0], attrs))
     return groups
 
 
-def _nearest(spans, anchor: tuple[int, int]) -> tuple[int, int]:
-    """The span closest to `anchor`, preferring one after it (attributes usually follow the noun)."""
-    return min(spans, key=lambda s: (s[0] < anchor[0], abs(s[0] - anchor[0])))
+def _words_between(alignment: PromptAlignment, a: tuple[int, int], b: tuple[int, int]) -> int:
+    """How many words of the prompt lie between two spans of it (in either order)."""
+    (a0, a1), (b0, b1) = alignment.word_range(a), alignment.word_range(b)
+    return max(b0 - a1, a0 - b1) - 1
+
+
+def attribute_span(alignment: PromptAlignment, ref: PhraseRef, noun: tuple[int, int], nouns) -> tuple[int, int]:
+    """The prompt span an attribute binds to. 'white#2' is that occurrence. A word that occurs once is that one.
+    Else the occurrence with the fewest words between it and its noun, before the noun on a tie (attributes come
+    before their noun in most prompts: 'a black and white cat sits in a white sink' binds the cat's white), never
+    past another group's noun (`nouns`: every group's noun span); if none is that near, an error lists them."""
+    if ref.explicit:
+        return find_ref(alignment, ref).span
+    found = alignment.find_spans(ref.phrase)
+    if len(found) <= 1:
+        return found[0] if found else find_ref(alignment, ref).span  # not in the prompt: that error
+    low = max((n[1] for n in nouns if n[1] <= noun[0]), default=0)
+    high = min((n[0] for n in nouns if n[0] >= noun[1]), default=len(alignment.prompt))
+    near = [s for s in found if low <= s[0] and s[1] <= high and (s[1] <= noun[0] or s[0] >= noun[1])]
+    if not near:
+        listed = ", ".join(f"{ref.phrase}#{i} ('{_context(alignment, s)}')" for i, s in enumerate(found, 1))
+        raise GroupError(f"'{ref.phrase}' occurs {len(found)} times and none of them is next to its noun "
+                         f"'{alignment.prompt[noun[0]:noun[1]]}' (before another group's noun): write one of "
+                         f"{listed}")
+    return min(near, key=lambda s: (_words_between(alignment, s, noun), s[0] > noun[0]))
+
+
+def _context(alignment: PromptAlignment, span: tuple[int, int], words: int = 2) -> str:
+    """The prompt around a span: up to `words` words either side."""
+    before = alignment.prompt[:span[0]].split()[-words:]
+    after = alignment.prompt[span[1]:].split()[:words]
+    return " ".join([*before, alignment.prompt[span[0]:span[1]], *after])
 
 
 def resolve_groups(alignment: PromptAlignment, key: str, specs) -> list[Group]:
     """Token rows (encoder `key`) of every group; each group's anchor phrase is the prompt text it spans, with a
     preceding article ('a cat wearing sunglasses'). Raises GroupError for overlaps and PhraseNotFoundError."""
+    nouns = [find_ref(alignment, spec.noun) for spec in specs]
     groups, owner = [], {}
-    for index, spec in enumerate(specs):
-        noun = alignment.find(spec.noun.phrase, spec.noun.occurrence)
+    for index, (spec, noun) in enumerate(zip(specs, nouns, strict=True)):
         spans, attributes = [noun.span], []
         for ref in spec.attributes:
-            if ref.occurrence > 1:
-                span = alignment.find(ref.phrase, ref.occurrence).span
-            else:
-                found = alignment.find_spans(ref.phrase)
-                if not found:
-                    alignment.find(ref.phrase)  # raises with the prompt's words
-                span = _nearest(found, noun.span)
+            span = attribute_span(alignment, ref, noun.span, [n.span for n in nouns])
             spans.append(span)
             attributes += alignment.encoders[key].positions_in(*span)
         noun_rows = alignment.encoders[key].positions_in(*noun.span)
@@ -228,8 +251,9 @@ def resolve_groups(alignment: PromptAlignment, key: str, specs) -> list[Group]:
             raise GroupError(f"the attributes of '{spec.noun}' are the noun itself")
         for r in rows:
             if r in owner:
-                raise GroupError(f"'{spec.noun}' and '{specs[owner[r]].noun}' share the word "
-                                 f"'{alignment.encoders[key].tokens[r].word}'; a word can belong to one group")
+                other, word = owner[r], alignment.encoders[key].tokens[r].word
+                raise GroupError(f"'{spec.noun}' and '{specs[other].noun}' share the word '{word}'; a word can "
+                                 f"belong to one group: name another occurrence with '#n' ('{word}#2')")
             owner[r] = index
         start, end = min(s[0] for s in spans), max(s[1] for s in spans)
         before = alignment.prompt[:start].split()

@@ -70,8 +70,9 @@ class ToMeEncode(io.ComfyNode):
                     "hat'.")),
                 io.String.Input("groups", multiline=True, default="", tooltip=(
                     "One group per line or ';': 'noun: attribute, attribute', each a phrase of the prompt "
-                    "('cat: wearing sunglasses; dog: wearing a hat'); 'cat#2' for the second 'cat'. Empty: the "
-                    "plain encoding, unchanged.")),
+                    "('cat: wearing sunglasses; dog: wearing a hat'); 'cat#2' for the second 'cat', '\"1984\"' for "
+                    "a word that is a number. A repeated attribute without '#n' is the occurrence nearest its noun "
+                    "(before it on a tie), never past another group's noun. Empty: the plain encoding, unchanged.")),
                 io.Float.Input("noun_weight", default=tome.REFERENCE_NOUN_WEIGHT, min=0.0, max=3.0, step=0.05,
                                tooltip="Composite = noun_weight x noun rows + attribute_weight x attribute rows. "
                                "1.1 is the reference code's; 1.0 with attribute_weight 1.0 is the paper's plain "

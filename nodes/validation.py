@@ -1,8 +1,9 @@
-"""Every FLOAT, INT and COMBO input checked against the schema its node declares, before the node does any work.
+"""Every FLOAT, INT, COMBO, BOOLEAN and STRING input checked against the schema its node declares, before the node
+does any work.
 
-ComfyUI's own check lets NaN through (``NaN < min`` is false), never checks linked values, and 0.3.75 does not check
-V3 dropdowns. Pure: it reads the schema's input objects (``id``, ``io_type``, ``min``, ``max``, ``options``,
-``optional``, ``default``) and never imports ComfyUI.
+ComfyUI's own check lets NaN through (``NaN < min`` is false), never checks linked values (a link can carry any
+type), and 0.3.75 does not check V3 dropdowns. Pure: it reads the schema's input objects (``id``, ``io_type``,
+``min``, ``max``, ``options``, ``optional``, ``default``) and never imports ComfyUI.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from numbers import Integral, Real
 from .errors import LeaklessInputError
 
 MAX_LISTED = 20  # options named in an error (a classifier folder can hold many files)
+MAX_STRING = 100_000  # characters in any text input (prompts, selections, groups)
 
 
 def check_inputs(node_cls, values: dict) -> None:
@@ -33,6 +35,32 @@ def check(node: str, inputs, values: dict) -> None:
             _number(node, spec, value, Integral, "a whole number")
         elif spec.io_type == "COMBO":
             _option(node, spec, value)
+        elif spec.io_type == "BOOLEAN" and not isinstance(value, bool):
+            default = "" if spec.default is None else f" (default {str(spec.default).lower()})"
+            raise LeaklessInputError(node, spec.id, f"{_shown(value)} is not true or false.",
+                                     f"set it to true or false{default}.")
+        elif spec.io_type == "STRING":
+            _text(node, spec, value)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "\u2026"
+
+
+def _text(node: str, spec, value) -> None:
+    if not isinstance(value, str):
+        raise LeaklessInputError(node, spec.id, f"{_shown(value)} ({type(value).__name__}) is not text.",
+                                 "connect or type a text (STRING) value.")
+    if len(value) > MAX_STRING:
+        raise LeaklessInputError(node, spec.id, f"it is {len(value):,} characters; Leakless text inputs take at most "
+                                 f"{MAX_STRING:,}.", "shorten it.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise LeaklessInputError(node, spec.id, f"it has a lone surrogate (\\u{ord(value[e.start]):04x}) at "
+                                 f"character {e.start}, which is not text.", "send valid Unicode text (a surrogate "
+                                 "pair, or the character itself).") from None
 
 
 def _number(node: str, spec, value, kind, what: str) -> None:

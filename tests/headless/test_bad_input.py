@@ -2,6 +2,7 @@
 node's own schema, tests/workflows/bad_inputs.py) is refused with the node, the input and the fix, before the node
 does any work: called directly, and through ComfyUI's validation and executor in a real graph."""
 
+import json
 import math
 
 import comfy_env
@@ -37,11 +38,13 @@ def test_the_table_covers_every_node(comfy_nodes):
 
 @pytest.mark.parametrize("node_id", sorted(SCHEMAS))
 def test_refused_before_any_work_when_called_directly(comfy_nodes, node_id):
-    """Every link input is None: a node that did any work before its check would fail some other way."""
+    """Every link input is None (a linked STRING is ""): a node that did any work before its check would fail some
+    other way."""
     nodes, _ = comfy_nodes
     cls = nodes.NODE_CLASS_MAPPINGS[node_id]
     schema = schema_of(nodes, node_id)
-    base = {s.id: bad_inputs.widget_defaults(schema).get(s.id) for s in schema.inputs}
+    base = {s.id: bad_inputs.widget_defaults(schema).get(s.id, "" if s.io_type == "STRING" else None)
+            for s in schema.inputs}
     wrong = []
     for input_id, value in bad_inputs.cases(schema):
         try:
@@ -94,3 +97,58 @@ def test_good_defaults_still_run(comfy_nodes):
     nodes, _ = comfy_nodes
     for node_id in ("LeaklessDeLeaker", "LeaklessToMeEncode", "LeaklessTokenTrace"):
         assert run_message(bad_inputs.graph(node_id, schema_of(nodes, node_id))) is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The explicit table (bad_inputs.ROWS): every node and the route, each row a class of bad or edge input
+
+EXPECTED_ROWS = 91
+
+
+class RouteRequest:
+    """What the route reads of aiohttp's request: json() decodes the body as UTF-8, then parses it."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+
+    async def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+
+def route_outcome(leakless, body: bytes) -> tuple[str | None, str]:
+    """(the error of a 400, None on a 200; the answer's text), from the route's own handler."""
+    import asyncio
+
+    from leakless.nodes import routes
+
+    response = asyncio.run(routes._tokenize(RouteRequest(body)))
+    text = response.body.decode()
+    assert response.status in (200, 400), response.status
+    return (json.loads(text)["error"] if response.status == 400 else None), text
+
+
+def graph_outcome(row, schema) -> tuple[str | None, str | None]:
+    try:
+        outputs = comfy_env.run_prompt(row.graph(schema))
+    except comfy_env.ExecutionFailed as e:
+        detail = e.args[0]
+        return (detail.get("exception_message", str(detail)) if isinstance(detail, dict) else str(detail)), None
+    return None, outputs[row.shows]["text"][0]
+
+
+def test_the_explicit_table_covers_every_node_and_the_route():
+    assert len(bad_inputs.ROWS) == EXPECTED_ROWS
+    assert {r.node for r in bad_inputs.ROWS} == set(SCHEMAS) | {bad_inputs.ROUTE}
+    assert set(bad_inputs.NAMES) == set(SCHEMAS)
+    assert len({r.id for r in bad_inputs.ROWS}) == len(bad_inputs.ROWS)
+
+
+@pytest.mark.parametrize("row", bad_inputs.ROWS, ids=lambda r: r.id)
+def test_explicit_row(comfy_nodes, leakless, row):
+    if row.node == bad_inputs.ROUTE:
+        message, shown = route_outcome(leakless, row.body())
+    else:
+        schema = schema_of(comfy_nodes[0], row.node)
+        assert schema.display_name == bad_inputs.NAMES[row.node]
+        message, shown = graph_outcome(row, schema)
+    assert not row.check(message, shown), (message, (shown or "")[:2000])

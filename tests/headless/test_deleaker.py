@@ -244,3 +244,33 @@ def test_a_mark_is_the_occurrence_it_marks(parts):
     assert marked.positions[0] != first.positions[0]
     _, both = encode(clip=parts["clip"], text="a **cat** and a **cat**", entities="").args
     assert both.names == ("cat", "cat#2") and not set(both.positions[0]) & set(both.positions[1])
+
+
+def test_empty_masks_are_reported_not_silent(parts, caplog):
+    """The paper's threshold on a random-weight model finds no entity: DeLeaker then changes nothing, and says so
+    in ComfyUI's log and on DeLeaker Masks (whose masks are empty and whose overlay is the image itself)."""
+    patched, results = deleak(parts, mask_threshold=5.0)
+    with caplog.at_level("WARNING"):
+        latent = sample(parts, patched)
+    assert not results.last.masks.any()
+    assert any("found none of the entities" in r.getMessage() and "mask_threshold" in r.getMessage()
+               for r in caplog.records)
+    images = torch.rand(1, 192, 256, 3)
+    out = parts["m"]["LeaklessDeLeakerMasks"].execute(masks=results, images=images, opacity=0.5,
+                                                      samples={"samples": latent})
+    mask, overlay = out.args
+    assert not mask.any() and torch.equal(overlay, images)
+    assert "found none of the entities" in out.ui["text"][0]
+    permissive, found = deleak(parts)  # the suite's threshold finds both: nothing to report
+    sample(parts, permissive)
+    assert found.last.summary() == ""
+
+
+def test_one_missing_entity_is_named(leakless):
+    from leakless.nodes.deleaker_nodes import MaskRun
+
+    masks = torch.zeros(2, 2, 4, dtype=torch.bool)
+    masks[1, 0, 3] = True  # 'cow' found in the second image only; 'horse' nowhere
+    run = MaskRun(masks, (2, 2), (2, 16, 2, 2), "", None, ("cow", "horse"))
+    assert run.missing == ["horse"] and "'horse'" in run.summary() and "'cow'" not in run.summary()
+    assert MaskRun(masks | True, (2, 2), (2, 16, 2, 2), "", None, ("cow", "horse")).summary() == ""

@@ -34,3 +34,21 @@ def test_leak_patch_after_an_embedding_pastes_the_right_rows(flux_clip, comfy_no
         assert torch.equal(cond[:, rows], isolated[:, :1])
     others = [i for i in range(cond.shape[1]) if i not in cow + horse]
     assert torch.equal(cond[:, others], base[0][0][:, others])
+
+
+@pytest.mark.parametrize("text", ["a (cat:1)embedding:style cow", "a cat embedding:style, a cow",
+                                  "a cat(embedding:style:1.1) cow"])
+def test_the_word_before_an_embedding_can_be_named(flux_clip, comfy_nodes, text):
+    """'cat' right before 'embedding:style' is a word of its own (it was glued: 'catembedding:style'): Leak Patch
+    pastes its rows, and the Token Inspector shows 'cat' as its word."""
+    nodes, _ = comfy_nodes
+    m = nodes.NODE_CLASS_MAPPINGS
+    base = nodes.CLIPTextEncode().encode(flux_clip, text)[0]
+    (cond, _meta), = m["LeaklessLeakPatch"].execute(clip=flux_clip, text=text, items="cat",
+                                                    conditioning=base).args[0]
+    cat = t5_rows(flux_clip, text, "cat")
+    assert len(cat) == 1
+    assert torch.equal(cond[:, cat], nodes.CLIPTextEncode().encode(flux_clip, "cat")[0][0][0][:, :1])
+    table = m["LeaklessTokenInspector"].execute(clip=flux_clip, text=text).args[0]
+    words = {line.split()[2]: line.split()[3:] for line in table.splitlines()[1:] if len(line.split()) > 3}
+    assert words["\u2581cat"][0] == "cat" and "catembedding" not in table

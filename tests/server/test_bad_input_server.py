@@ -1,20 +1,23 @@
 """Bad input through the real server's /prompt, as an API client sends it (Python's json writes NaN and Infinity
 literals, which the server's json.loads reads): refused with the node, the input and the fix, as ComfyUI's node error
-(HTTP 400) or as the node's execution error, and the server keeps serving. A representative subset of the table in
-tests/workflows/bad_inputs.py (tests/headless/test_bad_input.py runs all of it)."""
+(HTTP 400) or as the node's execution error, and the server keeps serving. A representative subset of the generated
+table in tests/workflows/bad_inputs.py, and every row of its explicit table (ROWS, the route's rows through
+POST /leakless/tokenize); tests/headless/test_bad_input.py runs both tables headless."""
 
 import json
 import math
 import time
 import urllib.error
+import urllib.request
 import uuid
 
 import pytest
 from workflows import bad_inputs, graphs
 
 
-def submit(server, prompt, timeout=120):
-    """('refused', node errors text) on a 400; ('failed', exception message) or ('success', None) once it ran."""
+def submit(server, prompt, timeout=120, outputs=None):
+    """('refused', node errors text) on a 400; ('failed', exception message) or ('success', None) once it ran.
+    `outputs`: a dict that receives the run's history outputs."""
     body = json.dumps({"prompt": prompt, "client_id": str(uuid.uuid4())}).encode()  # allow_nan: NaN, Infinity
     try:
         prompt_id = server.request("/prompt", body)["prompt_id"]
@@ -26,6 +29,8 @@ def submit(server, prompt, timeout=120):
         status = (server.get(f"/history/{prompt_id}").get(prompt_id) or {}).get("status", {})
         if status.get("completed") is not None:
             errors = [m[1] for m in status.get("messages", []) if m[0] == "execution_error"]
+            if outputs is not None:
+                outputs.update(server.get(f"/history/{prompt_id}")[prompt_id].get("outputs", {}))
             return status["status_str"], errors[0]["exception_message"] if errors else None
         time.sleep(0.25)
     raise TimeoutError(prompt_id)
@@ -71,3 +76,32 @@ def test_the_server_keeps_serving(comfy_server, comfy_nodes):
         {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}}},
         ["4", 1], "a red cat"))
     assert "red</w>" in outputs["100"]["text"][0]
+
+
+def post_route(server, body: bytes) -> tuple[str | None, str]:
+    """(the error of a 400, None on a 200; the answer's text) from POST /leakless/tokenize."""
+    req = urllib.request.Request(server.url + "/leakless/tokenize", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:  # noqa: S310 - loopback only
+            return None, r.read().decode()
+    except urllib.error.HTTPError as e:
+        assert e.code == 400, e.code
+        return json.loads(e.read())["error"], ""
+
+
+@pytest.mark.parametrize("row", bad_inputs.ROWS, ids=lambda r: r.id)
+def test_explicit_row_through_the_server(comfy_server, comfy_nodes, row):
+    """Every row of the explicit table, as a client sends it: the same refusal or output as headless."""
+    if row.node == bad_inputs.ROUTE:
+        message, shown = post_route(comfy_server, row.body())
+    else:
+        schema = comfy_nodes[0].NODE_CLASS_MAPPINGS[row.node].GET_SCHEMA()
+        outputs = {}
+        outcome, message = submit(comfy_server, row.graph(schema), outputs=outputs)
+        assert outcome != "refused", message  # every row reaches the node: ComfyUI's own checks pass them
+        shown = outputs.get(row.shows, {}).get("text", [None])[0] if outcome == "success" else None
+        if outcome == "error":
+            assert message is not None
+    assert not row.check(message, shown), (message, (shown or "")[:2000])
+    assert comfy_server.get("/system_stats")["system"]  # still serving

@@ -371,3 +371,32 @@ def test_tokenizer_without_offsets_falls_back_to_word_spans(alignment, tokenizer
     # "bats," is one whitespace word: without offsets its comma travels with it.
     bats = reference.find("bats").positions["l"]
     assert len(bats) == 1 and a.find("bats").positions["l"] == [bats[0], bats[0] + 1]
+
+
+@pytest.mark.parametrize("prompt", [
+    "a cat embedding:my_embedding", "a cat embedding:missing", "a cat embedding:my_embedding, dog",
+    "a (cat)embedding:my_embedding", "(cat:1.2)embedding:missing dog", "a cat(embedding:my_embedding)",
+    "a cat\nembedding:missing dog", "a (cat)(embedding:missing:1.1) dog",
+])
+def test_a_word_before_an_embedding_stays_whole(alignment, comfy, tmp_path, prompt):
+    """'cat' next to 'embedding:name' (found or missing, after a space or another segment) is the word 'cat', on
+    the running ComfyUI's rules: never glued to the embedding ('catembedding:...'), in words, tokens and payload."""
+    import comfy.sd1_clip
+    import comfy.text_encoders.flux
+    import safetensors.torch
+    import torch
+
+    safetensors.torch.save_file({"emb_params": torch.randn(2, 768)}, str(tmp_path / "my_embedding.safetensors"))
+    for tok in (comfy.sd1_clip.SD1Tokenizer(embedding_directory=str(tmp_path)),
+                comfy.text_encoders.flux.FluxTokenizer(embedding_directory=str(tmp_path))):
+        a = alignment.align(prompt, tok)
+        assert "cat" in a.words() and not any("catembedding" in w for w in a.words()), a.words()
+        cat = a.find("cat")
+        for key, positions in cat.positions.items():
+            tokens = [a.encoders[key].tokens[p] for p in positions]
+            assert [normalized_token(key, t.text) for t in tokens] == ["cat"] and tokens[0].word == "cat"
+        assert all(t.word.startswith("embedding:") for e in a.encoders.values() for t in e.tokens
+                   if t.kind == "embedding")
+        assert "catembedding" not in json.dumps(a.payload())
+        if "dog" in prompt:
+            assert [a.encoders["l"].tokens[p].text for p in a.find("dog").positions["l"]] == ["dog</w>"]

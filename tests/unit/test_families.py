@@ -49,7 +49,8 @@ def test_names_lists_the_families_a_method_supports(families):
     assert families.names(lambda f: f.entity_encoder) == "FLUX.1 / Kontext / Krea and Chroma"
 
 
-@pytest.mark.parametrize("text", ["a red cat", "  two  spaces\nand a newline", "\U0001f600 emoji \u6f22\u5b57 caf\u00e9"])
+@pytest.mark.parametrize("text", ["a red cat", "  two  spaces\nand a newline",
+                                  "\U0001f600 emoji \u6f22\u5b57 caf\u00e9"])
 def test_byte_level_offsets_equal_the_tokenizers_own(comfy, leakless, text):
     """The offsets Leakless derives from a byte-level vocabulary (for tokenizers without offset support, like
     ComfyUI's own tekken BPE) equal those Hugging Face's fast Qwen tokenizer reports."""

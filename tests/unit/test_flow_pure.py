@@ -166,6 +166,20 @@ def test_manual_spec(red, flow):
         red.parse_manual("pelican")
 
 
+def test_manual_numbers_are_indices_or_quoted_texts(red, flow):
+    """'2' is the 2nd token, '#2' always an index, '"2"' a token's text; a bare number that is also one of the
+    item's tokens is an error naming both readings."""
+    item = flow.Item("1984", (0, 4), (2, 3, 4, 5))
+    texts = ["1</w>", "9</w>", "8</w>", "4</w>"]
+    assert red.manual_rule(item, ["2"], texts).keep == (3,) and red.manual_rule(item, ["#1"], texts).keep == (2,)
+    assert red.manual_rule(item, ['"9"'], texts).keep == (3,) and red.manual_rule(item, ["#4"], texts).keep == (5,)
+    with pytest.raises(red.RedundancyError, match=r"'1' is read as token 1 of '1984' \(a 1-based index\), but '1' "
+                                                  r"is also one of its tokens; write #1 for the index, \"1\" for"):
+        red.manual_rule(item, ["1"], texts)
+    with pytest.raises(red.RedundancyError, match="there is no token 7"):
+        red.manual_rule(item, ["#7"], texts)
+
+
 def test_classifier_width_and_file_checks(red, tmp_path):
     clf = red.fit_knn(torch.randn(5, 8), torch.tensor([0, 1, 0, 1, 1]), 3, {"family": "sdxl", "encoder": "l"})
     with pytest.raises(red.RedundancyError, match="8-wide token features .*sdxl l.* gives 4-wide"):
@@ -175,3 +189,49 @@ def test_classifier_width_and_file_checks(red, tmp_path):
     safetensors.torch.save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(red.RedundancyError, match="not a Leakless redundancy classifier"):
         red.load(str(tmp_path / "other.safetensors"))
+
+
+def test_words_and_positions_are_unambiguous(flow, tokenizers):
+    """A bare number is a position in a selection and a word elsewhere; '"1984"' is always a word, '@3' always a
+    position; a bare number that is also a word of the prompt is an error that says how to write each reading."""
+    from leakless.nodes.alignment import PhraseNotFoundError, align
+
+    P, R = flow.PhraseRef, flow.PositionRef
+    assert flow.parse_refs('"1984", @3, @5-7, 3, "C#"#2, "a, b; c"') == [
+        [P("1984"), R(3, 3), R(5, 7), R(3, 3), P("C#", 2), P("a, b; c")]]
+    assert [str(r) for r in flow.parse_refs('"1984", @3, 3, round#1, "x"#2')[0]] == [
+        '"1984"', "@3", "3", "round#1", '"x"#2']
+    assert flow.parse_phrases("1984, 2-3; 7", "entities") == [P("1984"), P("2-3"), P("7")]
+    assert flow.parse_refs("round#1")[0][0].explicit and not flow.parse_refs("round")[0][0].explicit
+    for bad, message in (('"cat', "unclosed"), ('big "cat"', "whole phrase"), ('""', "names no word")):
+        with pytest.raises(flow.SelectionError, match=message):
+            flow.parse_refs(bad)
+    with pytest.raises(flow.SelectionError, match=r"entities are words of the prompt, not token positions \('@3'\)"):
+        flow.parse_phrases("cow, @3", "entities")
+
+    a = align("a 1984 poster with 3 cats", tokenizers["sdxl"])
+    resolve = lambda text: flow.resolve_refs(a, "l", flow.parse_refs(text)[0])  # noqa: E731
+    assert resolve('"1984"') == [2, 3, 4, 5] and resolve('"3"') == [8] and resolve("@3") == [3]
+    assert resolve("4") == [4] and resolve("1984#1") == [2, 3, 4, 5]
+    with pytest.raises(flow.SelectionError, match=r"'3' is read as token position\(s\) 3, but '3' is also a word "
+                                                   r"of the prompt; write \"3\" for the word, @3 for the position"):
+        resolve("3")
+    with pytest.raises(flow.SelectionError, match=r"out of range.*'300-1984' is read as token position\(s\); "
+                                                   r"write \"300-1984\""):
+        resolve("300-1984")
+    with pytest.raises(PhraseNotFoundError, match=r"'9999' was read as a word of the prompt, not as a token position"):
+        flow.find_ref(a, flow.parse_phrases("9999", "items")[0])
+    assert flow.find_ref(a, flow.parse_phrases("1984", "items")[0]).positions["l"] == [2, 3, 4, 5]
+    assert [it.label for it in flow.named_items(a, "l", "3, 1984")] == ["1984", "3"]
+
+
+def test_words_never_span_two_segments(flow, tokenizers):
+    """ComfyUI tokenizes each weighted segment alone: '(red)(cat)' is two words, as is '(big)dog'."""
+    from leakless.nodes.alignment import align
+
+    a = align("(red)(cat) a (big)dog", tokenizers["sdxl"])
+    assert a.words() == ["red", "cat", "a", "big", "dog"]
+    assert [it.label for it in flow.lexical_items(a, "l")] == ["red", "cat", "a", "big", "dog"]
+    assert a.find("cat").positions["l"] == [2] and a.find("dog").positions["l"] == [5]
+    assert flow.resolve_refs(a, "l", flow.parse_refs("red, dog")[0]) == [1, 5]
+    assert a.find_spans("redcat") == [] and a.find_spans("bigdog") == []

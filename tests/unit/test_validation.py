@@ -87,8 +87,41 @@ def test_multiselect_checks_every_value(v, io):
 
 def test_other_inputs_and_absent_values_are_left_alone(v, io):
     inputs = [io.Model.Input("model"), io.String.Input("text"), io.Boolean.Input("on"),
-              io.Float.Input("x", min=0.0, max=1.0), io.Combo.Input("remote", options=None)]
-    v.check("N", inputs, {"model": object(), "text": math.nan, "on": "yes", "remote": "anything", "cls": None})
+              io.Float.Input("x", min=0.0, max=1.0), io.Combo.Input("remote", options=None),
+              io.String.Input("note", optional=True)]
+    v.check("N", inputs, {"model": object(), "remote": "anything", "note": None, "cls": None})
+
+
+@pytest.mark.parametrize("value,ok", [(True, True), (False, True), (1, False), (0, False), ("false", False),
+                                      ("true", False), (None, False), (math.nan, False), ([True], False)])
+def test_booleans_are_true_or_false(v, io, value, ok):
+    """A link (or a client calling execute) can carry anything: only a real bool is a BOOLEAN."""
+    spec = io.Boolean.Input("include_full_prompt", default=True)
+    if ok:
+        v.check("N", [spec], {"include_full_prompt": value})
+        return
+    with pytest.raises(ValueError) as e:
+        v.check("N", [spec], {"include_full_prompt": value})
+    message = str(e.value)
+    assert message.startswith("N: input 'include_full_prompt': ") and "true or false (default true)" in message
+
+
+@pytest.mark.parametrize("value,message", [
+    ("a cat", None), ("", None), ("\U0001f431" * 1000, None), ("x" * 100_000, None),
+    ("x" * 100_001, "it is 100,001 characters; Leakless text inputs take at most 100,000"),
+    ("a \ud800 cat", r"lone surrogate \(\\ud800\) at character 2"), ("\udfff", "lone surrogate"),
+    (None, r"None \(NoneType\) is not text"), (12, r"12 \(int\) is not text"), (math.nan, "is not text"),
+    (["a", "b"], "is not text"), (b"a cat", r"\(bytes\) is not text"), ("x" * 1000 + "\ud800", "at character 1000"),
+])
+def test_strings_are_text_of_bounded_length(v, io, value, message):
+    spec = io.String.Input("text", multiline=True, default="")
+    if message is None:
+        v.check("N", [spec], {"text": value})
+        return
+    with pytest.raises(ValueError, match=message) as e:
+        v.check("N", [spec], {"text": value})
+    assert type(e.value).__name__ == "LeaklessInputError" and str(e.value).startswith("N: input 'text': ")
+    assert " Fix: " in str(e.value) and len(str(e.value)) < 400  # never the whole value
 
 
 def test_every_nodes_defaults_pass(v, comfy_nodes):
@@ -96,4 +129,5 @@ def test_every_nodes_defaults_pass(v, comfy_nodes):
     for node_id, cls in nodes.NODE_CLASS_MAPPINGS.items():
         if node_id.startswith("Leakless"):
             schema = cls.GET_SCHEMA()
-            v.check(schema.display_name, schema.inputs, {s.id: getattr(s, "default", None) for s in schema.inputs})
+            v.check(schema.display_name, schema.inputs, {s.id: s.default for s in schema.inputs
+                                                         if getattr(s, "default", None) is not None})

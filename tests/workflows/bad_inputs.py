@@ -1,11 +1,14 @@
-"""The bad-input table: generated from every Leakless node's own schema (a new input is covered automatically),
-plus explicit cases, and a real API graph for every node to send a case through ComfyUI.
+"""The bad-input tables: one generated from every Leakless node's own schema (a new input is covered automatically),
+one of explicit rows (ROWS: a class of bad or edge input -> the refusal's text or a property of the output, for every
+node and the token picker route), and a real API graph for every node to send a case through ComfyUI.
 
 A case is (input id, value); what a refusal must say is in `our_message` (Leakless's own check, run at the start of
 execute) and `comfy_refused` (ComfyUI's validation, which catches some of them before execute on some versions).
 """
 
+import json
 import math
+from dataclasses import dataclass, field
 
 BAD_OPTIONS = ("not an option", "REFERENCE")  # an unknown value, and a near miss of a real option (wrong case)
 COMFY_REFUSALS = ("value_smaller_than_min", "value_bigger_than_max", "value_not_in_list")
@@ -57,9 +60,10 @@ COW = "a **cow** and a **horse** in a farm"
 TOME = ("a cat wearing sunglasses and a dog wearing a hat", "cat: wearing sunglasses; dog: wearing a hat")
 
 
-def graph(node_id, schema, **values):
+def graph(node_id, schema, preview=0, upstream=None, **values):
     """An API graph that runs `node_id` (node "x") with its widget defaults overridden by `values`, its links fed
-    by the tiny models, and a PreviewAny on its first output."""
+    by the tiny models, and a PreviewAny ("out") on its output `preview`; `upstream`: inputs changed in the graph's
+    other nodes ({"tome": {"groups": ...}})."""
     sources = {
         "CLIP": ["fluxclip", 0] if node_id == "LeaklessDeLeakerEncode" else ["ckpt", 1],
         "MODEL": ["flux", 0] if node_id == "LeaklessDeLeaker" else ["ckpt", 0],
@@ -75,7 +79,7 @@ def graph(node_id, schema, **values):
     if node_id == "LeaklessToMeEncode":
         inputs["groups"] = TOME[1]
     inputs.update(values)
-    return {
+    g = {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
         "fluxclip": {"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "t5xxl_fp16.safetensors",
                                                                 "clip_name2": "clip_l.safetensors", "type": "flux"}},
@@ -94,9 +98,233 @@ def graph(node_id, schema, **values):
         "tome": {"class_type": "LeaklessToMeEncode", "inputs": {
             "clip": ["ckpt", 1], "text": TOME[0], "groups": TOME[1], "noun_weight": 1.1, "attribute_weight": 1.2,
             "end_token_substitution": 0.0, "clean_prompt": ""}},
+        "blank": {"class_type": "PrimitiveString", "inputs": {"value": ""}},
+        "lat": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "x": {"class_type": node_id, "inputs": inputs},
-        "out": {"class_type": "PreviewAny", "inputs": {"source": ["x", 0]}},
+        "out": {"class_type": "PreviewAny", "inputs": {"source": ["x", preview]}},
     }
+    for node, changed in (upstream or {}).items():
+        g[node]["inputs"].update(changed)
+    return g
+
+
+def deleaker_run(schema, mask_threshold=1.0, **masks_values):
+    """A FLUX sampling through Leakless DeLeaker, decoded, with Leakless DeLeaker Masks (`schema`) as node "x"."""
+    g = graph("LeaklessDeLeakerMasks", schema, upstream={"dl": {"mask_threshold": mask_threshold}}, masks=["dl", 1],
+              images=["dec", 0], opacity=0.45, samples=["ks", 0])
+    g["ks"] = {"class_type": "KSampler", "inputs": {
+        "model": ["dl", 0], "seed": 7, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+        "positive": ["enc", 0], "negative": ["enc", 0], "latent_image": ["lat", 0], "denoise": 1.0}}
+    g["vae"] = {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}}
+    g["dec"] = {"class_type": "VAEDecode", "inputs": {"samples": ["ks", 0], "vae": ["vae", 0]}}
+    g["x"]["inputs"].update(masks_values)
+    return g
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The explicit table: one row per class of bad or edge input
+
+
+ROUTE = "route"  # a row for POST /leakless/tokenize
+NAMES = {"LeaklessTokenInspector": "Leakless Token Inspector", "LeaklessTokenTrace": "Leakless Token Trace",
+         "LeaklessTraceGrid": "Leakless Trace Grid", "LeaklessRedundantTokenMask": "Leakless Redundant Token Mask",
+         "LeaklessLeakPatch": "Leakless Leak Patch", "LeaklessDeLeakerEncode": "Leakless DeLeaker Encode",
+         "LeaklessDeLeaker": "Leakless DeLeaker", "LeaklessDeLeakerMasks": "Leakless DeLeaker Masks",
+         "LeaklessToMeEncode": "Leakless ToMe Encode", "LeaklessToMeSemanticBinding": "Leakless ToMe Semantic Binding"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """`node` given `values` (a route row: the JSON body, or bytes sent as they are) either is refused with an
+    error naming the node and `refuses` (an input) and holding every fragment of `expect`, or (refuses "") runs,
+    and the text its PreviewAny shows (route: the answer) holds every fragment of `expect` and none of `absent`."""
+
+    kind: str  # the class of input, e.g. "numeric word"
+    node: str
+    values: dict | bytes
+    refuses: str
+    expect: tuple[str, ...]
+    absent: tuple[str, ...] = ()
+    preview: int = 0  # the output "out" shows
+    upstream: dict = field(default_factory=dict)
+    run: str = "node"  # "node": graph(); "deleaker run": deleaker_run()
+
+    @property
+    def shows(self) -> str:
+        """The graph node whose ui text the row reads."""
+        return "x" if self.run == "deleaker run" else "out"
+
+    @property
+    def id(self) -> str:
+        return f"{self.node}-{self.kind}".replace(" ", "_")
+
+    def graph(self, schema) -> dict:
+        if self.run == "deleaker run":
+            return deleaker_run(schema, **self.values)
+        return graph(self.node, schema, self.preview, self.upstream, **self.values)
+
+    def body(self) -> bytes:
+        return self.values if isinstance(self.values, bytes) else json.dumps(self.values).encode()
+
+    def check(self, message: str | None, shown: str | None) -> list:
+        """What is wrong with an outcome (`message`: the refusal, None if it ran; `shown`: the output text)."""
+        if self.refuses:
+            want = [f"{NAMES.get(self.node, '')}: input '{self.refuses}': " if self.node != ROUTE else "", *self.expect]
+            return [f"refusal lacks {w!r}" for w in want if w not in (message or "")] + (
+                [] if message is not None else ["it ran"])
+        if message is not None:
+            return [f"refused: {message}"]
+        return [f"output lacks {w!r}" for w in self.expect if w not in (shown or "")] + [
+            f"output holds {w!r}" for w in self.absent if w in (shown or "")]
+
+
+SDXL_TEXT = "a 1984 poster with 3 cats"
+LONG = "x" * 100_001
+SURROGATE = "a \ud800 cat"
+WHITE = "A black and white cat sits in a white sink"
+ROLLS = "a round cinnamon roll and a round toaster pastry"
+IN, T, G, R, P, E, D, M, TE, TS = ("LeaklessTokenInspector", "LeaklessTokenTrace", "LeaklessTraceGrid",
+                                  "LeaklessRedundantTokenMask", "LeaklessLeakPatch", "LeaklessDeLeakerEncode",
+                                  "LeaklessDeLeaker", "LeaklessDeLeakerMasks", "LeaklessToMeEncode",
+                                  "LeaklessToMeSemanticBinding")
+SELECT = {"mode": "selection", "include_full_prompt": False}
+
+ROWS = [
+    # the token picker route
+    Row("text not a string", ROUTE, {"text": 5, "family": "sdxl"}, "text", ("'text' must be a string",)),
+    Row("text missing", ROUTE, {"family": "sdxl"}, "text", ("'text' must be a string",)),
+    Row("unknown family", ROUTE, {"text": "a cat", "family": "sd3"}, "family", ("one of flux, sdxl, sd15",)),
+    Row("family missing", ROUTE, {"text": "a cat"}, "family", ("'family' must be one of",)),
+    Row("huge text", ROUTE, {"text": "a " * 10_001, "family": "flux"}, "text", ("the limit is 20000",)),
+    Row("lone surrogate", ROUTE, {"text": SURROGATE, "family": "flux"}, "text", ("lone surrogate (\\ud800)",)),
+    Row("not JSON", ROUTE, b"not json", "body", ("must be JSON",)),
+    Row("not UTF-8", ROUTE, b'{"text": "a \xff cat", "family": "flux"}', "body", ("must be JSON",)),
+    Row("JSON array", ROUTE, b"[1, 2]", "body", ("JSON object",)),
+    Row("deep JSON", ROUTE, b"[" * 100_000 + b"]" * 100_000, "body", ("nests too deeply",)),
+    Row("deep parentheses", ROUTE, {"text": "(" * 2000 + "cat" + ")" * 2000, "family": "sdxl"}, "text",
+        ("nest too deeply",)),
+    Row("empty text", ROUTE, {"text": "", "family": "sdxl"}, "", ('"words": []', '"kind": ["bos", "eos"]')),
+    Row("numeric word", ROUTE, {"text": SDXL_TEXT, "family": "sdxl"}, "", ('"word": "1984"',)),
+    Row("word glued to embedding", ROUTE, {"text": "a (cat)embedding:mystyle", "family": "flux"}, "",
+        ('"word": "cat"', '"word": "embedding:mystyle"'), ("catembedding",)),
+    # Token Inspector
+    Row("huge text", IN, {"text": "a " * 10_001}, "text", ("at most 20000",)),
+    Row("over the text cap", IN, {"text": LONG}, "text", ("100,001 characters", "at most 100,000")),
+    Row("lone surrogate", IN, {"text": SURROGATE}, "text", ("lone surrogate (\\ud800) at character 2",)),
+    Row("deep parentheses", IN, {"text": "(" * 2000 + "cat" + ")" * 2000}, "text", ("nest too deeply",)),
+    Row("empty text", IN, {"text": ""}, "", ("<|startoftext|>", "<|endoftext|>")),
+    Row("word glued to embedding", IN, {"text": "a (cat)embedding:missing dog"}, "", (" cat ", " dog\n"),
+        ("catembedding",)),
+    # Token Trace
+    Row("numeric word read as a position", T, {"text": SDXL_TEXT, "selection": "3", **SELECT}, "selection",
+        ("read as token position(s) 3", 'write "3" for the word', "@3 for the position")),
+    Row("quoted numeric word", T, {"text": SDXL_TEXT, "selection": '"1984"', **SELECT}, "", ('"1984"',), preview=1),
+    Row("explicit position", T, {"text": SDXL_TEXT, "selection": "@3", **SELECT}, "", ("9",), ("@3",), preview=1),
+    Row("position out of range", T, {"text": SDXL_TEXT, "selection": "300", **SELECT}, "selection",
+        ("out of range", "(0-76)", 'write "300" to name a word')),
+    Row("empty selection", T, {"text": "a cat", "selection": " ;\n ", **SELECT}, "selection", ("it is empty",)),
+    Row("unknown word", T, {"text": "a cat", "selection": "horse", **SELECT}, "selection",
+        ("'horse' is not in the prompt", "'a', 'cat'")),
+    Row("empty range", T, {"text": "a cat", "selection": "9-3", **SELECT}, "selection", ("empty range",)),
+    Row("zero occurrence", T, {"text": "a cat", "selection": "cat#0", **SELECT}, "selection", ("count from 1",)),
+    Row("missing occurrence", T, {"text": "a cat", "selection": "cat#5", **SELECT}, "selection",
+        ("occurs 1 time(s), not 5",)),
+    Row("unclosed quote", T, {"text": "a cat", "selection": '"cat', **SELECT}, "selection", ("unclosed",)),
+    Row("stray quote", T, {"text": "a cat", "selection": 'big "cat"', **SELECT}, "selection",
+        ("quotes go around a whole phrase",)),
+    Row("positions word of a number", T, {"text": SDXL_TEXT, "selection": "@1984", **SELECT}, "selection",
+        ("position 1984 is out of range",)),
+    Row("empty prompt", T, {"text": "", "mode": "each word"}, "text", ("no tokens to trace",)),
+    Row("over the text cap", T, {"selection": LONG, **SELECT}, "selection", ("at most 100,000",)),
+    Row("lone surrogate", T, {"selection": SURROGATE, **SELECT}, "selection", ("lone surrogate",)),
+    Row("segments are words", T, {"text": "(red)(cat)", "mode": "each word", "include_full_prompt": False}, "",
+        ("red: red", "cat: cat"), ("redcat",), preview=1),
+    Row("all but selection", T, {"text": "a cat", "selection": "cat", "mode": "all but selection",
+                                 "include_full_prompt": False}, "", ("without cat",), ("<pad",), preview=1),
+    # Trace Grid
+    Row("labels for other images", G, {}, "images", ("Token Trace's 'count'",)),
+    Row("no labels", G, {"labels": ["blank", 0]}, "labels", ("no labels were given",),
+        upstream={"trace": {"text": "a cat"}}),
+    # Redundant Token Mask
+    Row("numeric word item", R, {"text": SDXL_TEXT, "items": "1984"}, "", ("1984",), preview=1),
+    Row("ambiguous token index", R, {"text": SDXL_TEXT, "mode": "manual", "items": "1984: 1"}, "items",
+        ("also one of its tokens", "#1 for the index", '"1" for the token')),
+    Row("quoted token text", R, {"text": SDXL_TEXT, "mode": "manual", "items": '1984: "9"'}, "", ("1984",),
+        preview=1),
+    Row("unknown item", R, {"text": "a cat", "items": "horse"}, "items", ("'horse' is not in the prompt",)),
+    Row("position as an item", R, {"text": "a cat", "items": "@1"}, "items", ("not token positions",)),
+    Row("classifier mode without a file", R, {"mode": "classifier"}, "classifier", ("none is selected",)),
+    Row("manual without tokens", R, {"mode": "manual", "items": "cat"}, "items", ("which tokens to keep",)),
+    # Leak Patch
+    Row("no items", P, {"items": " "}, "items", ("no item was given",)),
+    Row("numeric word item", P, {"text": SDXL_TEXT, "items": "1984"}, "", ("1984: pasted",), preview=1),
+    Row("unknown item", P, {"items": "horse"}, "items", ("'horse' is not in the prompt",)),
+    Row("position as an item", P, {"items": "@3"}, "items", ("not token positions ('@3')",)),
+    Row("missing number word", P, {"items": "9999"}, "items", ("'9999' was read as a word",)),
+    Row("word glued to embedding", P, {"text": "a (cat)embedding:missing dog", "items": "cat"}, "",
+        ("cat: pasted",), preview=1),
+    Row("lone surrogate", P, {"items": SURROGATE}, "items", ("lone surrogate",)),
+    # DeLeaker Encode
+    Row("one entity", E, {"text": "a cow", "entities": "cow"}, "entities", ("1 entity given",)),
+    Row("same entity twice", E, {"text": "a cow and a horse", "entities": "cow, cow"}, "entities", ("cow",)),
+    Row("overlapping entities", E, {"text": "a cow and a horse", "entities": "cow, a cow"}, "entities",
+        ("a cow",)),
+    Row("marks and entities", E, {"entities": "cow, horse"}, "entities", ("only one of them",)),
+    Row("numeric entities", E, {"text": "2 cows and 3 horses", "entities": "2, 3"}, "",
+        ("names=('2', '3')",), preview=1),
+    Row("position entities", E, {"text": "a cow and a horse", "entities": "@1, @2"}, "entities",
+        ("not token positions",)),
+    Row("no entities at all", E, {"text": "a cow and a horse", "entities": ""}, "entities", ("0 entities given",)),
+    Row("unknown entity", E, {"text": "a cow and a horse", "entities": "cow, dog"}, "entities",
+        ("'dog' is not in the prompt",)),
+    Row("second occurrence", E, {"text": "a cat and a cat", "entities": "cat, cat#2"}, "",
+        ("names=('cat', 'cat#2')",), preview=1),
+    Row("lone surrogate", E, {"text": SURROGATE}, "text", ("lone surrogate",)),
+    Row("over the text cap", E, {"entities": LONG}, "entities", ("at most 100,000",)),
+    # DeLeaker
+    Row("not a FLUX model", D, {"model": ["ckpt", 0]}, "model", ("this model is a",)),
+    Row("missing optional entities", D, {}, "", ("ModelPatcher",)),
+    Row("every edit off", D, {"entities": ["enc", 1], "cross_text": False, "self_text": False,
+                              "image_image": False}, "", ("ModelPatcher",)),
+    Row("entities connected", D, {"entities": ["enc", 1]}, "", ("ModelPatcher",)),
+    # DeLeaker Masks
+    Row("no sampling ran", M, {}, "samples", ("no sampling with this Leakless DeLeaker model ran",)),
+    Row("latent of no run", M, {"samples": ["lat", 0]}, "samples", ("these latents were not made",)),
+    Row("every mask empty", M, {"mask_threshold": 5.0}, "", ("found none of the entities", "mask_threshold"),
+        run="deleaker run"),
+    # ToMe Encode
+    Row("attribute before its noun", TE, {"text": WHITE, "groups": "cat: black, white"}, "",
+        ("noun=(5,), attributes=(2, 4)",), preview=1),
+    Row("repeated attribute per noun", TE, {"text": ROLLS, "groups": "cinnamon roll: round; toaster pastry: round"},
+        "", ("attributes=(2,)", "attributes=(7,)"), preview=1),
+    Row("explicit occurrences", TE, {"text": ROLLS, "groups": "cinnamon roll: round#1; toaster pastry: round#2"},
+        "", ("attributes=(2,)", "attributes=(7,)"), preview=1),
+    Row("explicit far occurrence", TE, {"text": ROLLS, "groups": "cinnamon roll: round#2"}, "",
+        ("noun=(3, 4), attributes=(7,)",), preview=1),
+    Row("shared attribute", TE, {"text": "a red cat and a dog and a red bird",
+                                 "groups": "cat: red; dog: red; bird: red"}, "groups",
+        ("share the word 'red'", "'#n'")),
+    Row("no occurrence near the noun", TE, {"text": "a red cat and a red dog and a bird",
+                                            "groups": "cat: red; dog: red; bird: red"}, "groups",
+        ("none of them is next to its noun 'bird'", "red#1 ('a red cat and')", "red#2")),
+    Row("numeric noun and attribute", TE, {"text": "a 1984 poster and 2 cats", "groups": "poster: 1984; cats: 2"},
+        "", ("noun=(6,), attributes=(2, 3, 4, 5)", "noun=(9,), attributes=(8,)"), preview=1),
+    Row("no colon", TE, {"groups": "cat"}, "groups", ("is not 'noun: attribute",)),
+    Row("no attributes", TE, {"groups": "cat:"}, "groups", ("no attributes",)),
+    Row("two nouns", TE, {"groups": "cat, dog: red"}, "groups", ("one noun per group",)),
+    Row("attribute is the noun", TE, {"groups": "cat: cat"}, "groups", ("the noun itself",)),
+    Row("unknown noun", TE, {"groups": "horse: red"}, "groups", ("'horse' is not in the prompt",)),
+    Row("position noun", TE, {"groups": "@2: wearing"}, "groups", ("not token positions",)),
+    Row("prompt over one chunk", TE, {"text": "cat " * 80, "groups": "cat: cat#2"}, "text", ("CLIP chunks",)),
+    Row("FLUX CLIP", TE, {"clip": ["fluxclip", 0]}, "clip", ("FLUX CLIP",)),
+    Row("lone surrogate", TE, {"clean_prompt": SURROGATE}, "clean_prompt", ("lone surrogate",)),
+    Row("over the text cap", TE, {"groups": LONG}, "groups", ("at most 100,000",)),
+    # ToMe Semantic Binding
+    Row("not an SDXL model", TS, {"model": ["flux", 0]}, "model", ("ToMe Semantic Binding reads SDXL",)),
+    Row("pose prior with one group", TS, {"pose_prior": True}, "pose_prior", ("there are 1 groups",),
+        upstream={"tome": {"groups": "cat: wearing sunglasses"}}),
+    Row("every update off", TS, {"entropy_iterations": 0, "semantic_iterations": 0}, "", ("ModelPatcher",)),
+]
 
 
 def linked(g, input_id, value):
