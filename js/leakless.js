@@ -31,7 +31,8 @@ function showText(node, text, [minWidth, minHeight]) {
     const pre = document.createElement("textarea");
     pre.readOnly = true;
     pre.className = "leakless-token-table";
-    pre.style.cssText = "font-family: monospace; font-size: 11px; white-space: pre; overflow: auto; width: 100%;";
+    pre.style.cssText = "font-family: monospace; font-size: 11px; white-space: pre; overflow: auto; width: 100%;" +
+      "min-height: 120px;";  // Nodes 2.0 sizes the element by its content, not by node.setSize
     widget = node.addDOMWidget("leakless_table", "leakless_table", pre, { serialize: false, getValue: () => pre.value, setValue: () => {} });
   }
   widget.element.value = text;
@@ -39,13 +40,12 @@ function showText(node, text, [minWidth, minHeight]) {
   node.setDirtyCanvas?.(true, true);
 }
 
-// The prompt text of a node: its own "text" widget, or the string widget of the node linked to its "text" input.
+// The prompt text of a node: its own "text" widget, or the string widget of the node linked to its "text" input
+// (getInputNode: in every frontend tested; reading input.link is deprecated from 1.5x on).
 function promptOf(node) {
-  const input = node.inputs?.find((i) => i.name === "text");
-  if (input?.link != null) {
-    const link = node.graph?.links?.[input.link] ?? node.graph?.links?.get?.(input.link);
-    const source = link && node.graph.getNodeById(link.origin_id);
-    const widget = source?.widgets?.find((w) => typeof w.value === "string");
+  const slot = node.inputs?.findIndex((i) => i.name === "text") ?? -1;
+  if (slot >= 0 && node.graph) {
+    const widget = node.getInputNode(slot)?.widgets?.find((w) => typeof w.value === "string");
     if (widget) return widget.value;
   }
   const own = node.widgets?.find((w) => w.name === "text");

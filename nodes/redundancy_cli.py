@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm import tqdm  # ComfyUI's own dependency
 
 from . import redundancy
 from .alignment import align
@@ -98,7 +99,7 @@ def features_and_labels(clip, rows: list[dict], key: str):
     by_prompt: dict[str, list[tuple[int, dict]]] = {}
     for i, row in enumerate(rows):
         by_prompt.setdefault(row["prompt"], []).append((i, row))
-    for prompt, entries in by_prompt.items():
+    for prompt, entries in tqdm(by_prompt.items(), desc="Leakless: encoding prompts", unit="prompt", file=sys.stderr):
         alignment = align(prompt, clip.tokenizer)
         cond = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0][0][0]
         for i, row in entries:
