@@ -46,7 +46,8 @@ function showText(node, text, [minWidth, minHeight]) {
     const pre = document.createElement("textarea");
     pre.readOnly = true;
     pre.className = "leakless-token-table";
-    pre.style.cssText = "font-family: monospace; font-size: 11px; white-space: pre; overflow: auto; width: 100%;";
+    pre.style.cssText = "font-family: monospace; font-size: 11px; white-space: pre; overflow: auto; width: 100%;" +
+      "min-height: 120px;";  // Nodes 2.0 sizes the element by its content, not by node.setSize
     widget = node.addDOMWidget("leakless_table", "leakless_table", pre, { serialize: false, getValue: () => pre.value, setValue: () => {} });
   }
   widget.element.value = text;
@@ -54,12 +55,11 @@ function showText(node, text, [minWidth, minHeight]) {
   node.setDirtyCanvas?.(true, true);
 }
 
-// The node linked to `node`'s input `name`, or null.
+// The node linked to `node`'s input `name`, or null (getInputNode: in every frontend tested; reading input.link
+// is deprecated from 1.5x on).
 function linkedNode(node, name) {
-  const input = node.inputs?.find((i) => i.name === name);
-  if (input?.link == null) return null;
-  const link = node.graph?.links?.[input.link] ?? node.graph?.links?.get?.(input.link);
-  return (link && node.graph.getNodeById(link.origin_id)) ?? null;
+  const slot = node.inputs?.findIndex((i) => i.name === name) ?? -1;
+  return slot >= 0 && node.graph ? node.getInputNode(slot) ?? null : null;
 }
 
 // The prompt text of a node: its own "text" widget, or the string widget of the node linked to its "text" input.

@@ -171,6 +171,14 @@ class _Run:
     def __init__(self):
         self.tracks: dict[tuple, _Track] = {}
         self.lock = threading.Lock()
+        self.history_bar = None  # ComfyUI's progress bar over the mask history window's steps
+
+    def history_progress(self, done: int, total: int) -> None:
+        import comfy.utils
+
+        if self.history_bar is None:
+            self.history_bar = comfy.utils.ProgressBar(total)
+        self.history_bar.update_absolute(done, total)
 
     def track(self, entries: tuple) -> _Track:
         with self.lock:
@@ -207,7 +215,7 @@ def _chains(active, override) -> bool:
     return False
 
 
-def _make_wrapper(key: str, spec: EntitySpec, override):
+def _make_wrapper(key: str, spec: EntitySpec, override, history_until: float):
     def wrapper(executor, x, timestep, context, *args, **kwargs):
         model = executor.class_obj
         to = kwargs.get("transformer_options") or next(
@@ -223,6 +231,8 @@ def _make_wrapper(key: str, spec: EntitySpec, override):
         call = _Call(deleaker.Layout(context.shape[1], grid, spec.positions), len(model.double_blocks),
                      len(model.single_blocks), step, steps, rows,
                      run.track(_entries(to, x.shape[0], rows)) if rows else None)
+        if rows and steps and step < round(history_until * steps):  # the mask history window, step by step
+            run.history_progress(step + 1, round(history_until * steps))
         to[key + CALL_SUFFIX] = call  # this call's own transformer_options: the override's too
         try:
             out = executor(x, timestep, context, *args, **kwargs)
@@ -480,7 +490,7 @@ class DeLeaker(io.ComfyNode):
 
         run_state.install(patched, WRAPPER_KEY, key, lambda guider: _Run(), results.record)
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                     _make_wrapper(key, entities, override))
+                                     _make_wrapper(key, entities, override, mask_history))
         if entities.prompt is not None:  # edits only the positive entries encoded from the entities' prompt
             patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, provenance.KEY,
                                          provenance.outer_sample_check(cls.NAME, "entities", entities.prompt,

@@ -6,6 +6,7 @@ from .deleaker_nodes import DeLeaker, DeLeakerEncode, DeLeakerMasks
 from .flow_nodes import LeakPatch, RedundantTokenMask, TokenTrace, TraceGrid, register_model_folder
 from .inspector_nodes import TokenInspector
 from .routes import register_routes
+from .templates import publish_templates
 from .tome_nodes import ToMeEncode, ToMeSemanticBinding
 
 
@@ -13,5 +14,6 @@ class LeaklessExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         register_model_folder()
         register_routes()
+        publish_templates()
         return [TokenInspector, TokenTrace, TraceGrid, RedundantTokenMask, LeakPatch, DeLeakerEncode, DeLeaker,
                 DeLeakerMasks, ToMeEncode, ToMeSemanticBinding]

@@ -89,16 +89,22 @@ class _Encoded:
                                                and replaced_any)
         return (empty if use_empty else own).get("pooled_output")
 
-    def conditioning(self, variants, pooled_mode: str):
+    def conditioning(self, variants, pooled_mode: str, on_variant=None):
         """Batch one edited conditioning per variant ``(edit(cond, empty_cond), replaced_any)``, for every
-        entry of the prompt's CONDITIONING; every other key of an entry (guidance, hooks, masks...) is kept."""
+        entry of the prompt's CONDITIONING; every other key of an entry (guidance, hooks, masks...) is kept.
+        ``on_variant()`` is called after each variant of each entry (a progress bar)."""
         out = []
         for (cond, own), (empty_cond, empty) in zip(self.conds, self.empties, strict=True):
             meta = dict(own)
             pooled = [self.pooled(pooled_mode, own, empty, replaced) for _, replaced in variants]
             if pooled[0] is not None:
                 meta["pooled_output"] = torch.cat(pooled)
-            out.append([torch.cat([edit(cond, empty_cond) for edit, _ in variants]), meta])
+            edited = []
+            for edit, _ in variants:
+                edited.append(edit(cond, empty_cond))
+                if on_variant is not None:
+                    on_variant()
+            out.append([torch.cat(edited), meta])
         return out
 
 
@@ -193,9 +199,12 @@ class TokenTrace(io.ComfyNode):
         if include_full_prompt:
             subsets.insert(0, ("full prompt", everything))
 
+        import comfy.utils
+
         n = len(everything)
+        bar = comfy.utils.ProgressBar(len(subsets) * len(enc.conds))  # ComfyUI's progress bar, one tick per subset
         out = enc.conditioning([(lambda c, e, keep=keep: flow.keep_rows(c, e, keep), len(keep) < n)
-                                for _, keep in subsets], pooled_output)
+                                for _, keep in subsets], pooled_output, on_variant=lambda: bar.update(1))
         labels = "\n".join(label for label, _ in subsets)
         return io.NodeOutput(out, labels, len(subsets))
 

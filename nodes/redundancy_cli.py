@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm import tqdm  # ComfyUI's own dependency
 
 from . import redundancy
 from .alignment import ROWS, align
@@ -108,7 +109,7 @@ def features_and_labels(clip, rows: list[dict]):
     by_prompt: dict[str, list[tuple[int, dict]]] = {}
     for i, row in enumerate(rows):
         by_prompt.setdefault(row["prompt"], []).append((i, row))
-    for prompt, entries in by_prompt.items():
+    for prompt, entries in tqdm(by_prompt.items(), desc="Leakless: encoding prompts", unit="prompt", file=sys.stderr):
         alignment = align(prompt, clip.tokenizer, clip.tokenize(prompt, return_word_ids=True))
         if alignment.family is None:
             raise SystemExit(f"the text encoder's tokenizer ({', '.join(alignment.encoders)}) is not of a family "

@@ -180,6 +180,7 @@ class _Run:
         self.done = set()  # optimized steps
         self.latent = {}  # step -> (model input it was computed for, updated model input)
         self.last = {}  # what the last optimized step measured (for tests and logging)
+        self.progress = None  # the optimized step's ComfyUI progress bar (one tick per gradient pass)
         self.anchor_latent = None  # [batch * groups, ...] the reference code's per-anchor latents
         self.cfg = float(getattr(guider, "cfg", 1.0))  # the guider's, for advancing the anchor latents
         negative = getattr(guider, "original_conds", {}).get("negative") or [{}]
@@ -312,6 +313,7 @@ def _semantic_update(run: _Run, call: _Sampling, x, text, step: int):
                 return grad
 
             rows.append(token[r:r + 1] - s.semantic_lr * _with_gradient(run, row_grad))
+            run.progress.update(1)
             run.stats["forward"] += 1
             run.stats["backward"] += 1
         token = torch.cat(rows).detach()
@@ -369,6 +371,7 @@ def _entropy_update(run: _Run, call: _Sampling, x, text, step, steps, c_in):
                 return (loss.detach(), *torch.autograd.grad(loss.sum(), [x_leaf, text_leaf]))
 
             loss, gx, gt = _with_gradient(run, sample_grad)
+            run.progress.update(1)
             run.stats["forward"] += 1
             history.append(round(float(loss), 4))
             if gx is not None:
@@ -398,15 +401,15 @@ def _optimize(run: _Run, call: _Sampling, step: int, steps: int):
     x = call.x[call.rows].detach()
     sigma = call.t[call.rows]
     c_in = call.executor.class_obj.model_sampling.calculate_input(sigma, torch.ones_like(x))
-    bar = comfy.utils.ProgressBar(s.semantic_iterations + s.entropy_iterations)
+    passes = x.shape[0] * (s.semantic_iterations * len(run.spec.groups) + s.entropy_iterations)
+    run.progress = comfy.utils.ProgressBar(passes)  # ComfyUI's progress bar: one tick per gradient pass
     with torch.inference_mode(False), torch.enable_grad(), tome.GradThroughInference():
         text = run.text.clone()
         if s.semantic_iterations:
             text = _semantic_update(run, call, x, text, step)
-            bar.update(s.semantic_iterations)
         if s.entropy_iterations:
             x, text = _entropy_update(run, call, x, text, step, steps, c_in)
-        bar.update(s.entropy_iterations)
+    run.progress.update_absolute(passes)  # entropy loops that stopped under the threshold
     run.last.update(step=step, text_change=float((text - run.text).abs().max()),
                     latent_change=float((x - call.x[call.rows]).abs().max()))
     logging.debug("Leakless ToMe step %d: %s", step, run.last)

@@ -83,3 +83,19 @@ def comfy_server(tiny_models):
     srv = ComfyServer(log_path=OUTPUT / "server.log").start()
     yield srv
     srv.stop()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter):
+    """At the very end: which tests were skipped, grouped by reason (each reason says how to enable them)."""
+    reasons = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reasons[reason.removeprefix("Skipped: ")] = reasons.get(reason.removeprefix("Skipped: "), 0) + 1
+    lines = [f"{count:4d} skipped: {reason}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    if lines:
+        terminalreporter.section("Leakless: skipped tests and how to run them")
+        for line in lines:
+            terminalreporter.write_line(line)
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        (OUTPUT / "skipped.txt").write_text("\n".join(lines) + "\n")  # run_matrix.sh repeats it at the very end

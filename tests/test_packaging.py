@@ -12,7 +12,7 @@ from conftest import HARNESS, REPO
 
 # never import ComfyUI
 PURE_MODULES = ["alignment.py", "errors.py", "flow.py", "redundancy.py", "grid.py", "deleaker.py", "tome.py",
-                "provenance.py", "validation.py"]
+                "provenance.py", "validation.py", "templates.py"]
 COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "nodes", "folder_paths", "server", "execution",
                  "node_helpers", "latent_preview"}
 
@@ -36,6 +36,24 @@ def test_pyproject_is_registry_ready():
     assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["Icon"]
     assert comfy["requires-comfyui"] == ">=0.3.75"
     assert "web" not in comfy  # WEB_DIRECTORY registers js/; both would list every script twice
+
+
+def test_comfyuis_own_pyproject_parser_reads_every_registry_field(comfy):
+    """comfy_config (ComfyUI's parser of a pack's pyproject.toml, the registry's field names) reads what the
+    registry needs; the name follows the registry's rules (docs.comfy.org/registry/specifications)."""
+    import re
+
+    from comfy_config import config_parser
+
+    config = config_parser.extract_node_configuration(str(REPO))
+    project, comfy_meta = config.project, config.tool_comfy
+    assert re.fullmatch(r"[A-Za-z](?:[A-Za-z0-9]|[-_.](?![-_.])){0,98}", project.name)
+    assert project.license.file == "LICENSE" and project.description and project.dependencies == []
+    assert project.urls.repository.startswith("https://") and project.urls.issues.startswith("https://")
+    assert project.supported_comfyui_version == ">=0.3.75"
+    assert project.supported_os == ["OS Independent"] and project.supported_accelerators == ["GPU :: NVIDIA CUDA"]
+    assert comfy_meta.publisher_id == "leakless" and comfy_meta.display_name == "Leakless"
+    assert comfy_meta.icon.startswith("https://") and comfy_meta.web is None and comfy_meta.includes == []
 
 
 def test_requirements_add_nothing_comfyui_ships():
@@ -129,3 +147,35 @@ def test_every_example_workflow_has_its_readme_screenshot():
     for path in (REPO / "examples_workflows").glob("*.json"):
         shot = f"docs/screenshots/{path.stem}.jpg"
         assert (REPO / shot).is_file() and shot in readme, f"{shot}: run make screenshots and link it in README.md"
+
+
+def test_example_workflows_reach_the_templates_browser_from_any_checkout(tmp_path):
+    """ComfyUI lists templates from example_workflows/; the pack mirrors examples_workflows/ there when it loads
+    (nodes/templates.py), with plain copies: nothing tracked is a symlink, so a Windows checkout
+    (core.symlinks=false) gets the same files, and the mirror follows the source (new, changed, removed files)."""
+    import importlib.util
+    import shutil
+
+    tracked = subprocess.run(["git", "ls-files", "-s"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert not [line for line in tracked.splitlines() if line.startswith("120000")], "a tracked symlink"
+    assert "example_workflows/x.json" in _ignored(["example_workflows/x.json"])  # generated: not in git or the archive
+    spec = importlib.util.spec_from_file_location("leakless_templates", REPO / "nodes" / "templates.py")
+    templates = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(templates)
+    pack = tmp_path / "pack"
+    shutil.copytree(REPO / "examples_workflows", pack / "examples_workflows")
+    (pack / "example_workflows").mkdir()
+    (pack / "example_workflows" / "removed_since.json").write_text("{}")
+    (pack / "example_workflows" / "flux_deleaker.json").write_text("{}")  # stale copy
+    names = templates.publish_templates(pack)
+    source = sorted(p.name for p in (pack / "examples_workflows").iterdir())
+    assert sorted(p.name for p in (pack / "example_workflows").iterdir()) == source
+    for name in source:
+        assert (pack / "example_workflows" / name).read_bytes() == (pack / "examples_workflows" / name).read_bytes()
+    assert sorted(names) == sorted(p.stem for p in (REPO / "examples_workflows").glob("*.json"))
+    for path in (REPO / "examples_workflows").glob("*.json"):
+        assert path.with_suffix(".jpg").is_file(), f"{path.stem}: its Templates thumbnail (run make screenshots)"
+    blocked = tmp_path / "blocked"  # a plain file in the way (e.g. a symlink checked out on Windows): no crash
+    shutil.copytree(REPO / "examples_workflows", blocked / "examples_workflows")
+    (blocked / "example_workflows").write_text("examples_workflows")
+    assert templates.publish_templates(blocked) == []

@@ -5,7 +5,7 @@ import os
 
 import comfy_env
 import pytest
-from browser import chromium_path, comfy_page
+from browser import chromium_path, comfy_page, pack_console
 from expected import EXPECTED_NODE_IDS
 from workflows.examples import EXAMPLES, shrink
 
@@ -176,3 +176,89 @@ def test_token_picker_degrades_to_the_text_input_without_the_route(page):
         page.unroute("**/leakless/tokenize")
     assert "Token picker unavailable" in result["message"] and "by hand" in result["message"]
     assert result["entities"] == "cow, horse"
+
+
+def test_templates_browser_shows_the_pack_and_opens_and_runs_a_workflow(page, frontend, output_dir):
+    """Workflow > Browse Templates: the pack's section lists every example workflow with its thumbnail; clicking
+    one opens it on the canvas, and it runs."""
+    thumbnails = []
+
+    def record(response):
+        if "/workflow_templates/leakless/" in response.url and response.url.endswith(".jpg"):
+            thumbnails.append((response.url.rsplit("/", 1)[-1], response.status))
+
+    page.on("response", record)
+    page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
+    page.get_by_text("leakless", exact=True).first.click()
+    for path in WORKFLOWS:
+        page.get_by_text(path.stem, exact=True).first.wait_for(timeout=30_000)
+    for _ in range(150):  # the first cards' thumbnails (the rest load as they scroll into view)
+        if len(thumbnails) >= min(4, len(WORKFLOWS)):
+            break
+        page.wait_for_timeout(200)
+    page.screenshot(path=str(output_dir / f"templates-browser-{frontend.frontend_name}.png"))
+    page.remove_listener("response", record)
+    assert thumbnails and all(status == 200 for _, status in thumbnails), thumbnails
+    page.get_by_text("token_inspector_sdxl", exact=True).first.click()
+    page.wait_for_function("() => window.app.graph._nodes.some((n) => n.type === 'LeaklessTokenInspector')",
+                           timeout=30_000)
+    prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    outputs = frontend.run(shrink(prompt))
+    inspector = next(k for k, v in prompt.items() if v["class_type"] == "LeaklessTokenInspector")
+    assert outputs[inspector]["text"][0].startswith("encoder")
+
+
+@pytest.mark.parametrize("vue_nodes", [False, True], ids=["classic-nodes", "nodes-2.0"])
+def test_picker_and_token_table_with_nodes_2_0_on_and_off(page, frontend, output_dir, vue_nodes):
+    """The Show tokens picker and the Token Inspector's table, clicked and read as a user does (real clicks on the
+    rendered elements), with the frontend's Nodes 2.0 (Vue nodes, setting Comfy.VueNodes.Enabled) on and off."""
+    name = f"{frontend.frontend_name}-{'nodes2' if vue_nodes else 'classic'}"
+    wf = json.loads((REPO / "examples_workflows" / "flux_deleaker.json").read_text())
+    page.evaluate("""async ([wf, on]) => {
+      await window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on);
+      await window.app.loadGraphData(wf);
+      const node = window.app.graph._nodes.find((n) => n.type === 'LeaklessDeLeakerEncode');
+      node.widgets.find((w) => w.name === 'text').value = 'A cow and a horse in a farm';
+      const canvas = window.app.canvas;  // the node at the top left, at 100%
+      canvas.ds.scale = 1;
+      canvas.ds.offset = [80 - node.pos[0], 120 - node.pos[1]];
+      canvas.setDirty(true, true);
+    }""", [wf, vue_nodes])
+    page.locator(".leakless-picker-show").first.click(timeout=30_000)
+    for word in ("cow", "horse"):
+        page.locator(f".leakless-word[data-word='{word}']").first.click(timeout=30_000)
+    page.screenshot(path=str(output_dir / f"token-picker-{name}.png"))
+    prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    entry = next(v for v in prompt.values() if v["class_type"] == "LeaklessDeLeakerEncode")
+    assert entry["inputs"]["entities"] == "cow, horse"
+
+    wf = json.loads((REPO / "examples_workflows" / "token_inspector_sdxl.json").read_text())
+    page.evaluate("""async (wf) => {
+      await window.app.loadGraphData(wf);
+      for (const n of window.app.graph._nodes)
+        for (const w of n.widgets ?? []) {
+          if (w.name === 'width' || w.name === 'height') w.value = 64;
+          if (w.name === 'steps') w.value = 2;
+        }
+      const node = window.app.graph._nodes.find((n) => n.type === 'LeaklessTokenInspector');
+      const canvas = window.app.canvas;
+      canvas.ds.scale = 1;
+      canvas.ds.offset = [80 - node.pos[0], 120 - node.pos[1]];
+      canvas.setDirty(true, true);
+      await window.app.queuePrompt(0, 1);
+    }""", wf)
+    table = page.locator(".leakless-token-table").first
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.leakless-token-table')].some(e => e.value.includes('CLIP-G'))",
+        timeout=120_000)
+    table.wait_for(state="visible", timeout=30_000)
+    assert "sunglasses</w>" in table.input_value()
+    assert table.bounding_box()["height"] >= 100  # readable: several rows, not one line
+    page.screenshot(path=str(output_dir / f"token-table-{name}.png"))
+    page.evaluate("async () => { await window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false); }")
+
+
+def test_the_pack_causes_no_console_warning_or_error(page):
+    """Runs after every other test of this frontend (same page): nothing the pack's JS did printed a warning or an
+    error, including the frontend's deprecation warnings about APIs it called (tests/harness/browser.py)."""
+    assert pack_console(page) == []

@@ -18,6 +18,31 @@ def chromium_path():
     return None
 
 
+# Records every console warning or error whose call stack passes through the pack's JS (/extensions/leakless/),
+# whoever prints it (the frontend's deprecation warnings print from its own code), and uncaught errors thrown there.
+PACK_CONSOLE = """(() => {
+  Error.stackTraceLimit = Math.max(Error.stackTraceLimit, 100);
+  const seen = (window.__leakless_console = []);
+  const fromPack = (stack) => (stack ?? "").includes("/extensions/leakless/");
+  for (const level of ["warn", "error"]) {
+    const original = console[level];
+    console[level] = function (...args) {
+      if (fromPack(new Error().stack)) seen.push(`${level}: ${args.map(String).join(" ")}`);
+      return original.apply(this, args);
+    };
+  }
+  window.addEventListener("error", (e) => { if (fromPack(e.error?.stack)) seen.push(`error: ${e.message}`); });
+  window.addEventListener("unhandledrejection", (e) => {
+    if (fromPack(e.reason?.stack)) seen.push(`unhandled: ${e.reason}`);
+  });
+})()"""
+
+
+def pack_console(page):
+    """The console warnings and errors the pack's JS caused so far on `page` (see PACK_CONSOLE)."""
+    return page.evaluate("() => window.__leakless_console")
+
+
 @contextmanager
 def comfy_page(server, console=None):
     """A page with the ComfyUI frontend loaded and the Leakless extension running."""
@@ -34,9 +59,13 @@ def comfy_page(server, console=None):
             if console is not None:
                 page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
                 page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+            page.add_init_script(PACK_CONSOLE)
             page.goto(server.url + "/", wait_until="domcontentloaded")
             page.wait_for_selector("#graph-canvas", timeout=90_000)
             page.wait_for_function("() => window.__leakless_loaded === true", timeout=60_000)
+            # litegraph prints each deprecation once per page, whoever calls first (often the frontend itself):
+            # repeat them, so that the pack's own calls show up (PACK_CONSOLE).
+            page.evaluate("() => { if ('alwaysRepeatWarnings' in LiteGraph) LiteGraph.alwaysRepeatWarnings = true; }")
             yield page
         finally:
             browser.close()

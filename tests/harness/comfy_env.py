@@ -131,10 +131,26 @@ class ExecutionFailed(AssertionError):
     pass
 
 
-def run_prompt(prompt: dict) -> dict:
-    """Validate and execute an API-format prompt headless; returns history outputs by node id."""
+def _progress_hook(server):
+    """What main.py's hijack_progress installs: every comfy.utils.ProgressBar update becomes a 'progress' message
+    {value, max, prompt_id, node} to the server the executor reports to."""
+    from comfy_execution.utils import get_executing_context
+
+    def hook(value, total, preview_image, prompt_id=None, node_id=None):
+        context = get_executing_context()
+        prompt_id = prompt_id or (context.prompt_id if context else server.last_prompt_id)
+        node_id = node_id or (context.node_id if context else server.last_node_id)
+        server.send_sync("progress", {"value": value, "max": total, "prompt_id": prompt_id, "node": node_id})
+
+    return hook
+
+
+def run_prompt(prompt: dict, server: HeadlessServer | None = None) -> dict:
+    """Validate and execute an API-format prompt headless; returns history outputs by node id. With `server`,
+    ComfyUI's progress bars report to it as they do to the real server (its .messages)."""
     import uuid
 
+    import comfy.utils
     import execution
 
     load_all_nodes()
@@ -142,9 +158,15 @@ def run_prompt(prompt: dict) -> dict:
     valid = asyncio.run(execution.validate_prompt(pid, prompt, None))
     if not valid[0]:
         raise ExecutionFailed(f"invalid prompt: {valid[1]} {valid[3]}")
-    ex = execution.PromptExecutor(HeadlessServer(), cache_type=execution.CacheType.CLASSIC,
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+    if server is not None:
+        comfy.utils.set_progress_bar_global_hook(_progress_hook(server))
+    ex = execution.PromptExecutor(server or HeadlessServer(), cache_type=execution.CacheType.CLASSIC,
                                   cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
-    asyncio.run(ex.execute_async(prompt, pid, {}, valid[2]))
+    try:
+        asyncio.run(ex.execute_async(prompt, pid, {}, valid[2]))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous)
     if not ex.success:
         errors = [m for m in ex.status_messages if m[0] == "execution_error"]
         raise ExecutionFailed(errors[0][1] if errors else ex.status_messages)

@@ -1,4 +1,5 @@
-"""Copies the browser test's screenshots (pinned frontend) into docs/screenshots/ for the README, as small JPEGs.
+"""Copies the browser test's screenshots (pinned frontend) into docs/screenshots/ for the README, as small JPEGs,
+and each workflow's thumbnail for ComfyUI's Templates browser into examples_workflows/<name>.jpg.
 
     make screenshots        (runs the browser tests first)
 """
@@ -10,6 +11,14 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE, DEST = REPO / "test-output" / "0.3.75", REPO / "docs" / "screenshots"
+WORKFLOWS = REPO / "examples_workflows"
+
+
+def save_thumbnail(image: Image.Image, name: str):
+    """The Templates browser's card image (the frontend shows it about 300 px wide)."""
+    thumb = image.convert("RGB")
+    thumb.thumbnail((480, 300))
+    thumb.save(WORKFLOWS / f"{name}.jpg", quality=70, optimize=True)
 
 
 def main():
@@ -20,6 +29,8 @@ def main():
     for shot in shots:
         name = shot.stem.removeprefix("workflow-").removesuffix("-pinned")
         image = Image.open(shot).convert("RGB")
+        if (WORKFLOWS / f"{name}.json").is_file():
+            save_thumbnail(image, name)
         image.thumbnail((1200, 1200))
         image.save(DEST / f"{name}.jpg", quality=80, optimize=True)
         print(f"wrote {DEST / (name + '.jpg')}")

@@ -26,8 +26,12 @@ else
   bash "$repo/tests/harness/setup_env.sh"
   cache=${LEAKLESS_CACHE:-$repo/.cache}
   base="$cache/run-base"
-  mkdir -p "$base"/{custom_nodes,input,output,temp,user} "$base"/models/{checkpoints,diffusion_models,text_encoders,vae}
+  mkdir -p "$base"/{custom_nodes,input,output,temp,user/default} \
+    "$base"/models/{checkpoints,diffusion_models,text_encoders,vae,leakless}
   [ -e "$base/custom_nodes/leakless" ] || ln -s "$repo" "$base/custom_nodes/leakless"
+  # A first start opens on the canvas, not on the first-run Templates dialog (Workflow > Browse Templates has them).
+  settings="$base/user/default/comfy.settings.json"
+  [ -f "$settings" ] || echo '{"Comfy.TutorialCompleted": true}' > "$settings"
   py="$cache/venv/bin/python"
   "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null || args+=(--cpu)
   args+=(--base-directory "$base" --database-url "sqlite:///$base/user/comfyui.db")
@@ -36,9 +40,14 @@ else
 fi
 cat <<MSG
 [leakless] model files go in $models:
-  FLUX:  diffusion_models/flux1-dev.safetensors, text_encoders/t5xxl_fp16.safetensors + clip_l.safetensors, vae/ae.safetensors
-  SDXL:  checkpoints/sd_xl_base_1.0.safetensors
-[leakless] example workflows: $repo/examples_workflows/ (drag a .json onto the canvas)
+  FLUX.1 (dev, schnell, Kontext):  diffusion_models/flux1-dev.safetensors, vae/ae.safetensors,
+                                   text_encoders/t5xxl_fp16.safetensors + clip_l.safetensors
+  Chroma:                          diffusion_models/<chroma>.safetensors, vae/ae.safetensors, text_encoders/t5xxl_fp16.safetensors
+  SDXL:                            checkpoints/sd_xl_base_1.0.safetensors
+  SD1.5:                           checkpoints/v1-5-pruned-emaonly.safetensors
+  Redundant Token Mask classifiers: leakless/<name>.safetensors
+[leakless] example workflows: Workflow > Browse Templates > leakless (or drag one from $repo/examples_workflows/);
+  open token_inspector_flux (FLUX) or token_inspector_sdxl (SDXL) first: it shows how your prompt is tokenized
 [leakless] starting ComfyUI on http://127.0.0.1:$port
 MSG
 exec "$py" main.py "${args[@]}"

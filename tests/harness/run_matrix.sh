@@ -28,6 +28,7 @@ tree_for() {
 if [ -n "${LEAKLESS_COMFYUI_DIR:-}" ]; then versions=custom; else versions=${LEAKLESS_MATRIX:-"0.3.75 0.33.0"}; fi
 status=0
 summary=()
+rm -f test-output/*/skipped.txt  # written by tests/conftest.py: skipped tests by reason, with the fix
 for v in $versions; do
   py=$(python_for "$v"); tree=$(tree_for "$v")
   if [ ! -x "$py" ] || [ ! -f "$tree/main.py" ]; then
@@ -52,4 +53,9 @@ for v in $versions; do
 done
 echo "[leakless] test matrix:"
 printf '[leakless]   ComfyUI %s\n' "${summary[@]}"
+for skipped in test-output/*/skipped.txt; do
+  [ -f "$skipped" ] || continue
+  echo "[leakless] skipped on ComfyUI $(basename "$(dirname "$skipped")"), and how to run them:"
+  sed 's/^/[leakless]  /' "$skipped"
+done
 exit $status

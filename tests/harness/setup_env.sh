@@ -45,6 +45,8 @@ pip() {  # quiet, without the machine-local index warnings; keeps pip's exit sta
     | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 }
 pip install -r "$here/requirements.txt"
+# comfy_extras' audio nodes import torchaudio; 2.11.1 runs beside torch 2.14.1 (its pin would replace torch).
+pip install --no-deps torchaudio==2.11.1
 
 if [ ! -f "$cache/comfyui/main.py" ]; then
   dl=$(mktemp -d)
@@ -95,9 +97,7 @@ pathlib.Path(site.getsitepackages()[0], "leakless-base.pth").write_text(base)  #
 PY
   pip33() { "$cache/venv-0.33.0/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 \
     | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
-  pip33 install -r "$here/requirements-0.33.0.txt"
-  # comfy/sd.py imports torchaudio unconditionally; 2.11.1 runs beside torch 2.14.1 (its pin would replace torch).
-  pip33 install --no-deps torchaudio==2.11.1
+  pip33 install -r "$here/requirements-0.33.0.txt"  # torchaudio comes from venv/ (comfy/sd.py imports it)
 fi
 echo "$stamp_src" > "$cache/.env-stamp"
 echo "[leakless] test environment ready in $(( $(date +%s) - t0 )) s"

@@ -155,8 +155,8 @@ def graphs_run(graph):
 
 
 def test_environment_has_the_pins_of_this_comfyui(comfy):
-    """The test venv carries the frontend this ComfyUI pins (the browser layer's 'pinned' run) and, from 0.33.0 on,
-    its workflow templates and embedded docs, so the server starts as a user's does."""
+    """The test venv carries the frontend this ComfyUI pins (the browser layer's 'pinned' run), its workflow
+    templates and embedded docs, so the server (and `make run`) starts as a user's does: no error banner."""
     import importlib.metadata
     import re
 
@@ -165,7 +165,7 @@ def test_environment_has_the_pins_of_this_comfyui(comfy):
     pins = dict(re.findall(r"^(comfyui-[a-z-]+)==([0-9.]+)", (comfy_env.COMFY_DIR / "requirements.txt").read_text(),
                            re.M))
     assert "comfyui-frontend-package" in pins
-    required = pins if comfy_env.COMFY_VERSION >= (0, 33, 0) else {"comfyui-frontend-package": 0}
+    required = pins
     for name, version in pins.items():
         try:
             installed = importlib.metadata.version(name)

@@ -15,7 +15,7 @@ def test_help_from_custom_nodes():
     assert "prompt,item,token_index,representative" in r.stdout and "--text-encoders" in r.stdout
 
 
-def test_train_on_tiny_flux_and_use_the_file(comfy_nodes, leakless, tmp_path):
+def test_train_on_tiny_flux_and_use_the_file(comfy_nodes, leakless, tmp_path, capsys):
     import folder_paths
     import nodes
     from leakless.nodes import redundancy, redundancy_cli
@@ -40,6 +40,8 @@ def test_train_on_tiny_flux_and_use_the_file(comfy_nodes, leakless, tmp_path):
                                        "t5xxl_fp16.safetensors", "clip_l.safetensors", "--out", out,
                                        "--test-fraction", "0.25"])
         assert set(results) == {"knn", "linear"}
+        progress = capsys.readouterr().err  # the terminal progress bar over the prompts it encodes
+        assert "Leakless: encoding prompts: 100%" in progress and f"{len(words)}/{len(words)}" in progress
         knn = redundancy.load(results["knn"]["file"])
         assert knn.width == 64 and knn.meta["family"] == "flux" and 1 <= knn.k <= 15
         node = nodes.NODE_CLASS_MAPPINGS["LeaklessRedundantTokenMask"]

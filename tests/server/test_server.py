@@ -186,3 +186,20 @@ def test_tokenize_route_stays_linear_on_the_worst_prompts(comfy_server, family, 
     assert size < 150 * len(text), size
     assert _peak_rss_mb(comfy_server.proc.pid) - before < 400
     assert len(body["words"]) == len(text.split())
+
+
+def test_every_example_workflow_is_a_template_with_its_thumbnail(comfy_server):
+    """ComfyUI's Templates browser lists GET /workflow_templates and loads /api/workflow_templates/<pack>/<name>.json
+    and .jpg (app/custom_node_manager.py): every workflow of examples_workflows/ is there, byte for byte."""
+    import urllib.request
+
+    from conftest import REPO
+
+    workflows = sorted((REPO / "examples_workflows").glob("*.json"))
+    assert sorted(comfy_server.get("/workflow_templates")["leakless"]) == [p.stem for p in workflows]
+    for path in workflows:
+        for suffix in (".json", ".jpg"):
+            url = f"{comfy_server.url}/api/workflow_templates/leakless/{path.stem}{suffix}"
+            with urllib.request.urlopen(url) as r:  # noqa: S310 - loopback only
+                body = r.read()
+            assert body == path.with_suffix(suffix).read_bytes(), url
