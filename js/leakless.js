@@ -13,6 +13,7 @@ const TEXT_NODES = new Map([
   ["LeaklessTokenInspector", [520, 320]],
   ["LeaklessRedundantTokenMask", [420, 0]],
   ["LeaklessLeakPatch", [420, 0]],
+  ["LeaklessDeLeakerMasks", [320, 0]],
 ]);
 
 // Node id -> the input the picker writes, how it writes it, and the model family to tokenize for by default.
@@ -83,10 +84,12 @@ export function pickInto(value, word, syntax, extend) {
     const attributes = last.slice(colon + 1).trim();
     return [...lines, `${last.slice(0, colon)}: ${attributes ? `${attributes}, ${word}` : word}`].join("\n");
   }
-  if (!text) return word;
-  if (extend) return `${text} ${word}`;
+  if (extend) return text ? `${text} ${word}` : word;
+  // A number would be read as a token position, and , ; # : as syntax: such a word is written in double quotes.
+  const written = /^\d+(\s*-\s*\d+)?$|[,;#:]/.test(word) ? `"${word}"` : word;
+  if (!text) return written;
   const separator = syntax === "items" ? "\n" : ", ";
-  return `${text}${separator}${word}`;
+  return `${text}${separator}${written}`;
 }
 
 function setWidget(node, name, value) {

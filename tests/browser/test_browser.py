@@ -154,6 +154,43 @@ def test_token_picker_writes_sdxl_groups_and_the_workflow_runs(page, frontend, o
     assert any(outputs.values())
 
 
+PICK_FAMILY = """async ([api, text]) => {
+  await window.app.loadApiJson(api, 'family');
+  const node = window.app.graph._nodes.find((n) => n.type === 'LeaklessTokenTrace');
+  node.widgets.find((w) => w.name === 'text').value = text;
+  const picker = node.widgets.find((w) => w.name === 'leakless_picker').element;
+  picker.querySelector('.leakless-picker-show').click();
+  const started = Date.now();
+  while (!picker.querySelector('.leakless-chip') && !picker.querySelector('.leakless-picker-error')) {
+    if (Date.now() - started > 30000) throw new Error('no chips');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const select = picker.querySelector('.leakless-picker-family');
+  for (const word of ['1984', 'cat'])
+    [...picker.querySelectorAll('.leakless-word')].find((c) => c.dataset.word === word)
+      .dispatchEvent(new MouseEvent('click', { bubbles: true }));
+  return { family: select.value, options: [...select.options].map((o) => [o.value, o.disabled]),
+           rows: [...picker.querySelectorAll('.leakless-picker-encoder')].map((r) => r.dataset.encoder),
+           selection: node.widgets.find((w) => w.name === 'selection').value };
+}"""
+
+
+def test_token_picker_takes_the_family_from_the_clip_loader_and_quotes_numbers(page):
+    """A CLIPLoader of type qwen_image makes the picker tokenize for Qwen-Image by itself (every registry family is
+    offered, FLUX.2 dev greyed out: its tokenizer is in its file); a clicked number is written as a word."""
+    api = {"1": {"class_type": "CLIPLoader", "inputs": {"clip_name": "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                                                         "type": "qwen_image"}},
+           "2": {"class_type": "LeaklessTokenTrace", "inputs": {
+               "clip": ["1", 0], "text": "", "mode": "selection", "selection": "", "include_full_prompt": True,
+               "pooled_output": "reference"}}}
+    picked = page.evaluate(PICK_FAMILY, [api, "a 1984 poster of a cat"])
+    assert picked["family"] == "qwen_image" and picked["rows"] == ["qwen25_7b"]
+    listed = page.evaluate("async () => (await (await fetch('/leakless/families')).json()).map((f) => f.id)")
+    assert [value for value, _ in picked["options"]] == listed and "z_image" in listed
+    assert dict(picked["options"])["flux2"] is True
+    assert picked["selection"] == '"1984", cat'
+
+
 def test_token_picker_degrades_to_the_text_input_without_the_route(page):
     wf = json.loads((REPO / "examples_workflows" / "flux_deleaker.json").read_text())
     page.route("**/leakless/tokenize", lambda route: route.abort())
