@@ -103,11 +103,8 @@ def test_token_table_is_shown_on_the_node_after_queueing_from_the_ui(page, outpu
     page.screenshot(path=str(output_dir / "token-inspector-after-run.png"))
 
 
-PICK = """async ([wf, nodeType, text, clicks]) => {
-  await window.app.loadGraphData(wf);
-  const node = window.app.graph._nodes.find((n) => n.type === nodeType);
-  const textWidget = node.widgets.find((w) => w.name === 'text');
-  if (textWidget && text !== null) textWidget.value = text;
+# Clicks Show tokens on `node` and waits for the chips (or the error).
+SHOW_TOKENS = """
   const picker = node.widgets.find((w) => w.name === 'leakless_picker').element;
   picker.querySelector('.leakless-picker-show').click();
   const started = Date.now();
@@ -115,6 +112,14 @@ PICK = """async ([wf, nodeType, text, clicks]) => {
     if (Date.now() - started > 30000) throw new Error('no chips');
     await new Promise((r) => setTimeout(r, 50));
   }
+"""
+
+PICK = """async ([wf, nodeType, text, clicks]) => {
+  await window.app.loadGraphData(wf);
+  const node = window.app.graph._nodes.find((n) => n.type === nodeType);
+  const textWidget = node.widgets.find((w) => w.name === 'text');
+  if (textWidget && text !== null) textWidget.value = text;
+""" + SHOW_TOKENS + """
   const rows = [...picker.querySelectorAll('.leakless-picker-encoder')].map((r) => r.dataset.encoder);
   const multi = [...picker.querySelectorAll('.leakless-multi')].map((c) => c.dataset.word);
   for (const [word, shift] of clicks) {
@@ -158,13 +163,7 @@ PICK_FAMILY = """async ([api, text]) => {
   await window.app.loadApiJson(api, 'family');
   const node = window.app.graph._nodes.find((n) => n.type === 'LeaklessTokenTrace');
   node.widgets.find((w) => w.name === 'text').value = text;
-  const picker = node.widgets.find((w) => w.name === 'leakless_picker').element;
-  picker.querySelector('.leakless-picker-show').click();
-  const started = Date.now();
-  while (!picker.querySelector('.leakless-chip') && !picker.querySelector('.leakless-picker-error')) {
-    if (Date.now() - started > 30000) throw new Error('no chips');
-    await new Promise((r) => setTimeout(r, 50));
-  }
+""" + SHOW_TOKENS + """
   const select = picker.querySelector('.leakless-picker-family');
   for (const word of ['1984', 'cat'])
     [...picker.querySelectorAll('.leakless-word')].find((c) => c.dataset.word === word)
