@@ -76,6 +76,7 @@ FAMILY_NEEDS = {"qwen_image": ("qwen_image", "te"), "z_image": ("z_image", "te")
 LINKS = {"text_encoders/clip_l_hidream.safetensors": "clip_l.safetensors",
          "text_encoders/clip_g_hidream.safetensors": "clip_g.safetensors"}
 T5_24_FILE = "text_encoders/t5xxl_fp8_e4m3fn_scaled.safetensors"
+FLUX2_VAE = "vae/full_encoder_small_decoder.safetensors"  # the FLUX.2 dev template's VAE
 
 # The file names of the official example workflows (and of ours), mapped to tiny content.
 FILES = {
@@ -84,7 +85,8 @@ FILES = {
     "clip_l": "text_encoders/clip_l.safetensors",
     "clip_g": "text_encoders/clip_g.safetensors",
     "t5xxl": "text_encoders/t5xxl_fp16.safetensors",
-    "flux_vae": "vae/ae.safetensors",
+    "flux_vae": "vae/ae.safetensors",  # also Z-Image's (its template loads FLUX.1's VAE)
+    "qwen_image_vae": "vae/qwen_image_vae.safetensors",
     "sdxl_vae": "vae/sdxl_vae.safetensors",
     "sdxl_ckpt": "checkpoints/sd_xl_base_1.0.safetensors",
     "sd15_ckpt": "checkpoints/v1-5-pruned-emaonly.safetensors",
@@ -252,6 +254,42 @@ def build_taesd(latent_channels, seed=2):
     return {k: v.contiguous() for k, v in t.state_dict().items()}
 
 
+def build_wan21_vae(dim=8, seed=2):
+    """Qwen-Image's VAE (Wan 2.1's architecture; ComfyUI reads `dim` from the weights), 16 latent channels."""
+    import comfy.ldm.wan.vae
+
+    vae = comfy.ldm.wan.vae.WanVAE(dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                   temperal_downsample=[False, True, True], dropout=0.0)
+    rand_init_(vae, std=0.05, seed=seed)
+    return vae.state_dict()
+
+
+def build_flux2_vae(decoder_ch=32, seed=2):
+    """FLUX.2's VAE as its template names it (full_encoder_small_decoder): 32 channels, 2×2-patched and
+    batch-normed to the 128-channel latent. ComfyUI fixes the encoder at full size (34M weights) and reads the
+    decoder's width from the weights: the file keeps the decoder only (text to image never encodes)."""
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    ddconfig = {"double_z": True, "z_channels": 32, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
+                "batch_norm_latent": True}
+    vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=32, decoder_ddconfig={**ddconfig, "ch": decoder_ch})
+    rand_init_(vae.decoder, std=0.05, seed=seed)
+    rand_init_(vae.post_quant_conv, std=0.05, seed=seed)
+    return {k: v.to(torch.bfloat16) for k, v in vae.state_dict().items()
+            if not k.startswith(("encoder.", "quant_conv."))}
+
+
+def small_decoder_vae_supported():
+    """Whether this ComfyUI builds a KL VAE's decoder at the width its weights have (0.3.75 builds it full size,
+    200 MB: FLUX.2 dev, which cannot load its text encoder there anyway, gets no VAE on it)."""
+    import inspect
+
+    import comfy.ldm.models.autoencoder
+
+    return "decoder_ddconfig" in inspect.getsource(comfy.ldm.models.autoencoder.AutoencodingEngineLegacy)
+
+
 def te_module(name):
     """comfy.text_encoders.<name>, or None where this ComfyUI lacks it."""
     try:
@@ -364,10 +402,12 @@ def write_all(models_dir):
     import comfy.text_encoders.flux
 
     paths = {k: os.path.join(models_dir, v) for k, v in FILES.items()}
-    stamp = os.path.join(models_dir, ".leakless-tiny-v6")
+    stamp = os.path.join(models_dir, ".leakless-tiny-v7")
     te_paths = [os.path.join(models_dir, rel) for rel in text_encoder_files()]
     te_paths += [os.path.join(models_dir, "diffusion_models", name) for model, _, name, _ in DIFFUSION_MODELS.values()
                  if hasattr(comfy.supported_models, model)]
+    if small_decoder_vae_supported():
+        te_paths.append(os.path.join(models_dir, FLUX2_VAE))
     if os.path.exists(stamp) and all(os.path.exists(p) for p in [*paths.values(), *te_paths]):
         return paths
     for p in paths.values():
@@ -387,6 +427,9 @@ def write_all(models_dir):
          tiny_meta(te={"clip_g_model_config": TINY_CLIP_G}))
     save(build_taesd(16), paths["flux_vae"])
     save(build_taesd(4), paths["sdxl_vae"])
+    save(build_wan21_vae(), paths["qwen_image_vae"])
+    if small_decoder_vae_supported():
+        save(build_flux2_vae(), os.path.join(models_dir, FLUX2_VAE))
     comfy.sd.save_checkpoint(paths["sdxl_ckpt"], patcher(build_unet(comfy.supported_models.SDXL, sdxl_cfg())),
                              xl_clip, comfy.sd.VAE(sd=build_taesd(4)),
                              metadata=tiny_meta("SDXL", {"num_head_channels": 32},

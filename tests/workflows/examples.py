@@ -5,6 +5,8 @@ frontend produces; the browser test loads those files back, converts them to API
 Shipped settings are the official ones (1024 px, 20 steps); tests shrink sizes and steps only.
 """
 
+from functools import partial
+
 from . import graphs
 
 PROMPT_NODE = "50"
@@ -179,6 +181,53 @@ def flux_leak_patch_deleaker():
     return g
 
 
+# The newer families in ComfyUI's own templates: (graph, its CLIP loader, its prompt's CLIPTextEncode, the prompt
+# node's title). The Leakless node takes the CLIPTextEncode's place; its ids are 90/91 (the Qwen-Image template
+# has a node 60).
+TEMPLATES = {
+    "qwen_image": (graphs.qwen_image, "38", "6", "Positive prompt"),
+    "z_image": (graphs.z_image_turbo, "30", "27", "Prompt"),
+    "flux2_dev": (graphs.flux2_dev, "38", "6", "Prompt"),
+}
+
+
+def _replace_encode(graph, encode, node_id, node):
+    """`node` (a Leakless conditioning node) instead of the CLIPTextEncode `encode`, wherever that one was read."""
+    del graph[encode]
+    graph[node_id] = node
+    for other in graph.values():
+        for key, value in other["inputs"].items():
+            if value == [encode, 0]:
+                other["inputs"][key] = [node_id, 0]
+    return graph
+
+
+def template_token_trace_grid(family):
+    """One image per word of the prompt in a labelled grid, on the family's template (512 px: one per subset)."""
+    build, clip, encode, title = TEMPLATES[family]
+    g = build(width=512, height=512)
+    _replace_encode(g, encode, "90", {"class_type": "LeaklessTokenTrace", "inputs": {
+        "clip": [clip, 0], "text": [PROMPT_NODE, 0], "mode": "each word", "selection": "",
+        "include_full_prompt": True, "pooled_output": "reference"}, "_meta": {"title": "Token Trace"}})
+    latent = next(n for n in g.values() if n["class_type"].startswith("Empty"))
+    latent["inputs"]["batch_size"] = ["90", 2]
+    save = next(n for n in g.values() if n["class_type"] == "SaveImage")
+    g["91"] = {"class_type": "LeaklessTraceGrid", "inputs": {"images": save["inputs"]["images"],
+                                                             "labels": ["90", 1], "columns": 0, "font_size": 20}}
+    save["inputs"]["images"] = ["91", 0]
+    return _shared_prompt(g, [], graphs.PROMPT, title=title)
+
+
+def template_leak_patch(family):
+    """'bats' next to 'baseball' on the family's template. The item opens the prompt: alone, these byte-level BPE
+    tokenizers give a word no leading-space token ('bat', not 'Ġbat'), so Leak Patch matches only a first word."""
+    text = "bats flying over a baseball stadium at night"
+    build, clip, encode, title = TEMPLATES[family]
+    g = _replace_encode(build(), encode, "90", {"class_type": "LeaklessLeakPatch", "inputs": {
+        "clip": [clip, 0], "text": [PROMPT_NODE, 0], "items": "bats"}, "_meta": {"title": "Leak Patch"}})
+    return _shared_prompt(g, [], text, title=title)
+
+
 EXAMPLES = {
     "token_inspector_flux": token_inspector_flux,
     "token_inspector_sdxl": token_inspector_sdxl,
@@ -191,7 +240,33 @@ EXAMPLES = {
     "sdxl_redundant_token_mask": sdxl_redundant_token_mask,
     "sdxl_tome": sdxl_tome,
     "flux_leak_patch_deleaker": flux_leak_patch_deleaker,
+    **{f"{family}_{kind}": partial(build, family) for family in TEMPLATES
+       for kind, build in (("token_trace_grid", template_token_trace_grid), ("leak_patch", template_leak_patch))},
 }
+EXAMPLE_FAMILY = {name: build.args[0] for name, build in EXAMPLES.items() if isinstance(build, partial)}
+
+
+# Examples that fail on a bug of the pack, not yet fixed (the tests mark them xfail, strict: fixed, they fail).
+KNOWN_BUGS = {
+    "flux2_dev_leak_patch": (
+        "Leak Patch on FLUX.2 dev: the alignment does not mark the Mistral chat template's tokens as template "
+        "(they are matched as part of the item and are not special in the item's own encoding), so 'bats' alone "
+        "never equals its rows in the prompt: LeaklessInputError 'tokenized differently alone'"),
+}
+
+
+def unavailable(name):
+    """Why example `name` cannot run on the ComfyUI this process imported (None when it can)."""
+    if EXAMPLE_FAMILY.get(name) == "flux2_dev":
+        import comfy.text_encoders.flux
+
+        if not hasattr(comfy.text_encoders.flux, "flux2_te"):
+            return "this ComfyUI has no FLUX.2"
+        if not hasattr(comfy.text_encoders.flux, "from_tekken_json"):
+            return ("FLUX.2 dev cannot build its tokenizer on this ComfyUI: it uses transformers' MistralConverter, "
+                    "whose signature transformers 5 changed (test_flux2_dev_fails_to_load_where_comfyui_needs_old_"
+                    "transformers); its small-decoder VAE does not load there either")
+    return None
 
 
 def shrink(api_prompt, size=64, steps=2):
