@@ -7,7 +7,7 @@ import comfy_env
 import pytest
 from browser import chromium_path, comfy_page, pack_console
 from expected import EXPECTED_NODE_IDS
-from workflows.examples import EXAMPLES, KNOWN_BUGS, shrink, unavailable
+from workflows.examples import EXAMPLES, shrink, unavailable
 
 from conftest import REPO
 
@@ -69,7 +69,7 @@ def test_every_example_workflow_is_generated_from_its_definition():
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_example_workflow_loads_converts_and_runs(request, page, frontend, output_dir, path):
+def test_example_workflow_loads_converts_and_runs(page, frontend, output_dir, path):
     wf = json.loads(path.read_text())
     result = page.evaluate(LOAD, wf)
     assert result["missing"] == [], f"{path.name}: node types missing in the frontend"
@@ -77,8 +77,6 @@ def test_example_workflow_loads_converts_and_runs(request, page, frontend, outpu
     page.screenshot(path=str(output_dir / f"workflow-{path.stem}-{frontend.frontend_name}.png"))
     if reason := unavailable(path.stem):
         pytest.skip(f"loaded and converted; not run: {reason}")
-    if path.stem in KNOWN_BUGS:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_BUGS[path.stem], strict=True))
     outputs = frontend.run(shrink(result["prompt"]))
     output_nodes = [k for k, v in result["prompt"].items()
                     if v["class_type"] in ("SaveImage", "PreviewImage", "LeaklessTokenInspector")]

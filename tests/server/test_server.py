@@ -4,7 +4,7 @@
 import pytest
 from expected import EXPECTED_NODE_IDS
 from workflows import graphs
-from workflows.examples import EXAMPLES, KNOWN_BUGS, shrink, unavailable
+from workflows.examples import EXAMPLES, shrink, unavailable
 
 
 def test_object_info_lists_every_leakless_node(comfy_server):
@@ -65,11 +65,9 @@ def test_invalid_graph_is_refused_with_a_message(comfy_server):
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
-def test_every_example_graph_runs_via_the_server(request, comfy_server, name):
+def test_every_example_graph_runs_via_the_server(comfy_server, name):
     if reason := unavailable(name):
         pytest.skip(reason)
-    if name in KNOWN_BUGS:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_BUGS[name], strict=True))
     outputs = comfy_server.run(shrink(EXAMPLES[name]()))
     assert outputs
 

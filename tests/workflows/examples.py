@@ -219,12 +219,11 @@ def template_token_trace_grid(family):
 
 
 def template_leak_patch(family):
-    """'bats' next to 'baseball' on the family's template. The item opens the prompt: alone, these byte-level BPE
-    tokenizers give a word no leading-space token ('bat', not 'Ġbat'), so Leak Patch matches only a first word."""
-    text = "bats flying over a baseball stadium at night"
+    """'bat' next to 'baseball' on the family's template: the animal is patched in from its isolated encoding."""
+    text = "a bat flying over a baseball stadium at night"
     build, clip, encode, title = TEMPLATES[family]
     g = _replace_encode(build(), encode, "90", {"class_type": "LeaklessLeakPatch", "inputs": {
-        "clip": [clip, 0], "text": [PROMPT_NODE, 0], "items": "bats"}, "_meta": {"title": "Leak Patch"}})
+        "clip": [clip, 0], "text": [PROMPT_NODE, 0], "items": "bat"}, "_meta": {"title": "Leak Patch"}})
     return _shared_prompt(g, [], text, title=title)
 
 
@@ -244,15 +243,6 @@ EXAMPLES = {
        for kind, build in (("token_trace_grid", template_token_trace_grid), ("leak_patch", template_leak_patch))},
 }
 EXAMPLE_FAMILY = {name: build.args[0] for name, build in EXAMPLES.items() if isinstance(build, partial)}
-
-
-# Examples that fail on a bug of the pack, not yet fixed (the tests mark them xfail, strict: fixed, they fail).
-KNOWN_BUGS = {
-    "flux2_dev_leak_patch": (
-        "Leak Patch on FLUX.2 dev: the alignment does not mark the Mistral chat template's tokens as template "
-        "(they are matched as part of the item and are not special in the item's own encoding), so 'bats' alone "
-        "never equals its rows in the prompt: LeaklessInputError 'tokenized differently alone'"),
-}
 
 
 def unavailable(name):
