@@ -193,7 +193,7 @@ ROWS = [
     # the token picker route
     Row("text not a string", ROUTE, {"text": 5, "family": "sdxl"}, "text", ("'text' must be a string",)),
     Row("text missing", ROUTE, {"family": "sdxl"}, "text", ("'text' must be a string",)),
-    Row("unknown family", ROUTE, {"text": "a cat", "family": "sd3"}, "family", ("one of flux, sdxl, sd15",)),
+    Row("unknown family", ROUTE, {"text": "a cat", "family": "sd4"}, "family", ("one of flux, sdxl, sd15",)),
     Row("family missing", ROUTE, {"text": "a cat"}, "family", ("'family' must be one of",)),
     Row("huge text", ROUTE, {"text": "a " * 10_001, "family": "flux"}, "text", ("the limit is 20000",)),
     Row("lone surrogate", ROUTE, {"text": SURROGATE, "family": "flux"}, "text", ("lone surrogate (\\ud800)",)),
@@ -316,7 +316,8 @@ ROWS = [
     Row("unknown noun", TE, {"groups": "horse: red"}, "groups", ("'horse' is not in the prompt",)),
     Row("position noun", TE, {"groups": "@2: wearing"}, "groups", ("not token positions",)),
     Row("prompt over one chunk", TE, {"text": "cat " * 80, "groups": "cat: cat#2"}, "text", ("CLIP chunks",)),
-    Row("FLUX CLIP", TE, {"clip": ["fluxclip", 0]}, "clip", ("FLUX CLIP",)),
+    Row("FLUX CLIP", TE, {"clip": ["fluxclip", 0]}, "clip", ("ToMe merges CLIP token rows of SDXL and SD1.5",
+                                                              "CLIP for FLUX.1")),
     Row("lone surrogate", TE, {"clean_prompt": SURROGATE}, "clean_prompt", ("lone surrogate",)),
     Row("over the text cap", TE, {"groups": LONG}, "groups", ("at most 100,000",)),
     # ToMe Semantic Binding
