@@ -159,6 +159,8 @@ function addPicker(node, spec) {
       option.title = f.available ? f.note : f.reason;
       return option;
     }));
+    // Resolved after the graph that created the node has linked it: the loader's `type` is known by then.
+    family.value = familyFromLoader(node, list) ?? family.value;
   });
   const show = document.createElement("button");
   show.className = "leakless-picker-show";
