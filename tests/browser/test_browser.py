@@ -227,9 +227,10 @@ def test_templates_browser_shows_the_pack_and_opens_and_runs_a_workflow(page, fr
 
     page.on("response", record)
     page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
-    page.get_by_text("leakless", exact=True).first.click()
+    dialog = page.get_by_role("dialog")  # not the canvas, where Leakless nodes carry a "leakless" badge
+    dialog.get_by_text("leakless", exact=True).first.click()
     for path in WORKFLOWS:
-        page.get_by_text(path.stem, exact=True).first.wait_for(timeout=30_000)
+        dialog.get_by_text(path.stem, exact=True).first.wait_for(timeout=30_000)
     for _ in range(150):  # the first cards' thumbnails (the rest load as they scroll into view)
         if len(thumbnails) >= min(4, len(WORKFLOWS)):
             break
@@ -237,7 +238,7 @@ def test_templates_browser_shows_the_pack_and_opens_and_runs_a_workflow(page, fr
     page.screenshot(path=str(output_dir / f"templates-browser-{frontend.frontend_name}.png"))
     page.remove_listener("response", record)
     assert thumbnails and all(status == 200 for _, status in thumbnails), thumbnails
-    page.get_by_text("token_inspector_sdxl", exact=True).first.click()
+    dialog.get_by_text("token_inspector_sdxl", exact=True).first.click()
     page.wait_for_function("() => window.app.graph._nodes.some((n) => n.type === 'LeaklessTokenInspector')",
                            timeout=30_000)
     prompt = page.evaluate("async () => (await window.app.graphToPrompt()).output")
