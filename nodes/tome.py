@@ -21,6 +21,7 @@ REFERENCE_ATTRIBUTE_WEIGHT = 1.2
 REFERENCE_THRESHOLDS = (26.0, 25.0, 24.0, 23.0, 22.5, 22.0, 21.5, 21.0, 21.0, 21.0)
 REFERENCE_STEPS = 50
 POSE_TARGETS = ((10.0, 16.0), (25.0, 16.0))  # reference pose prior, on a 32x32 grid (x, y)
+POSE_GRID = 32
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def entropy_loss(maps: torch.Tensor, nouns, prompt_end: int, temperature: float 
 
 def pose_loss(maps: torch.Tensor, nouns, prompt_end: int, temperature: float = 0.5) -> torch.Tensor:
     """The reference's optional layout prior for exactly two groups: pulls the first composite token's centroid to
-    (10, 16) and the second's to (25, 16) on a 32x32 grid (scaled to the map's grid). [B] per sample."""
+    (10, 16) and the second's to (25, 16), as the reference writes it at any map size: the centroid's position as a
+    fraction of the map, times 32 (its 32x32 grid). [B] per sample."""
     if len(nouns) != 2:
         raise ValueError("the pose prior needs exactly two groups")
     tokens = _minmax_noun_maps(maps, nouns, prompt_end, temperature, 1e-8)  # [B, h, w, 2]
@@ -100,9 +102,8 @@ def pose_loss(maps: torch.Tensor, nouns, prompt_end: int, temperature: float = 0
     xs = torch.linspace(0, 1, w, device=maps.device).view(1, 1, w, 1)
     mass = tokens.sum(dim=(1, 2))
     centroid = torch.stack(((xs * tokens).sum(dim=(1, 2)) / mass, (ys * tokens).sum(dim=(1, 2)) / mass), -1)
-    scale = torch.tensor([w, h], device=maps.device, dtype=centroid.dtype)
-    targets = torch.tensor(POSE_TARGETS, device=maps.device, dtype=centroid.dtype) / 32 * scale
-    return (0.2 * (centroid * scale - targets) ** 2).mean(-1).sum(-1)
+    targets = torch.tensor(POSE_TARGETS, device=maps.device, dtype=centroid.dtype)
+    return (0.2 * (centroid * POSE_GRID - targets) ** 2).mean(-1).sum(-1)
 
 
 def step_size(step: int, steps: int, scale_factor: float = 3.0, scale_range=(1.0, 0.0)) -> float:
@@ -112,11 +113,13 @@ def step_size(step: int, steps: int, scale_factor: float = 3.0, scale_range=(1.0
     return scale_factor * (scale_range[0] + (scale_range[1] - scale_range[0]) * step / (steps - 1))
 
 
-def entropy_threshold(step: int, steps: int, groups: int, table=REFERENCE_THRESHOLDS) -> float:
-    """The loss below which refinement stops: theta * K / 2 - 2, theta from the reference table for the step at
-    the same fraction of a 50-step schedule (the table covers steps 0..9; later steps use its last value)."""
-    index = min(int(step * REFERENCE_STEPS / max(steps, 1)), len(table) - 1)
-    return table[index] * groups / 2 - 2
+def entropy_threshold(step: int, steps: int, groups: int, by_fraction: bool = False,
+                      table=REFERENCE_THRESHOLDS) -> float:
+    """The loss below which refinement stops: theta * K / 2 - 2. theta is the reference table's entry for step
+    index `step`, as the reference reads it at any step count; `by_fraction`: the entry for the step at the same
+    fraction of a 50-step schedule. The table covers steps 0..9; later steps use its last value."""
+    index = int(step * REFERENCE_STEPS / max(steps, 1)) if by_fraction else step
+    return table[min(index, len(table) - 1)] * groups / 2 - 2
 
 
 def cross_attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:

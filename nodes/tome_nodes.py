@@ -32,6 +32,7 @@ WRAPPER_KEY = "leakless_tome"
 # output block 1, transformer blocks 1-3 (32x32 at 1024x1024).
 MAP_LAYERS = (("output", 1, 1), ("output", 1, 2), ("output", 1, 3))
 LATENT_OPTIONS = ["main latent", "anchor latent (reference code)"]
+THRESHOLD_OPTIONS = ["step index (reference code)", "fraction of the schedule"]
 SIZE_EMBEDDING = 6 * 256  # SDXL's ADM vector is [pooled text, 6 Fourier size embeddings of 256]
 
 
@@ -156,6 +157,7 @@ class Settings:
     scale_factor: float = 3.0
     pose_prior: bool = False
     anchor_latent: bool = False  # the reference code's separate latent for the semantic-binding loss
+    threshold_by_fraction: bool = False  # the threshold table read at the step's fraction of 50 steps
     temperature: float = 0.5
 
     @property
@@ -346,7 +348,7 @@ def _entropy_update(run: _Run, call: _Sampling, x, text, step, steps, c_in):
     spec, s = run.spec, run.settings
     nouns = [g.noun[0] for g in spec.groups]
     eta = tome.step_size(step, steps, s.scale_factor)
-    threshold = tome.entropy_threshold(step, steps, len(nouns))
+    threshold = tome.entropy_threshold(step, steps, len(nouns), s.threshold_by_fraction)
     xs, texts, losses = list(x.detach()), list(text.detach()), []
     for b in range(x.shape[0]):
         history = []
@@ -546,17 +548,25 @@ class ToMeSemanticBinding(io.ComfyNode):
                     "The latent the semantic-binding loss predicts noise from: the sampling's own (default, as the "
                     "paper describes it), or the reference code's separate per-anchor latent, advanced with "
                     "inverted guidance (it looks unintended; for comparisons). Costs one more pass per step.")),
+                io.Combo.Input("threshold_schedule", options=THRESHOLD_OPTIONS, default=THRESHOLD_OPTIONS[0],
+                               optional=True, tooltip=(
+                    "How a step picks its entry of the reference's entropy threshold table (written for steps "
+                    "0-9 of 50): by its step index, as the reference code does at any step count (default), or "
+                    "by its fraction of the schedule (step 2 of 25 reads step 4's entry), which keeps each entry "
+                    "at the same point of the schedule with fewer or more steps. The two agree at 50 steps.")),
             ],
             outputs=[io.Model.Output("patched", display_name="model", tooltip="The patched clone.")],
         )
 
     @classmethod
     def execute(cls, model, binding, steps_fraction, entropy_iterations, semantic_iterations, semantic_lr,
-                entropy_step, pose_prior, semantic_latent=LATENT_OPTIONS[0]) -> io.NodeOutput:
+                entropy_step, pose_prior, semantic_latent=LATENT_OPTIONS[0],
+                threshold_schedule=THRESHOLD_OPTIONS[0]) -> io.NodeOutput:
         check_inputs(cls, locals())
         _check_sdxl(cls.NAME, model)
         settings = Settings(steps_fraction, entropy_iterations, semantic_iterations, semantic_lr, entropy_step,
-                            pose_prior, semantic_latent == LATENT_OPTIONS[1])
+                            pose_prior, semantic_latent == LATENT_OPTIONS[1],
+                            threshold_by_fraction=threshold_schedule == THRESHOLD_OPTIONS[1])
         if binding is None or not settings.updates_anything:
             return io.NodeOutput(model)
         if binding.family != "sdxl":

@@ -15,6 +15,6 @@ SCHEMAS = {
                            "clean_prompt"],
     "LeaklessToMeSemanticBinding": ["model", "binding", "steps_fraction", "entropy_iterations",
                                     "semantic_iterations", "semantic_lr", "entropy_step", "pose_prior",
-                                    "semantic_latent"],
+                                    "semantic_latent", "threshold_schedule"],
 }
 EXPECTED_NODE_IDS = sorted(SCHEMAS)

@@ -221,10 +221,12 @@ def test_example_workflow_runs_headless(comfy_nodes):
     assert outputs
 
 
-def test_one_entropy_step_matches_an_independent_reference(parts):
+@pytest.mark.parametrize("pose_prior", [False, True])
+def test_one_entropy_step_matches_an_independent_reference(parts, pose_prior):
     """Step 0 with one entropy iteration, recomputed here from the UNet's own modules: a deep copy with ordinary
     weights, forward hooks on output block 1's attn2 layers 1-3, the loss written out densely, autograd on the
-    scaled model input and the text rows. The patch's text rows and model input must be that update."""
+    scaled model input and the text rows. The patch's text rows and model input must be that update. With the pose
+    prior, its reference term is added on the 12x16 maps as written for 32x32: centroid in [0, 1] times 32."""
     import copy
 
     import comfy.patcher_extension as ext
@@ -233,7 +235,8 @@ def test_one_entropy_step_matches_an_independent_reference(parts):
     outer_calls, inner_calls = [], []
     outer = parts["model"].clone()
     outer.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, "test_outer", _spy(outer_calls, keep_y=True))
-    model = bind(parts, spec, model=outer, steps_fraction=0.25, entropy_iterations=1, semantic_iterations=0)
+    model = bind(parts, spec, model=outer, steps_fraction=0.25, entropy_iterations=1, semantic_iterations=0,
+                 pose_prior=pose_prior)
     model.add_wrapper_with_key(ext.WrappersMP.APPLY_MODEL, "test_inner", _spy(inner_calls))
     sample(parts, model, cond, batch=1, steps=4)
     seen = outer_calls[0]
@@ -271,6 +274,13 @@ def test_one_entropy_step_matches_an_independent_reference(parts):
             m = (m - m.min()) / (m.max() - m.min())
             m = m / m.sum()
             loss = loss - 2 * (m * torch.log(m + 1e-5)).sum()
+        if pose_prior:
+            for g, target in zip(spec.groups, ([10.0, 16.0], [25.0, 16.0]), strict=True):
+                m = probs[:, :, g.noun[0] - 1]
+                m = (m - m.min()) / (m.max() - m.min())
+                cx = (torch.linspace(0, 1, w) * m.sum(0)).sum() / m.sum()
+                cy = (torch.linspace(0, 1, h) * m.sum(1)).sum() / m.sum()
+                loss = loss + (0.2 * (torch.stack([cx, cy]) * 32 - torch.tensor(target)) ** 2).mean()
         gx, gt = torch.autograd.grad(loss, [x_in, text])
         eta = 3.0  # 3 * linspace(1, 0, 4)[0]
         want_x = (x_in - 0.5 * eta * gx) / c_in
@@ -358,3 +368,18 @@ def test_too_small_latent_is_refused_before_gradient_work_and_the_smallest_works
     for w, h in ((24, 24), (16, 24)):  # 16x24: 2 pixels at level 1 too
         out = sample(parts, model, cond, w=w, h=h, batch=1)
         assert out.shape == (1, 4, h // 8, w // 8) and torch.isfinite(out).all() and runs[-1].stats["backward"]
+
+
+@pytest.mark.parametrize("schedule,threshold", [("step index (reference code)", 25.0 * 2 / 2 - 2),
+                                                ("fraction of the schedule", 21.0 * 2 / 2 - 2)])
+def test_threshold_schedule_is_honoured(parts, schedule, threshold):
+    """Step 1 of 4 reads the reference table's entry for step 1 (the default, as the reference does), or, by the
+    fraction of the schedule, step 12 of 50's (past the table: its last entry); the refinement stops under it."""
+    cond, spec = encode(parts)
+    model, runs = watched(bind(parts, spec, entropy_iterations=3, semantic_iterations=0,
+                               threshold_schedule=schedule))  # steps_fraction 0.5 of 4 steps: steps 0 and 1
+    sample(parts, model, cond, batch=1, steps=4)
+    last = runs[-1].last
+    assert last["step"] == 1 and last["threshold"] == threshold
+    history, = last["entropy"]
+    assert all(loss >= threshold for loss in history[:-1]) and (history[-1] < threshold or len(history) == 3)

@@ -74,10 +74,41 @@ def test_constant_maps_do_not_divide_by_zero(tome):
 def test_schedules_are_the_reference_configs(tome):
     assert [tome.step_size(i, 50) for i in (0, 49)] == [3.0, 0.0]
     np.testing.assert_allclose([tome.step_size(i, 50) for i in range(50)], 3 * np.linspace(1, 0, 50))
-    # theta_i * K / 2 - 2 with the table for steps 0..9 of 50, at the same fraction of other schedules
+    # theta_i * K / 2 - 2 with the table for steps 0..9 of 50; by default at the step index, as the reference
     assert tome.entropy_threshold(0, 50, 2) == 24.0 and tome.entropy_threshold(9, 50, 2) == 19.0
-    assert tome.entropy_threshold(2, 10, 2) == tome.entropy_threshold(10, 50, 2) == 19.0
-    assert tome.entropy_threshold(1, 10, 3) == 22.0 * 3 / 2 - 2  # step 1 of 10 = step 5 of 50
+    assert tome.entropy_threshold(2, 10, 2) == 22.0 and tome.entropy_threshold(10, 50, 2) == 19.0
+    assert tome.entropy_threshold(1, 10, 3) == 25.0 * 3 / 2 - 2
+    # the option: at the same fraction of a 50-step schedule
+    assert tome.entropy_threshold(2, 10, 2, by_fraction=True) == tome.entropy_threshold(10, 50, 2) == 19.0
+    assert tome.entropy_threshold(1, 10, 3, by_fraction=True) == 22.0 * 3 / 2 - 2  # step 1 of 10 = step 5 of 50
+
+
+# The reference config's table, as a dict of step index -> theta (configs/demo_config.py)
+REFERENCE_TABLE = {0: 26, 1: 25, 2: 24, 3: 23, 4: 22.5, 5: 22, 6: 21.5, 7: 21, 8: 21, 9: 21}
+
+
+def reference_threshold(i, steps, groups, by_fraction):
+    """Written for the test: the reference's `threshold = thresholds[i]; threshold = threshold / 2 * K; -= 2`,
+    with the table entry of step i (the reference; it stops with a KeyError past step 9, here the last entry) or of
+    step floor(i * 50 / steps) (the option)."""
+    key = i * 50 // steps if by_fraction else i
+    threshold = REFERENCE_TABLE.get(key, REFERENCE_TABLE[9])
+    threshold = threshold / 2 * groups
+    return threshold - 2
+
+
+@pytest.mark.parametrize("steps", [4, 10, 20, 25, 30, 50, 80, 100])
+def test_entropy_thresholds_both_schedules_against_the_reference(tome, steps):
+    for groups in (1, 2, 3):
+        for i in range(steps):
+            want = reference_threshold(i, steps, groups, False)
+            assert tome.entropy_threshold(i, steps, groups) == pytest.approx(want), (i, steps, groups)
+            assert tome.entropy_threshold(i, steps, groups, by_fraction=False) == pytest.approx(want)
+            assert tome.entropy_threshold(i, steps, groups, by_fraction=True) == \
+                pytest.approx(reference_threshold(i, steps, groups, True)), (i, steps, groups)
+    index = [tome.entropy_threshold(i, steps, 2) for i in range(10)]
+    fraction = [tome.entropy_threshold(i, steps, 2, by_fraction=True) for i in range(10)]
+    assert (index == fraction) == (steps == 50)  # the two agree exactly at the reference's 50 steps
 
 
 def test_cross_attention_probs_against_dense(tome):
@@ -86,6 +117,38 @@ def test_cross_attention_probs_against_dense(tome):
     dense = torch.stack([torch.softmax(q[..., h * 8:(h + 1) * 8] @ k[..., h * 8:(h + 1) * 8].transpose(1, 2)
                                        / 8 ** 0.5, -1) for h in range(4)]).mean(0)
     assert torch.allclose(tome.cross_attention_probs(q, k, 4), dense, atol=1e-6)
+
+
+def numpy_pose(maps, nouns, prompt_end, temperature=0.5):
+    """The reference's pose term for one sample, written again with NumPy (maps [h, w, T]): each composite token's
+    softmaxed map min-max normalised, get_centroid (linspace(0, 1) coordinates) times 32, then
+    0.2 * mean((centroid - target)^2) per subject, targets (10, 16) and (25, 16), at any map size."""
+    text = maps[:, :, 1:prompt_end] / temperature
+    text = np.exp(text - text.max(-1, keepdims=True))
+    text = text / text.sum(-1, keepdims=True)
+    h, w = maps.shape[:2]
+    loss = 0.0
+    for n, target in zip(nouns, ((10.0, 16.0), (25.0, 16.0)), strict=True):
+        m = text[:, :, n - 1]
+        m = (m - m.min()) / (m.max() - m.min())
+        attn_x, attn_y = m.sum(0), m.sum(1)
+        cx = (np.linspace(0, 1, w) * attn_x).sum() / attn_x.sum()
+        cy = (np.linspace(0, 1, h) * attn_y).sum() / attn_y.sum()
+        loss += (0.2 * (np.array([cx, cy]) * 32 - np.array(target)) ** 2).mean()
+    return loss
+
+
+@pytest.mark.parametrize("h,w", [(32, 32), (16, 16), (12, 20), (48, 48)])
+def test_pose_prior_matches_numpy_at_every_map_size(tome, h, w):
+    """The reference formula at every map size: on a 16x16 map it is not 4x weaker (it was, in map pixels)."""
+    rng = np.random.default_rng(h * w)
+    maps = rng.random((2, h, w, 77)) * 3
+    maps[0, : h // 2, : w // 3, 2] += 4  # a subject top left, so the centroids are not all near the middle
+    nouns, end = [2, 7], 11
+    got = tome.pose_loss(torch.from_numpy(maps), nouns, end)
+    want = [numpy_pose(m, nouns, end) for m in maps]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+    assert min(want) > 1.0  # far from the targets: the comparison is not vacuous
 
 
 def test_pose_prior_pulls_centroids_to_the_reference_points(tome):
