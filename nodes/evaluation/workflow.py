@@ -121,11 +121,17 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
             inputs.update({k: v for k, v in values.items() if k in input_names(info)})
         else:
             slots = _widget_slots(info)
-            if len(values) < len([s for s in slots if s]):
-                raise EvaluationError(f"workflow node {node_id} ({node['type']})", f"it has {len(values)} widget "
-                                      f"values; the server's node has the widgets {[s for s in slots if s]}.",
-                                      "open and save the workflow in this ComfyUI version's frontend.")
             inputs.update({name: v for name, v in zip(slots, values, strict=False) if name})
+            # A workflow saved before a node gained optional inputs (added at the end): the frontend gives them
+            # their defaults; a missing required one means the workflow does not fit this node.
+            for name in (s for s in slots[len(values):] if s):
+                kind, opts = _spec(info, name)
+                if name in info["input"].get("required", {}) or "default" not in opts:
+                    raise EvaluationError(f"workflow node {node_id} ({node['type']})", f"it has {len(values)} "
+                                          f"widget values; the server's node has the widgets "
+                                          f"{[s for s in slots if s]}.", "open and save the workflow in this "
+                                          "ComfyUI version's frontend.")
+                inputs[name] = opts["default"]
         for slot in node.get("inputs", []):
             linked = source(slot.get("link"))
             origin = nodes.get(links[slot["link"]][1]) if slot.get("link") in links else None
