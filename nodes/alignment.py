@@ -634,13 +634,17 @@ def _align_templated(key, sub, chunks, segments, plain, template):
     characters map to no prompt character, so their tokens are "template" tokens. Returns (tokens, how many
     tokens the template's part before the prompt has). A prompt whose tokens are reproduced without the template
     (Qwen-Image skips it for a prompt that brings its own) is aligned as it is."""
-    as_is = _align_encoder(key, sub, chunks, segments, plain)
-    if not template or template.count("{}") != 1 or as_is.exact:
-        return as_is, 0
+    if not template or template.count("{}") != 1:
+        return _align_encoder(key, sub, chunks, segments, plain), 0
     before, after = template.split("{}")
     wrapped = [_Piece(before + "".join(s.text for s in segments) + after, [TEMPLATE_CHAR] * len(before) + [
         i for s in segments for i in s.index] + [TEMPLATE_CHAR] * len(after))]
-    return _align_encoder(key, sub, chunks, wrapped, plain), len(_hf_ids(sub, before)) if before else 0
+    enc = _align_encoder(key, sub, chunks, wrapped, plain)
+    if not enc.exact:  # tried only when the template does not reproduce ComfyUI's tokens
+        as_is = _align_encoder(key, sub, chunks, segments, plain)
+        if as_is.exact:
+            return as_is, 0
+    return enc, len(_hf_ids(sub, before)) if before else 0
 
 
 def _strip(enc: EncoderTokens, count: int) -> EncoderTokens:

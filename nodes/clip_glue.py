@@ -28,17 +28,18 @@ def align_clip(node: str, clip, text: str, input_name: str = "clip") -> PromptAl
             tokenized = clip.tokenize(text, return_word_ids=True)
         except RecursionError:
             raise PromptNestingError(NESTING) from None
-        return align(text, clip.tokenizer, tokenized, _present(clip))
+        return align(text, clip.tokenizer, tokenized, _present(clip, tokenized))
     except UnsupportedTokenizerError as e:
         raise LeaklessInputError(node, input_name, str(e), f"use a CLIP of one of: {NAMES}.") from None
     except PromptNestingError as e:
         raise LeaklessInputError(node, "text", str(e)) from None
 
 
-def _present(clip) -> set[str] | None:
-    """The encoder keys whose model the CLIP has (SD3's and HiDream's loaders may leave some out), or None."""
+def _present(clip, tokenized: dict) -> set[str] | None:
+    """The tokenizer's encoder keys whose model the CLIP has (SD3's and HiDream's loaders leave some out as None),
+    or None when the model names none of them."""
     model = getattr(clip, "cond_stage_model", None)
-    keys = {k for k in ("l", "g", "t5xxl", "llama") if hasattr(model, f"clip_{k}") or hasattr(model, k)}
+    keys = {k for k in tokenized if hasattr(model, f"clip_{k}") or hasattr(model, k)}
     if not keys:
         return None
     return {k for k in keys if (getattr(model, f"clip_{k}", None) or getattr(model, k, None)) is not None}
