@@ -1,4 +1,4 @@
-"""DeLeaker (Ventura, Toker et al., 2025) for FLUX joint attention: the algorithm, memory-bounded.
+"""DeLeaker (Ventura, Toker et al., 2025) for joint text-image attention: the algorithm, memory-bounded.
 
 Pure PyTorch; the ComfyUI glue is ``deleaker_nodes.py``. The reference implementation materialises the full
 B x H x L x L logits and a same-sized history in every layer; here nothing of that size exists:
@@ -253,6 +253,8 @@ def attention_mask_4d(mask: torch.Tensor | None, batch_index=None) -> torch.Tens
         mask = mask[None]
     if mask.ndim == 3:
         mask = mask[:, None]
+    if mask.shape[-2] == 1:  # one row for every query (Qwen-Image's text padding mask): a view per query
+        mask = mask.expand(*mask.shape[:-2], mask.shape[-1], mask.shape[-1])
     return mask[batch_index] if batch_index is not None and mask.shape[0] > 1 else mask
 
 

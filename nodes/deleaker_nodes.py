@@ -1,9 +1,11 @@
-"""DeLeaker nodes (FLUX): DeLeaker Encode, DeLeaker (model patch), DeLeaker Masks.
+"""DeLeaker nodes (every joint-attention model of joint_models.py): DeLeaker Encode, DeLeaker (model patch),
+DeLeaker Masks.
 
 The patch is an ``optimized_attention_override`` on a clone of the MODEL: it runs whatever attention was there
 before (another override such as Sage/Flash attention is chained, not replaced), then rewrites only the image-query
-rows of the cond batch rows that DeLeaker edits. A DIFFUSION_MODEL wrapper records, per model call, the text length
-and the image grid the attention calls need. Steps come from the sigma schedule, never from counting calls.
+rows of the cond batch rows that DeLeaker edits. An APPLY_MODEL wrapper describes each model call once
+(attention_glue.py): the model's adapter, the text segments, the image grid, where the entities' tokens are.
+Steps come from the sigma schedule, never from counting calls.
 The mask history and masks belong to one sampling run (nodes/run_state.py); when a run completes, its masks go to
 the MASKS output (MaskResults), tied to the latent the run produced.
 """
@@ -20,10 +22,10 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
-from . import deleaker, provenance, run_state
-from .alignment import PhraseNotFoundError
+from . import attention_glue, deleaker, joint_models, provenance, run_state
+from .alignment import ROWS, PhraseNotFoundError
 from .clip_glue import align_clip, family_of
-from .families import names
+from .families import BY_ID as FAMILIES, names
 from .errors import LeaklessInputError, input_error
 from .flow import PhraseRef, SelectionError, find_ref, parse_phrases
 from .sampling_glue import cond_rows, sigma_step
@@ -33,7 +35,6 @@ ENTITIES = io.Custom("LEAKLESS_ENTITIES")
 MASKS = io.Custom("LEAKLESS_DELEAKER_MASKS")
 WRAPPER_KEY = "leakless_deleaker"
 CALL_SUFFIX = ".call"  # after a patch's run-state key: the model call in progress, in that call's transformer_options
-REFERENCE_HISTORY_START = 12 / 57  # block 12 of FLUX.1's 57 in the first step
 OVERLAP_OPTIONS = ["reference", "exclusive"]
 PALETTE = [(0.95, 0.26, 0.21), (0.13, 0.59, 0.95), (0.30, 0.69, 0.31), (1.0, 0.76, 0.03), (0.61, 0.15, 0.69),
            (0.0, 0.74, 0.83), (1.0, 0.34, 0.13), (0.55, 0.76, 0.29)]
@@ -41,12 +42,23 @@ PALETTE = [(0.95, 0.26, 0.21), (0.13, 0.59, 0.95), (0.30, 0.69, 0.31), (1.0, 0.7
 
 @dataclass(frozen=True)
 class EntitySpec:
-    """Entities tied to one encoded FLUX prompt: names and their T5 positions, and the T5 length."""
+    """Entities tied to one encoded prompt: names, their CONDITIONING rows and the prompt's row count, and for
+    HiDream the same for the Llama rows ('conditioning_llama3')."""
 
     names: tuple[str, ...]
     positions: tuple[tuple[int, ...], ...]
-    t5_length: int
+    length: int
     prompt: provenance.PromptTag | None = None  # the encoded prompt's tag: the positive entries DeLeaker edits
+    family: str = "flux"
+    llama: tuple[tuple[int, ...], ...] | None = None
+    llama_length: int = 0
+
+    def streams(self, e: int) -> dict:
+        """Entity e per text stream (joint_models.text_positions)."""
+        out = {0: (self.positions[e], self.length)}
+        if self.llama is not None:
+            out[1] = (self.llama[e], self.llama_length)
+        return out
 
 
 ENCODE_FIX = ("connect Leakless DeLeaker Encode's conditioning (FluxGuidance, timestep-range, area and mask nodes in "
@@ -72,7 +84,7 @@ def _marked_ref(alignment, phrase: str, start: int) -> PhraseRef:
 
 
 def _check_disjoint(input_name: str, refs, positions, tokens) -> None:
-    """DeLeaker separates entities, so no T5 token may belong to two of them."""
+    """DeLeaker separates entities, so no token row may belong to two of them."""
     for i, j in itertools.combinations(range(len(refs)), 2):
         shared = sorted(set(positions[i]) & set(positions[j]))
         if shared:
@@ -81,8 +93,8 @@ def _check_disjoint(input_name: str, refs, positions, tokens) -> None:
                    "occurrence." if same else "keep one of them, or give each its own words.")
             raise LeaklessInputError(
                 DeLeakerEncode.NAME, input_name, f"'{refs[i]}' and '{refs[j]}' "
-                f"{'are the same words' if same else 'overlap'}: both hold the T5 token position(s) "
-                f"{', '.join(f'{p} ({tokens[p].text!r})' for p in shared)}, and a token can belong to one entity "
+                f"{'are the same words' if same else 'overlap'}: both hold the token row(s) "
+                f"{', '.join(f'{p} ({tokens.at(p).text!r})' for p in shared)}, and a token can belong to one entity "
                 "only.", fix)
 
 
@@ -96,27 +108,28 @@ class DeLeakerEncode(io.ComfyNode):
             display_name=cls.NAME,
             category="Leakless/deleaker",
             description=(
-                "Encodes a FLUX or Chroma prompt (like CLIPTextEncode) and finds its entities' T5 tokens for Leakless "
-                "DeLeaker, so the entities always match the prompt the sampler sees. Mark entities in the prompt as "
+                "Encodes a prompt (like CLIPTextEncode) and finds its entities' tokens for Leakless DeLeaker, so the "
+                "entities always match the prompt the sampler sees. Mark entities in the prompt as "
                 "'a **cow** and a **horse**' (the marks are removed before encoding) or list them in 'entities'."),
             inputs=[
                 io.Clip.Input("clip", tooltip=(
-                    "The FLUX CLIP (DualCLIPLoader, type flux) or Chroma's T5 (CLIPLoader, type chroma): entities "
-                    "are T5 tokens.")),
+                    "The text encoder of a joint-attention model: FLUX.1 (DualCLIPLoader, type flux), FLUX.2, "
+                    "Qwen-Image, Z-Image, Krea 2, Chroma (CLIPLoader), SD3 (TripleCLIPLoader), HiDream "
+                    "(QuadrupleCLIPLoader).")),
                 io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
                     "The prompt. Entities may be marked with double asterisks: 'a **cow** and a **horse** in a "
                     "farm'. A mark is that occurrence: a second **cat** is the second 'cat'.")),
                 io.String.Input("entities", default="", tooltip=(
                     "Entities, comma-separated ('cow, horse'; 'cat#2' for the second 'cat'), if not marked in the "
                     "text (marks and entities together are an error). At least two. Each must be words of the "
-                    "prompt; all its T5 tokens are used; no token may be in two entities ('cow, a cow' is an "
+                    "prompt; all its tokens are used; no token may be in two entities ('cow, a cow' is an "
                     "error).")),
             ],
             outputs=[
                 io.Conditioning.Output("conditioning", display_name="conditioning",
                                        tooltip="The prompt's conditioning (marks removed): the sampler's positive."),
                 ENTITIES.Output("entity_spec", display_name="entities",
-                                tooltip="The entities and their T5 token positions: connect to Leakless DeLeaker."),
+                                tooltip="The entities and their token rows: connect to Leakless DeLeaker."),
             ],
         )
 
@@ -126,30 +139,34 @@ class DeLeakerEncode(io.ComfyNode):
         clean, marked = split_marked(text)
         alignment = align_clip(cls.NAME, clip, clean)
         family = family_of(cls.NAME, alignment)
-        key = family.entity_encoder
-        if key is None:
-            raise LeaklessInputError(cls.NAME, "clip", f"DeLeaker works on {names(lambda f: f.entity_encoder)}; this "
-                                     f"is a CLIP for {family.name}.", "load the CLIP with DualCLIPLoader type flux, or "
-                                     "CLIPLoader type chroma.")
+        if not family.joint:
+            raise LeaklessInputError(cls.NAME, "clip", f"DeLeaker works on {names(lambda f: f.joint)}; this is a "
+                                     f"CLIP for {family.name}, whose model has no joint attention.", "load the CLIP "
+                                     "of a joint-attention model (e.g. CLIPLoader type qwen_image or flux2, "
+                                     "DualCLIPLoader type flux).")
         if entities.strip() and marked:
             raise LeaklessInputError(cls.NAME, "entities", "it is filled in and the text also marks entities ("
                                      f"{', '.join(f'**{p}**' for p, _ in marked)}); only one of them can be used.",
                                      "clear 'entities' to use the marks, or remove the ** marks from the text.")
+        llama = dict(family.extra_rows).get("conditioning_llama3")
         try:
             refs = (parse_phrases(entities, "entities") if entities.strip()
                     else [_marked_ref(alignment, p, start) for p, start in marked])
             if len(refs) < 2:
                 raise SelectionError(f"{len(refs)} entit{'y' if len(refs) == 1 else 'ies'} given; DeLeaker separates "
                                      "at least two")
-            positions = tuple(tuple(find_ref(alignment, r).positions[key]) for r in refs)
+            matches = [find_ref(alignment, r) for r in refs]
         except (PhraseNotFoundError, SelectionError) as e:
             raise input_error(cls.NAME, "entities", e, "name two or more entities that are words of the prompt, "
                               "e.g. 'cow, horse', or mark them as **cow**.") from None
-        _check_disjoint("entities" if entities.strip() else "text", refs, positions, alignment.encoders[key].tokens)
+        positions = tuple(tuple(m.of(ROWS)) for m in matches)
+        _check_disjoint("entities" if entities.strip() else "text", refs, positions, alignment.encoder(ROWS))
         tokens = alignment.tokens
         conditioning, tag = provenance.tag_conditioning(cls.NAME, clip, tokens, clean,
                                                         clip.encode_from_tokens_scheduled(tokens))
-        spec = EntitySpec(tuple(str(r) for r in refs), positions, alignment.encoders[key].length, tag)
+        spec = EntitySpec(tuple(str(r) for r in refs), positions, alignment.encoder(ROWS).length, tag, family.id,
+                          tuple(tuple(m.positions[llama]) for m in matches) if llama else None,
+                          alignment.encoders[llama].length if llama else 0)
         return io.NodeOutput(conditioning, spec)
 
 
@@ -187,16 +204,14 @@ class _Run:
 
 @dataclass
 class _Call:
-    """One model call, made once by the DIFFUSION_MODEL wrapper and read by every attention call inside it."""
+    """DeLeaker's view of one model call, made once by the APPLY_MODEL wrapper."""
 
-    layout: deleaker.Layout
-    n_double: int
-    n_single: int
+    model_call: attention_glue.ModelCall
+    layout: deleaker.Layout | None  # None: the positive prompt is not the entities' (an error if DeLeaker must act)
+    schedule: joint_models.Schedule | None
     step: int | Exception  # the error when the sampler gave no sigma schedule (raised only if DeLeaker must act)
-    steps: int | None
     rows: list[int]  # the batch rows DeLeaker edits
     track: _Track | None
-    ran: bool = False  # the override was reached
 
 
 def _entries(to, batch: int, rows: list[int]) -> tuple:
@@ -206,107 +221,85 @@ def _entries(to, batch: int, rows: list[int]) -> tuple:
     return tuple(uuids[r // per] for r in rows[::per]) if uuids else ()
 
 
-def _chains(active, override) -> bool:
-    """Whether the attention override in use is `override` or a Leakless override chained over it."""
-    for _ in range(64):  # a chain of stacked patches; never a cycle
-        if active is None or active is override:
-            return active is override
-        active = getattr(active, "leakless_previous", None)
-    return False
-
-
-def _make_wrapper(key: str, spec: EntitySpec, override, history_until: float):
-    def wrapper(executor, x, timestep, context, *args, **kwargs):
-        model = executor.class_obj
-        to = kwargs.get("transformer_options") or next(
-            (a for a in args if isinstance(a, dict) and "sigmas" in a), {})
+def _make_wrapper(key: str, spec: EntitySpec, adapter: joint_models.JointModel, override, history_until: float):
+    def wrapper(executor, *args, **kwargs):
+        x, context, to, extra = attention_glue.apply_model_args(args, kwargs)
         run = run_state.state_of(to, key, DeLeaker.NAME)
-        p = model.patch_size
-        grid = ((x.shape[-2] + p // 2) // p, (x.shape[-1] + p // 2) // p)
+        model_call = attention_glue.describe_call(adapter, executor.class_obj, x, context, extra)
         try:
             step, steps = sigma_step(to, DeLeaker.NAME)  # once per model call, not in every attention call
         except RuntimeError as e:  # raised by the override only if it has to act on this call
             step, steps = e, None
         rows = cond_rows(to, x.shape[0], provenance.tagged_uuids(to, spec.prompt))  # entries of its prompt
-        call = _Call(deleaker.Layout(context.shape[1], grid, spec.positions), len(model.double_blocks),
-                     len(model.single_blocks), step, steps, rows,
+        positions = [joint_models.text_positions(model_call.segments, spec.streams(e), adapter.left_padded)
+                     for e in range(len(spec.names))]
+        layout = None if None in positions else \
+            deleaker.Layout(model_call.layout.txt_len, model_call.grid, tuple(positions))
+        schedule = joint_models.Schedule.of(adapter, model_call.n_blocks, model_call.n_first, steps,
+                                            history_until) if steps else None
+        call = _Call(model_call, layout, schedule, step, rows,
                      run.track(_entries(to, x.shape[0], rows)) if rows else None)
-        if rows and steps and step < round(history_until * steps):  # the mask history window, step by step
-            run.history_progress(step + 1, round(history_until * steps))
+        if rows and schedule and step < schedule.history_steps():  # the mask history window, step by step
+            run.history_progress(step + 1, schedule.history_steps())
         to[key + CALL_SUFFIX] = call  # this call's own transformer_options: the override's too
         try:
-            out = executor(x, timestep, context, *args, **kwargs)
+            out = executor(*args, **kwargs)
         finally:
             to.pop(key + CALL_SUFFIX, None)
-        # a cache node (EasyCache) may skip the model's blocks: only an override that replaced ours is an error
-        if not call.ran and not _chains(to.get("optimized_attention_override"), override):
-            raise LeaklessInputError(
-                DeLeaker.NAME, "model", "its attention edit did not run: a node placed after Leakless DeLeaker "
-                "replaced the model's attention override without chaining it (ComfyUI's ModelAttentionBackend does "
-                "that), or something computes FLUX's attention itself.", "place ModelAttentionBackend (or the other "
-                "attention node) before Leakless DeLeaker: DeLeaker then runs that attention inside its edit.")
+        attention_glue.check_ran(DeLeaker.NAME, model_call, to, override)
         return out
 
     return wrapper
 
 
-def _make_override(key: str, spec: EntitySpec, settings: deleaker.Settings, history_until: float, previous):
+def _make_override(key: str, spec: EntitySpec, settings: deleaker.Settings, previous):
     def override(func, *args, **kwargs):
-        def attention(*a, **changed):
-            kw = dict(kwargs, **changed) if changed else kwargs
-            return previous(func, *a, **kw) if previous is not None else func(*a, **kw)
-
         to = kwargs.get("transformer_options") or {}
         call = to.get(key + CALL_SUFFIX)
-        if call is not None:
-            call.ran = True
-        if call is None or call.track is None or to.get("block_type") not in ("double", "single") \
-                or not kwargs.get("skip_reshape") or kwargs.get("skip_output_reshape"):
-            return attention(*args)
-        q, k, v, heads = args[:4]
+        a = attention_glue.AttentionCall(func, previous, args, kwargs)
+        if call is None:
+            return a.plain()
+        call.model_call.ran = True
+        if call.track is None or not call.model_call.is_main(a):
+            return a.plain()
+        block = call.model_call.next_block()
         rows, track, layout = call.rows, call.track, call.layout
-        if layout.txt_len != spec.t5_length:
+        if layout is None:
             raise RuntimeError(
-                f"Leakless DeLeaker: the positive prompt the sampler sees has {layout.txt_len} T5 tokens, but the "
-                f"entities came from a prompt of {spec.t5_length}. Connect Leakless DeLeaker Encode's "
+                f"Leakless DeLeaker: the positive prompt the sampler sees has {call.model_call.segments[0][1]} "
+                f"rows, but the entities came from a prompt of {spec.length}. Connect Leakless DeLeaker Encode's "
                 "conditioning as the positive prompt of the sampler that uses this model.")
         if isinstance(call.step, Exception):
             raise call.step
-        n_layers = call.n_double + call.n_single
-        layer = to["block_index"] + (0 if to["block_type"] == "double" else call.n_double)
-        b = call.step * n_layers + layer
-        hist_start = round(REFERENCE_HISTORY_START * n_layers)
-        hist_end = round(history_until * call.steps) * n_layers
-        in_history = hist_start <= b < hist_end
-        intervene = b >= call.n_double - 1  # from the first step's last double block to the end (reference: 18)
-        if not (in_history or intervene) or q.shape[2] < layout.txt_len + layout.n_img:
-            return attention(*args)
+        schedule = call.schedule
+        b = schedule.block_step(call.step, block)
+        in_history, intervene = schedule.in_history(b), schedule.intervenes(b)
+        if not (in_history or intervene):
+            return a.plain()
+        a.text_first(call.model_call.layout)
+        q, k, v, mask = a.q, a.k, a.v, a.mask
         history = track.history
-        if b == hist_start:
+        if b == schedule.history_start:
             history.reset()
         if history.mean is not None and history.mean.device != q.device:  # the multi-GPU split moved these rows
             history.mean, track.masks_key = history.mean.to(q.device), None
         scores = probs = None
-        if in_history or history.mean is None or b <= hist_start:
+        if in_history or history.mean is None or b <= schedule.history_start:
             scores, probs = deleaker.scores_and_image_probs(
-                q[rows], k[rows], layout, deleaker.attention_mask_4d(kwargs.get("mask"), rows),
+                q[rows], k[rows], layout, deleaker.attention_mask_4d(mask, rows),
                 image_probs=intervene and settings.image_image)
         if in_history:
             history.update(scores)
         if not intervene:
-            return attention(*args)
-        from_history = history.mean is not None and b > hist_start
+            return a.plain()
+        from_history = history.mean is not None and b > schedule.history_start
         masks_key = (history.epoch, history.count, layout) if from_history else None
         if masks_key is None or masks_key != track.masks_key:  # a frozen history gives the same masks: plan once
             use = history.mean if from_history else scores
             track.masks, track.layout, track.masks_key = deleaker.entity_masks(use, layout, settings), layout, masks_key
             track.plans = [deleaker.MaskPlan(m, settings) for m in track.masks]
-
-        def attend(qx, kx, vx, mask):  # the model's own attention on any rows and (edited) keys
-            return attention(qx, kx, vx, heads, *args[4:], mask=mask)
-
-        return deleaker.deleaker_attention(q, k, v, attend, track.plans, layout, settings, rows, kwargs.get("mask"),
-                                           probs)
+        return a.output(deleaker.deleaker_attention(q, k, v, a.attend, track.plans, layout, settings, rows, mask,
+                                                    probs))
 
     override.leakless_previous = previous
     return override
@@ -406,12 +399,6 @@ class MaskResults:
         return found[0]
 
 
-def _is_flux(model) -> bool:
-    dm = getattr(getattr(model, "model", None), "diffusion_model", None)
-    return dm is not None and hasattr(dm, "double_blocks") and hasattr(dm, "single_blocks") and \
-        hasattr(dm, "patch_size")
-
-
 class DeLeaker(io.ComfyNode):
     NAME = "Leakless DeLeaker"
 
@@ -422,13 +409,15 @@ class DeLeaker(io.ComfyNode):
             display_name=cls.NAME,
             category="Leakless/deleaker",
             description=(
-                "DeLeaker (FLUX): finds where each entity is from early attention, then keeps each entity's image "
+                "DeLeaker (FLUX.1/.2, Qwen-Image, Z-Image, Krea 2, SD3, HiDream, Chroma): finds where each entity is "
+                "from early attention, then keeps each entity's image "
                 "region from attending to the other entities' words and strongly to their image regions, and "
                 "reinforces its own words. Works at inference time on a clone of the model; other attention patches "
                 "keep working. Defaults are the paper's code's."),
             inputs=[
-                io.Model.Input("model", tooltip="A FLUX model (FLUX.1 dev/schnell, Kontext). The input is not "
-                               "changed; a patched clone is returned."),
+                io.Model.Input("model", tooltip="A joint-attention model (FLUX.1 / Kontext, FLUX.2, Qwen-Image, "
+                               "Z-Image, Krea 2, SD3.5, HiDream, Chroma). The input is not changed; a patched clone "
+                               "is returned."),
                 io.Float.Input("mask_threshold", default=1.0, min=-3.0, max=5.0, step=0.05, tooltip=(
                     "beta1: an image token belongs to an entity when its attention to the entity's words is above "
                     "mean + beta1 x std. Default 1.0 (paper); raise for tighter masks.")),
@@ -469,10 +458,7 @@ class DeLeaker(io.ComfyNode):
     def execute(cls, model, mask_threshold, image_threshold, alpha, mask_history, cross_text, self_text,
                 image_image, alpha_per_pair, overlap, entities=None) -> io.NodeOutput:
         check_inputs(cls, locals())
-        if not _is_flux(model):
-            name = type(getattr(getattr(model, "model", None), "diffusion_model", None)).__name__
-            raise LeaklessInputError(cls.NAME, "model", f"DeLeaker edits FLUX joint attention; this model is a "
-                                     f"{name}.", "connect a FLUX model (UNETLoader with a FLUX file).")
+        adapter = attention_glue.joint_model(cls.NAME, model)
         settings = deleaker.Settings(beta_text=mask_threshold, beta_image=image_threshold, alpha=alpha,
                                      cross_text=cross_text, self_text=self_text, image_image=image_image,
                                      alpha_per_pair=alpha_per_pair, overlap=overlap)
@@ -481,16 +467,20 @@ class DeLeaker(io.ComfyNode):
         if len(entities.names) < 2:
             raise LeaklessInputError(cls.NAME, "entities", "fewer than two entities.", "name at least two in "
                                      "Leakless DeLeaker Encode.")
+        if entities.family not in adapter.text_families:
+            raise LeaklessInputError(cls.NAME, "entities", f"they come from a {FAMILIES[entities.family].name} "
+                                     f"prompt, and the model is {adapter.name}.", "encode the prompt in Leakless "
+                                     "DeLeaker Encode with this model's own text encoder.")
         key, results = run_state.new_key(WRAPPER_KEY), MaskResults(entities.names)
         patched = model.clone()
         to = patched.model_options.setdefault("transformer_options", {})
-        override = _make_override(key, entities, settings, mask_history, to.get("optimized_attention_override"))
+        override = _make_override(key, entities, settings, to.get("optimized_attention_override"))
         to["optimized_attention_override"] = override
         import comfy.patcher_extension
 
         run_state.install(patched, WRAPPER_KEY, key, lambda guider: _Run(), results.record)
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY,
-                                     _make_wrapper(key, entities, override, mask_history))
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
+                                     _make_wrapper(key, entities, adapter, override, mask_history))
         if entities.prompt is not None:  # edits only the positive entries encoded from the entities' prompt
             patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, provenance.KEY,
                                          provenance.outer_sample_check(cls.NAME, "entities", entities.prompt,

@@ -26,7 +26,7 @@ class Family:
     chat_template: bool = False  # an LLM tokenizer: wraps the prompt in its `llama_template`, ignores weights
     template_prefix_stripped: bool = False  # ComfyUI drops the rows of the chat template before the prompt
     empty_pooled_when_replaced: bool = False  # 'reference' pooled rule of the paper's code (SDXL)
-    entity_encoder: str | None = None  # DeLeaker: the encoder whose rows its joint attention reads as text
+    joint: bool = False  # its diffusion models read the rows in joint text-image attention (DeLeaker, heatmap)
     tome: bool = False  # ToMe: the rows are one CLIP chunk a UNet cross-attends to
     extra_rows: tuple[tuple[str, str], ...] = ()  # (conditioning dict key, encoder): more token rows, on dim -2
     comfyui: str = "0.3.75"  # the first ComfyUI of the test matrix that has the family
@@ -55,8 +55,7 @@ _LLM_NOTE = ("An LLM text encoder: ComfyUI reads (word:1.2) as plain text here, 
 
 FAMILIES: tuple[Family, ...] = (
     Family("flux", "FLUX.1 / Kontext / Krea", ("FluxTokenizer",), ("l", "t5xxl"), (("t5xxl",),),
-           (("DualCLIPLoader", "flux"),), "comfy.text_encoders.flux:FluxTokenizer", entity_encoder="t5xxl",
-           ),
+           (("DualCLIPLoader", "flux"),), "comfy.text_encoders.flux:FluxTokenizer", joint=True),
     Family("sdxl", "SDXL", ("SDXLTokenizer",), ("l", "g"), (("l", "g"),),
            (("CheckpointLoaderSimple", ""), ("DualCLIPLoader", "sdxl")), "comfy.sdxl_clip:SDXLTokenizer",
            causal=True, empty_pooled_when_replaced=True, tome=True),
@@ -64,32 +63,33 @@ FAMILIES: tuple[Family, ...] = (
            (("CheckpointLoaderSimple", ""), ("CLIPLoader", "stable_diffusion")), "comfy.sd1_clip:SD1Tokenizer",
            causal=True, tome=True),
     Family("chroma", "Chroma", ("PixArtTokenizer",), ("t5xxl",), (("t5xxl",),), (("CLIPLoader", "chroma"),),
-           "comfy.text_encoders.pixart_t5:PixArtTokenizer", entity_encoder="t5xxl"),
+           "comfy.text_encoders.pixart_t5:PixArtTokenizer", joint=True),
     Family("sd3", "SD3 / SD3.5", ("SD3Tokenizer",), ("l", "g", "t5xxl"), (("l", "g"), ("t5xxl",)),
            (("TripleCLIPLoader", ""), ("CheckpointLoaderSimple", ""), ("CLIPLoader", "sd3")),
-           "comfy.text_encoders.sd3_clip:SD3Tokenizer",
+           "comfy.text_encoders.sd3_clip:SD3Tokenizer", joint=True,
            note="Rows are 77 CLIP-L/G rows per chunk, then T5's: a word has rows in both."),
     Family("qwen_image", "Qwen-Image", ("QwenImageTokenizer",), ("qwen25_7b",), (("qwen25_7b",),),
            (("CLIPLoader", "qwen_image"),), "comfy.text_encoders.qwen_image:QwenImageTokenizer", causal=True,
-           chat_template=True, template_prefix_stripped=True,
+           chat_template=True, joint=True, template_prefix_stripped=True,
            note=_LLM_NOTE + " ComfyUI drops the system part of the template, so rows start at the prompt."),
     Family("z_image", "Z-Image", ("ZImageTokenizer",), ("qwen3_4b",), (("qwen3_4b",),),
            (("CLIPLoader", "lumina2"),), "comfy.text_encoders.z_image:ZImageTokenizer", causal=True, chat_template=True,
+           joint=True,
            note=_LLM_NOTE),
     Family("flux2", "FLUX.2 dev", ("Flux2Tokenizer",), ("mistral3_24b",), (("mistral3_24b",),),
-           (("CLIPLoader", "flux2"),), causal=True, chat_template=True,
+           (("CLIPLoader", "flux2"),), causal=True, chat_template=True, joint=True,
            note=_LLM_NOTE + " Its Mistral tokenizer is read from the text encoder file, so the picker cannot show "
            "it: use Leakless Token Inspector."),
     Family("flux2_klein", "FLUX.2 Klein", ("KleinTokenizer",), ("qwen3_4b",), (("qwen3_4b",),),
            (("CLIPLoader", "flux2"),), "comfy.text_encoders.flux:KleinTokenizer", causal=True, chat_template=True,
-           comfyui="0.33.0",
+           joint=True, comfyui="0.33.0",
            note=_LLM_NOTE),
     Family("krea2", "Krea 2", ("Krea2Tokenizer",), ("qwen3vl_4b",), (("qwen3vl_4b",),), (("CLIPLoader", "krea2"),),
            "comfy.text_encoders.krea2:Krea2Tokenizer", causal=True, chat_template=True,
-           template_prefix_stripped=True, comfyui="0.33.0",
+           template_prefix_stripped=True, joint=True, comfyui="0.33.0",
            note=_LLM_NOTE + " ComfyUI drops the system part of the template, so rows start at the prompt."),
     Family("hidream", "HiDream", ("HiDreamTokenizer",), ("l", "g", "t5xxl", "llama"), (("t5xxl",),),
-           (("QuadrupleCLIPLoader", ""),), "comfy.text_encoders.hidream:HiDreamTokenizer",
+           (("QuadrupleCLIPLoader", ""),), "comfy.text_encoders.hidream:HiDreamTokenizer", joint=True,
            extra_rows=(("conditioning_llama3", "llama"),),
            note="Rows are T5's; the Llama rows of every layer ride in the conditioning as 'conditioning_llama3'."),
 )

@@ -180,7 +180,7 @@ def test_model_attention_backend_after_deleaker_is_an_error_and_before_is_chaine
     backend = parts["m"]["ModelAttentionBackend"]()
     patched, _ = deleak(parts)
     after = backend.patch(patched, "pytorch attention")[0]
-    with pytest.raises(ValueError, match=r"Leakless DeLeaker: input 'model': its attention edit did not run.*"
+    with pytest.raises(ValueError, match=r"Leakless DeLeaker: input 'model': its attention patch did not run.*"
                        r"ModelAttentionBackend.*Fix: place ModelAttentionBackend .*before Leakless DeLeaker"):
         flux_sample(parts, after)
     chosen = backend.patch(parts["model"], "pytorch attention")[0]

@@ -39,14 +39,13 @@ def test_every_entry_is_consistent(families):
         assert all(encoder in f.encoders for _, encoder in f.extra_rows), f.id
         assert f.loaders and all(node.endswith("Loader") or node.endswith("LoaderSimple") for node, _ in f.loaders)
         assert not f.tokenizer or ":" in f.tokenizer
-        assert f.entity_encoder in (None, *f.row_encoders)
         payload = f.payload()
         assert payload["id"] == f.id and payload["weights"] == (not f.chat_template)
 
 
 def test_names_lists_the_families_a_method_supports(families):
     assert families.names(lambda f: f.tome) == "SDXL and SD1.5"
-    assert families.names(lambda f: f.entity_encoder) == "FLUX.1 / Kontext / Krea and Chroma"
+    assert families.names(lambda f: not f.joint) == "SDXL and SD1.5"
 
 
 @pytest.mark.parametrize("text", ["a red cat", "  two  spaces\nand a newline",

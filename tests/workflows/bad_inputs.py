@@ -282,7 +282,8 @@ ROWS = [
     Row("lone surrogate", E, {"text": SURROGATE}, "text", ("lone surrogate",)),
     Row("over the text cap", E, {"entities": LONG}, "entities", ("at most 100,000",)),
     # DeLeaker
-    Row("not a FLUX model", D, {"model": ["ckpt", 0]}, "model", ("this model is a",)),
+    Row("not a joint-attention model", D, {"model": ["ckpt", 0]}, "model",
+        ("which this model (SD", "connect a model of")),
     Row("missing optional entities", D, {}, "", ("ModelPatcher",)),
     Row("every edit off", D, {"entities": ["enc", 1], "cross_text": False, "self_text": False,
                               "image_image": False}, "", ("ModelPatcher",)),
