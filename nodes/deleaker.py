@@ -24,8 +24,10 @@ the head-averaged probability (as left by the previous pairs) exceeds mean + bet
 on the M_i x M_j block. Differences, all documented options or fixes: statistics are per sample (the reference
 pools the batch, identical at batch 1); morphology runs on the true h x w grid (the reference skips non-square
 grids); alpha is applied once per entity unless ``alpha_per_pair`` (the reference's per-pair compounding,
-alpha^(K-1) for K entities); ``overlap="exclusive"`` gives a contested image token to the entity with the higher
-score instead of blocking both entities' tokens there (the reference).
+alpha^(K-1) for K entities); ``overlap="exclusive"`` gives a contested image token to the entity with the highest
+score among those whose masks hold it, instead of blocking both entities' tokens there (the reference). The
+image-image cut is applied inside M_i x M_j only: below beta2 of about -0.6 the reference's threshold turns
+negative and its cut reaches every image row's image keys, which the pack reads as unintended.
 """
 
 from __future__ import annotations
@@ -232,8 +234,8 @@ def entity_masks(scores: torch.Tensor, layout: Layout, settings: Settings) -> to
     masks = scores > thr
     if settings.smoothing:
         masks = morphological_clean(masks, layout.grid)
-    if settings.overlap == "exclusive" and masks.shape[1] > 1:
-        best = scores.argmax(dim=1, keepdim=True)
+    if settings.overlap == "exclusive" and masks.shape[1] > 1:  # the highest score among the masks holding it
+        best = scores.masked_fill(~masks, float("-inf")).argmax(dim=1, keepdim=True)
         owner = torch.zeros_like(masks).scatter_(1, best, True)
         contested = masks.sum(dim=1, keepdim=True) > 1
         masks = masks & (~contested | owner)

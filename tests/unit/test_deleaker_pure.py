@@ -225,6 +225,32 @@ def test_overlapping_masks_reference_and_exclusive(dl):
     assert torch.equal(exclusive[0].float().argmax(0), scores[0].argmax(0))
 
 
+def test_exclusive_overlap_keeps_every_contested_token_with_three_entities(dl):
+    """A token held by the masks of entities 1 and 2 whose highest score is entity 0's (not holding it) goes to the
+    better of 1 and 2, never to nobody (the independent check found 6 such tokens dropped in a planted case)."""
+    grid = (4, 6)
+    layout = dl.Layout(3, grid, ((0,), (1,), (2,)))
+    gen = torch.Generator().manual_seed(4)
+    scores = torch.rand(2, 3, 24, generator=gen) * 0.2
+    scores[:, 0] += 0.8
+    scores[:, 0, 20:] = 5.0  # entity 0's mask: its few strongest tokens only
+    scores[:, 1:, :4] += 0.6  # tokens 0..3: in the masks of 1 and 2, and entity 0 scores highest there
+    st = dl.Settings(overlap="exclusive", smoothing=False, beta_text=-0.3)
+    plain = dl.entity_masks(scores, layout, dl.Settings(smoothing=False, beta_text=-0.3))
+    ours = dl.entity_masks(scores, layout, st)
+    # dense reference: each token in at least one mask goes to the holder with the highest score
+    ref = torch.zeros_like(plain)
+    for b in range(2):
+        for n in range(24):
+            holders = [e for e in range(3) if plain[b, e, n]]
+            if holders:
+                ref[b, max(holders, key=lambda e: float(scores[b, e, n])), n] = True
+    assert torch.equal(ours, ref)
+    assert torch.equal(ours.any(dim=1), plain.any(dim=1))  # no contested token is dropped
+    contested_elsewhere = (plain.sum(1) > 1) & ~plain.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)
+    assert bool(contested_elsewhere.any())  # the case that used to drop tokens is in the sample
+
+
 @pytest.mark.parametrize("kind", ["bool", "float"])
 def test_model_attention_mask_is_kept(dl, kind, monkeypatch):
     """A mask the model passes to its attention (ComfyUI's [L, L], [B, L, L] or [B, H, L, L]) holds in the entity
