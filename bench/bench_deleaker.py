@@ -55,10 +55,9 @@ def dense_override(nodes_module, settings):
     def override(func, q, k, v, heads, **kwargs):
         to = kwargs["transformer_options"]
         call = next(c for c in to.values() if isinstance(c, nodes_module._Call))
-        call.ran = True
-        layout, n_double, n_single = call.layout, call.n_double, call.n_single
-        n_layers = n_double + n_single
-        layer = to["block_index"] + (0 if to["block_type"] == "double" else n_double)
+        call.model_call.ran = True
+        layout, n_layers = call.layout, call.model_call.n_blocks
+        layer = to["block_index"] + (0 if to["block_type"] == "double" else call.model_call.n_first)
         sig = float(to["sigmas"][0])
         sched = to["sample_sigmas"].float()
         step = int((sched >= sig * (1 - 1e-4)).nonzero().max())

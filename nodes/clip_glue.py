@@ -6,6 +6,7 @@ conditioning is exactly what CLIPTextEncode produces, LoRA-patched CLIPs, clip-s
 
 from __future__ import annotations
 
+import copy
 import weakref
 
 from .alignment import NESTING, PromptAlignment, PromptNestingError, UnsupportedTokenizerError, align, sub_tokenizer
@@ -79,19 +80,46 @@ class EmptyPromptCache:
     def __init__(self):
         self._store: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def get(self, clip, tokens: dict, rows: int):
-        """The empty prompt's CONDITIONING with `rows` token rows, for a prompt tokenized as `tokens`."""
+    def get(self, clip, tokens: dict, rows: int, masked: bool = False):
+        """The empty prompt's CONDITIONING with `rows` token rows, for a prompt tokenized as `tokens`; `masked`:
+        encoded with the attention mask over its padding (see masked_clip)."""
         layout = tuple(sorted((k, len(v), len(v[0])) for k, v in tokens.items()))
         key = (getattr(clip.patcher, "patches_uuid", None), clip.layer_idx,
-               tuple(sorted(clip.tokenizer_options.items())), layout, rows)
+               tuple(sorted(clip.tokenizer_options.items())), layout, rows, masked)
         cacheable = getattr(clip.patcher, "forced_hooks", None) is None
         per_model = self._store.setdefault(clip.cond_stage_model, {}) if cacheable else {}
         if key not in per_model:
             if len(per_model) >= self.MAX_PER_ENCODER:  # bounded: drop the oldest layout
                 per_model.pop(next(iter(per_model)))
+            encoder = masked_clip(clip) if masked else clip
             per_model[key] = [[_tile_rows(cond, rows), meta]
-                              for cond, meta in clip.encode_from_tokens_scheduled(empty_tokens_like(clip, tokens))]
+                              for cond, meta in encoder.encode_from_tokens_scheduled(empty_tokens_like(clip, tokens))]
         return per_model[key]
+
+
+def masked_clip(clip):
+    """A clone of `clip` whose text encoders attend with the attention mask over the padding (ComfyUI's
+    `enable_attention_masks`, off for CLIP by default), the given CLIP untouched: its encoder modules are
+    shallow copies sharing every weight, so patches, LoRAs and clip-skip apply as usual. None when no encoder of
+    it has the switch."""
+    def with_masks(module):
+        if hasattr(module, "enable_attention_masks"):
+            out = copy.copy(module)
+            out.__dict__["enable_attention_masks"] = True
+            return out
+        children = {n: with_masks(m) for n, m in module._modules.items() if m is not None}
+        if all(c is module._modules[n] for n, c in children.items()):
+            return module
+        out = copy.copy(module)
+        out.__dict__["_modules"] = {**module._modules, **children}  # its own registry: the original's is not touched
+        return out
+
+    model = with_masks(clip.cond_stage_model)
+    if model is clip.cond_stage_model:
+        return None
+    clone = clip.clone()
+    clone.cond_stage_model = model
+    return clone
 
 
 def _tile_rows(cond, rows: int):

@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from . import flow, provenance, redundancy
 from .alignment import ROWS, PhraseNotFoundError
-from .clip_glue import EMPTY_PROMPT, align_clip, family_of
+from .clip_glue import EMPTY_PROMPT, align_clip, family_of, masked_clip
 from .errors import LeaklessInputError, input_error
 from .grid import labelled_grid, labels_for_batch
 from .validation import check_inputs
@@ -20,6 +20,11 @@ POOLED_TOOLTIP = (
     "Which pooled vector goes with edited conditionings. 'reference' does what the paper's code does: FLUX keeps "
     "the full prompt's pooled CLIP-L vector; SDXL uses the empty prompt's pooled vector whenever a token is "
     "replaced; SD1.5 has no pooled input. 'prompt' / 'empty prompt' force one or the other.")
+EMPTY_PROMPT_OPTIONS = ["as encoded", "attention-masked"]
+EMPTY_PROMPT_TOOLTIP = (
+    "How the empty prompt whose rows replace removed tokens is encoded. 'as encoded': as CLIPTextEncode encodes \"\" "
+    "(the reference code's, read at tokeron/diffusers' lens branch). 'attention-masked': its padding masked out of "
+    "the encoder's attention, so from the 3rd row on its rows differ (the reading of an independent check).")
 TRACE_MODES = ["each word", "each token", "selection", "all but selection"]
 REDUNDANCY_MODES = ["causal rule", "manual", "classifier"]
 
@@ -44,8 +49,12 @@ def classifier_files() -> list[str]:
 class _Encoded:
     """A prompt's alignment, its conditioning, and the empty prompt's conditioning at the same length."""
 
-    def __init__(self, node: str, clip, text: str, conditioning=None):
+    def __init__(self, node: str, clip, text: str, conditioning=None, empty_prompt: str = EMPTY_PROMPT_OPTIONS[0]):
         self.alignment = align_clip(node, clip, text)
+        self.masked = empty_prompt == "attention-masked"
+        if self.masked and masked_clip(clip) is None:
+            raise LeaklessInputError(node, "empty_prompt", "this CLIP's text encoders have no attention-mask switch.",
+                                     "set it to 'as encoded'.")
         self.family = family_of(node, self.alignment)
         if self.family.extra_rows:
             raise LeaklessInputError(node, "clip", f"{self.family.name} carries token rows outside the conditioning "
@@ -81,7 +90,7 @@ class _Encoded:
     @property
     def empties(self):
         """The empty prompt's CONDITIONING at the prompt's token layout, one entry per prompt entry (cached)."""
-        empties = EMPTY_PROMPT.get(self._clip, self._tokens, self.encoder.length)
+        empties = EMPTY_PROMPT.get(self._clip, self._tokens, self.encoder.length, self.masked)
         return empties if len(empties) == len(self.conds) else [empties[0]] * len(self.conds)
 
     def pooled(self, mode: str, own: dict, empty: dict, replaced_any: bool):
@@ -106,6 +115,11 @@ class _Encoded:
                     on_variant()
             out.append([torch.cat(edited), meta])
         return out
+
+
+def _empty_prompt_input():
+    return io.Combo.Input("empty_prompt", options=EMPTY_PROMPT_OPTIONS, default=EMPTY_PROMPT_OPTIONS[0],
+                          tooltip=EMPTY_PROMPT_TOOLTIP)
 
 
 def _pooled_input():
@@ -155,6 +169,7 @@ class TokenTrace(io.ComfyNode):
                 io.Boolean.Input("include_full_prompt", default=True, tooltip=(
                     "Add the untouched prompt as the first image, to compare against. On by default.")),
                 _pooled_input(),
+                _empty_prompt_input(),
             ],
             outputs=[
                 io.Conditioning.Output("conditioning", display_name="conditioning",
@@ -166,9 +181,10 @@ class TokenTrace(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, clip, text, mode, selection, include_full_prompt, pooled_output) -> io.NodeOutput:
+    def execute(cls, clip, text, mode, selection, include_full_prompt, pooled_output,
+                empty_prompt=EMPTY_PROMPT_OPTIONS[0]) -> io.NodeOutput:
         check_inputs(cls, locals())
-        enc = _Encoded(cls.NAME, clip, text)
+        enc = _Encoded(cls.NAME, clip, text, empty_prompt=empty_prompt)
         a, key = enc.alignment, enc.key
         everything = list(range(enc.encoder.length))
         subsets: list[tuple[str, list[int]]] = []
@@ -279,6 +295,7 @@ class RedundantTokenMask(io.ComfyNode):
                     "Classifier mode: a token is redundant when its score is above this. Raise it to remove "
                     "fewer tokens.")),
                 _pooled_input(),
+                _empty_prompt_input(),
             ],
             outputs=[
                 io.Conditioning.Output("conditioning", display_name="conditioning",
@@ -289,9 +306,10 @@ class RedundantTokenMask(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, clip, text, mode, items, classifier, threshold, pooled_output) -> io.NodeOutput:
+    def execute(cls, clip, text, mode, items, classifier, threshold, pooled_output,
+                empty_prompt=EMPTY_PROMPT_OPTIONS[0]) -> io.NodeOutput:
         check_inputs(cls, locals())
-        enc = _Encoded(cls.NAME, clip, text)
+        enc = _Encoded(cls.NAME, clip, text, empty_prompt=empty_prompt)
         a, key, rows = enc.alignment, enc.key, enc.encoder
         try:
             if mode == "manual":
