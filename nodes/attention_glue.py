@@ -17,6 +17,7 @@ from .errors import LeaklessInputError
 from .joint_models import NAMES, CallLayout, JointModel, image_grid, joint_model_of
 
 _ARG_NAMES = ("q", "k", "v", "heads", "mask", "attn_precision", "skip_reshape", "skip_output_reshape")
+OUTER_CALL = "leakless_outer_call"  # transformer_options key: this attention call is part of an outer patch's call
 
 
 def diffusion_model_of(model_patcher):
@@ -46,6 +47,7 @@ class ModelCall:
     batch: int
     blocks_seen: int = 0  # main attention calls so far (the block index where ComfyUI gives none)
     ran: bool = False  # an override of this patch was reached
+    last_outer: object = None  # the outer patch's call whose parts this patch saw last
 
     @property
     def layout(self) -> CallLayout:
@@ -59,6 +61,17 @@ class ModelCall:
     def next_block(self) -> int:
         self.blocks_seen += 1
         return self.blocks_seen - 1
+
+    def inside_outer(self, call: AttentionCall) -> bool:
+        """Whether `call` is part of an outer Leakless patch's edited main call (rows or keys of it): such a call
+        is passed on unchanged, and the first part of each counts as that main block."""
+        outer = (call.kwargs.get("transformer_options") or {}).get(OUTER_CALL)
+        if outer is None:
+            return False
+        if outer is not self.last_outer:
+            self.last_outer = outer
+            self.next_block()
+        return True
 
 
 def chains(active, override) -> bool:
@@ -138,6 +151,7 @@ class AttentionCall:
     def attend(self, q, k, v, mask):
         """The model's own attention on [b, H, rows, D] (any rows, edited keys): [b, rows, H*D]."""
         kw = dict(self._rest, mask=mask, skip_reshape=True)
+        kw["transformer_options"] = {**(kw.get("transformer_options") or {}), OUTER_CALL: self}
         if self.previous is not None:
             return self.previous(self.func, q, k, v, self.heads, **kw)
         return self.func(q, k, v, self.heads, **kw)

@@ -260,7 +260,7 @@ def _make_override(key: str, spec: EntitySpec, settings: deleaker.Settings, prev
         if call is None:
             return a.plain()
         call.model_call.ran = True
-        if call.track is None or not call.model_call.is_main(a):
+        if call.track is None or call.model_call.inside_outer(a) or not call.model_call.is_main(a):
             return a.plain()
         block = call.model_call.next_block()
         rows, track, layout = call.rows, call.track, call.layout

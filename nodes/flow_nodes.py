@@ -119,7 +119,7 @@ class _Encoded:
 
 def _empty_prompt_input():
     return io.Combo.Input("empty_prompt", options=EMPTY_PROMPT_OPTIONS, default=EMPTY_PROMPT_OPTIONS[0],
-                          tooltip=EMPTY_PROMPT_TOOLTIP)
+                          optional=True, tooltip=EMPTY_PROMPT_TOOLTIP)  # optional: API prompts saved before it run
 
 
 def _pooled_input():

@@ -10,8 +10,8 @@ import pytest
 from expected import SCHEMAS
 from workflows import bad_inputs
 
-# 12 FLOAT inputs x 5 + 4 INT x 2 + 8 COMBO x 2: counted so that a node or input that drops out of the table shows
-EXPECTED_CASES = 84
+# 12 FLOAT inputs x 5 + 4 INT x 2 + 10 COMBO x 2: counted so that a node or input that drops out of the table shows
+EXPECTED_CASES = 88
 
 
 def schema_of(nodes, node_id):

@@ -145,3 +145,35 @@ def test_entities_from_another_family_are_refused(loaded):
     with pytest.raises(ValueError, match=r"Leakless DeLeaker: input 'entities': they come from a Qwen-Image prompt, "
                        r"and the model is SD3 / SD3.5\. Fix: encode the prompt"):
         sd3["m"]["LeaklessDeLeaker"].execute(model=sd3["model"], entities=qwen["spec"], **SETTINGS)
+
+
+def test_two_stacked_patches_in_a_sampler_custom_advanced_graph(parts):
+    """A real graph: the family's loaders, DeLeaker Encode, two DeLeaker patches stacked over the model, cfg 2
+    with a negative of another length through CFGGuider and SamplerCustomAdvanced."""
+    import comfy_env
+
+    loader, inputs = family_or_skip(parts["family"])
+    _, _, unet, empty_latent = tiny_models.DIFFUSION_MODELS[parts["family"]]
+    patch = dict(SETTINGS)
+    graph = {
+        "1": {"class_type": loader, "inputs": inputs},
+        "2": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
+        "3": {"class_type": "LeaklessDeLeakerEncode", "inputs": {"clip": ["1", 0], "text": TEXT, "entities": ""}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 0], "text": ""}},
+        "5": {"class_type": "LeaklessDeLeaker", "inputs": {"model": ["2", 0], "entities": ["3", 1], **patch}},
+        "6": {"class_type": "LeaklessDeLeaker", "inputs": {"model": ["5", 0], "entities": ["3", 1],
+                                                           **{**patch, "alpha": 1.5}}},
+        "7": {"class_type": "CFGGuider", "inputs": {"model": ["6", 0], "positive": ["3", 0], "negative": ["4", 0],
+                                                    "cfg": 2.0}},
+        "8": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
+        "9": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "10": {"class_type": "BasicScheduler", "inputs": {"model": ["6", 0], "scheduler": "simple", "steps": 2,
+                                                          "denoise": 1.0}},
+        "11": {"class_type": empty_latent, "inputs": {"width": 96, "height": 64, "batch_size": 2}},
+        "12": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["8", 0], "guider": ["7", 0],
+                                                                 "sampler": ["9", 0], "sigmas": ["10", 0],
+                                                                 "latent_image": ["11", 0]}},
+        "13": {"class_type": "TinyTestLatentInfo", "inputs": {"samples": ["12", 0]}},
+    }
+    (info,) = comfy_env.run_prompt(graph)["13"]["latent"]
+    assert info == {"shape": list(latent(parts["family"], batch=2)["samples"].shape), "finite": True}

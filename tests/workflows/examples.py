@@ -227,6 +227,27 @@ def template_leak_patch(family):
     return _shared_prompt(g, [], text, title=title)
 
 
+def template_deleaker(family):
+    """The paper's 'A cow and a horse in a farm' with DeLeaker on the family's template: DeLeaker Encode instead of
+    the prompt's CLIPTextEncode, the patch just before the sampler, the masks shown beside the images."""
+    build, clip, encode, title = TEMPLATES[family]
+    g = _replace_encode(build(), encode, "90", {"class_type": "LeaklessDeLeakerEncode", "inputs": {
+        "clip": [clip, 0], "text": "A **cow** and a **horse** in a farm", "entities": ""},
+        "_meta": {"title": f"{title} (DeLeaker Encode)"}})
+    sampler_id = next(i for i, n in g.items() if n["class_type"] in ("KSampler", "KSamplerAdvanced"))
+    sampler = g[sampler_id]["inputs"]
+    g["92"] = {"class_type": "LeaklessDeLeaker", "inputs": {
+        "model": sampler["model"], "entities": ["90", 1], "mask_threshold": 1.0, "image_threshold": 1.0,
+        "alpha": 1.2, "mask_history": 0.6, "cross_text": True, "self_text": True, "image_image": True,
+        "alpha_per_pair": False, "overlap": "reference"}, "_meta": {"title": "DeLeaker"}}
+    sampler["model"] = ["92", 0]
+    decode = next(i for i, n in g.items() if n["class_type"] == "VAEDecode")
+    g["93"] = {"class_type": "LeaklessDeLeakerMasks", "inputs": {"masks": ["92", 1], "images": [decode, 0],
+                                                                 "opacity": 0.45, "samples": [sampler_id, 0]}}
+    g["94"] = {"class_type": "SaveImage", "inputs": {"images": ["93", 1], "filename_prefix": "deleaker_masks"}}
+    return g
+
+
 EXAMPLES = {
     "token_inspector_flux": token_inspector_flux,
     "token_inspector_sdxl": token_inspector_sdxl,
@@ -240,7 +261,8 @@ EXAMPLES = {
     "sdxl_tome": sdxl_tome,
     "flux_leak_patch_deleaker": flux_leak_patch_deleaker,
     **{f"{family}_{kind}": partial(build, family) for family in TEMPLATES
-       for kind, build in (("token_trace_grid", template_token_trace_grid), ("leak_patch", template_leak_patch))},
+       for kind, build in (("token_trace_grid", template_token_trace_grid), ("leak_patch", template_leak_patch),
+                           ("deleaker", template_deleaker))},
 }
 EXAMPLE_FAMILY = {name: build.args[0] for name, build in EXAMPLES.items() if isinstance(build, partial)}
 
