@@ -72,6 +72,25 @@ def test_every_example_graph_runs_via_the_server(comfy_server, name):
     assert outputs
 
 
+@pytest.mark.parametrize("family", ["qwen_image", "z_image", "flux2_dev"])
+def test_redundant_token_mask_on_the_llm_templates_via_the_server(comfy_server, family):
+    """Redundant Token Mask's causal rule on ComfyUI's own Qwen-Image, Z-Image and FLUX.2 template graphs, in
+    place of the prompt's CLIPTextEncode, through /prompt: its report names what it removed."""
+    from workflows.examples import EXAMPLE_FAMILY, TEMPLATES, _replace_encode
+
+    name = next(n for n, f in EXAMPLE_FAMILY.items() if f == family)
+    if reason := unavailable(name):
+        pytest.skip(reason)
+    build, clip, encode, _ = TEMPLATES[family]
+    graph = _replace_encode(build(), encode, "90", {"class_type": "LeaklessRedundantTokenMask", "inputs": {
+        "clip": [clip, 0], "text": "a zorblaxian pelican on a rock", "mode": "causal rule",
+        "items": "zorblaxian pelican", "classifier": "none", "threshold": 0.5, "pooled_output": "reference"}})
+    outputs = comfy_server.run(shrink(graph))
+    (report,) = outputs["90"]["text"]
+    assert "zorblaxian pelican" in report and "removed" in report.lower()
+    assert any("images" in o for o in outputs.values())
+
+
 def _post(comfy_server, path, body: bytes):
     import json
     import urllib.error
