@@ -32,6 +32,7 @@ bench: env
 	$(PY) bench/bench_alignment.py
 	$(PY) bench/bench_flow.py
 	$(PY) bench/bench_deleaker.py
+	$(PY) bench/bench_attention_calls.py
 	$(PY) bench/bench_tome.py
 
 ## make workflows: regenerate examples_workflows/ from tests/workflows/examples.py through the real frontend
