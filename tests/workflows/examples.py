@@ -234,13 +234,15 @@ def template_deleaker(family):
     g = _replace_encode(build(), encode, "90", {"class_type": "LeaklessDeLeakerEncode", "inputs": {
         "clip": [clip, 0], "text": "A **cow** and a **horse** in a farm", "entities": ""},
         "_meta": {"title": f"{title} (DeLeaker Encode)"}})
-    sampler_id = next(i for i, n in g.items() if n["class_type"] in ("KSampler", "KSamplerAdvanced"))
+    sampler_id = next(i for i, n in g.items()
+                      if n["class_type"] in ("KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced"))
     sampler = g[sampler_id]["inputs"]
+    sampling = sampler if "model" in sampler else g[sampler["guider"][0]]["inputs"]  # the sampler or its guider
     g["92"] = {"class_type": "LeaklessDeLeaker", "inputs": {
-        "model": sampler["model"], "entities": ["90", 1], "mask_threshold": 1.0, "image_threshold": 1.0,
+        "model": sampling["model"], "entities": ["90", 1], "mask_threshold": 1.0, "image_threshold": 1.0,
         "alpha": 1.2, "mask_history": 0.6, "cross_text": True, "self_text": True, "image_image": True,
         "alpha_per_pair": False, "overlap": "reference"}, "_meta": {"title": "DeLeaker"}}
-    sampler["model"] = ["92", 0]
+    sampling["model"] = ["92", 0]
     decode = next(i for i, n in g.items() if n["class_type"] == "VAEDecode")
     g["93"] = {"class_type": "LeaklessDeLeakerMasks", "inputs": {"masks": ["92", 1], "images": [decode, 0],
                                                                  "opacity": 0.45, "samples": [sampler_id, 0]}}
