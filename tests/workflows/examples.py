@@ -227,6 +227,40 @@ def template_leak_patch(family):
     return _shared_prompt(g, [], text, title=title)
 
 
+def attention_heatmap(graph, encode, text, words):
+    """Leakless Heatmap Encode instead of the prompt's CLIPTextEncode `encode` (reading its CLIP), Attention Heatmap
+    on the sampler's model, and Heatmap Show on the decoded images (saved: one overlay per word)."""
+    g = _replace_encode(graph, encode, "90", {"class_type": "LeaklessHeatmapEncode", "inputs": {
+        "clip": graph[encode]["inputs"]["clip"], "text": text, "words": words}, "_meta": {"title": "Heatmap Encode"}})
+    sampler_id = next(k for k, n in g.items() if n["class_type"] in ("KSampler", "SamplerCustomAdvanced"))
+    takes_model = next(n for n in g.values() if n["class_type"] in ("KSampler", "BasicGuider", "CFGGuider"))
+    g["91"] = {"class_type": "LeaklessAttentionHeatmap", "inputs": {
+        "model": takes_model["inputs"]["model"], "entities": ["90", 1], "start_percent": 0.0, "end_percent": 1.0,
+        "first_block": 0.0, "last_block": 1.0}, "_meta": {"title": "Attention Heatmap"}}
+    takes_model["inputs"]["model"] = ["91", 0]
+    save = next(n for n in g.values() if n["class_type"] == "SaveImage")
+    g["92"] = {"class_type": "LeaklessHeatmapShow", "inputs": {
+        "heatmaps": ["91", 1], "images": save["inputs"]["images"], "opacity": 0.6, "samples": [sampler_id, 0]}}
+    g["93"] = {"class_type": "SaveImage", "inputs": {"images": ["92", 1], "filename_prefix": "attention_heatmap"}}
+    return g
+
+
+HEATMAP_TEXT = ("A **red cat** sleeping on a **blue sofa**", "")
+
+
+def flux_attention_heatmap():
+    return attention_heatmap(graphs.flux_dev(), "6", *HEATMAP_TEXT)
+
+
+def sdxl_attention_heatmap():
+    return attention_heatmap(graphs.sdxl_default(), "6", *HEATMAP_TEXT)
+
+
+def z_image_attention_heatmap():
+    build, _, encode, _ = TEMPLATES["z_image"]
+    return attention_heatmap(build(), encode, *HEATMAP_TEXT)
+
+
 EXAMPLES = {
     "token_inspector_flux": token_inspector_flux,
     "token_inspector_sdxl": token_inspector_sdxl,
@@ -239,6 +273,9 @@ EXAMPLES = {
     "sdxl_redundant_token_mask": sdxl_redundant_token_mask,
     "sdxl_tome": sdxl_tome,
     "flux_leak_patch_deleaker": flux_leak_patch_deleaker,
+    "flux_attention_heatmap": flux_attention_heatmap,
+    "sdxl_attention_heatmap": sdxl_attention_heatmap,
+    "z_image_attention_heatmap": z_image_attention_heatmap,
     **{f"{family}_{kind}": partial(build, family) for family in TEMPLATES
        for kind, build in (("token_trace_grid", template_token_trace_grid), ("leak_patch", template_leak_patch))},
 }
