@@ -12,7 +12,6 @@ the MASKS output (MaskResults), tied to the latent the run produced.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import re
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
-from . import attention_glue, deleaker, joint_models, provenance, run_state
+from . import attention_glue, deleaker, joint_models, provenance, run_results, run_state
 from .alignment import ROWS, PhraseNotFoundError
 from .clip_glue import align_clip, family_of
 from .families import BY_ID as FAMILIES, names
@@ -136,38 +135,58 @@ class DeLeakerEncode(io.ComfyNode):
     @classmethod
     def execute(cls, clip, text, entities) -> io.NodeOutput:
         check_inputs(cls, locals())
-        clean, marked = split_marked(text)
-        alignment = align_clip(cls.NAME, clip, clean)
-        family = family_of(cls.NAME, alignment)
-        if not family.joint:
-            raise LeaklessInputError(cls.NAME, "clip", f"DeLeaker works on {names(lambda f: f.joint)}; this is a "
-                                     f"CLIP for {family.name}, whose model has no joint attention.", "load the CLIP "
-                                     "of a joint-attention model (e.g. CLIPLoader type qwen_image or flux2, "
-                                     "DualCLIPLoader type flux).")
-        if entities.strip() and marked:
-            raise LeaklessInputError(cls.NAME, "entities", "it is filled in and the text also marks entities ("
-                                     f"{', '.join(f'**{p}**' for p, _ in marked)}); only one of them can be used.",
-                                     "clear 'entities' to use the marks, or remove the ** marks from the text.")
-        llama = dict(family.extra_rows).get("conditioning_llama3")
-        try:
-            refs = (parse_phrases(entities, "entities") if entities.strip()
-                    else [_marked_ref(alignment, p, start) for p, start in marked])
+
+        def joint_only(family):
+            if not family.joint:
+                raise LeaklessInputError(cls.NAME, "clip", f"DeLeaker works on {names(lambda f: f.joint)}; this is "
+                                         f"a CLIP for {family.name}, whose model has no joint attention.", "load the "
+                                         "CLIP of a joint-attention model (e.g. CLIPLoader type qwen_image or flux2, "
+                                         "DualCLIPLoader type flux).")
+
+        def at_least_two(refs):
             if len(refs) < 2:
-                raise SelectionError(f"{len(refs)} entit{'y' if len(refs) == 1 else 'ies'} given; DeLeaker separates "
-                                     "at least two")
-            matches = [find_ref(alignment, r) for r in refs]
-        except (PhraseNotFoundError, SelectionError) as e:
-            raise input_error(cls.NAME, "entities", e, "name two or more entities that are words of the prompt, "
-                              "e.g. 'cow, horse', or mark them as **cow**.") from None
-        positions = tuple(tuple(m.of(ROWS)) for m in matches)
-        _check_disjoint("entities" if entities.strip() else "text", refs, positions, alignment.encoder(ROWS))
-        tokens = alignment.tokens
-        conditioning, tag = provenance.tag_conditioning(cls.NAME, clip, tokens, clean,
-                                                        clip.encode_from_tokens_scheduled(tokens))
-        spec = EntitySpec(tuple(str(r) for r in refs), positions, alignment.encoder(ROWS).length, tag, family.id,
-                          tuple(tuple(m.positions[llama]) for m in matches) if llama else None,
-                          alignment.encoders[llama].length if llama else 0)
-        return io.NodeOutput(conditioning, spec)
+                return f"{len(refs)} entit{'y' if len(refs) == 1 else 'ies'} given; DeLeaker separates at least two"
+            return None
+
+        return encode_entities(cls.NAME, clip, text, entities, "entities", joint_only, at_least_two,
+                               "name two or more entities that are words of the prompt, e.g. 'cow, horse', or mark "
+                               "them as **cow**.", disjoint=True)
+
+
+def encode_entities(node: str, clip, text: str, listed: str, input_name: str, check_family, count_problem, fix: str,
+                    disjoint: bool) -> io.NodeOutput:
+    """Encode `text` (its ** marks removed) and find the phrases `listed` (comma-separated) or marked in it:
+    (conditioning, EntitySpec). `check_family(family)` raises for a CLIP the node cannot use; `count_problem(refs)`
+    says what is wrong with the number of phrases (None: nothing); `disjoint`: no token in two phrases."""
+    clean, marked = split_marked(text)
+    alignment = align_clip(node, clip, clean)
+    family = family_of(node, alignment)
+    check_family(family)
+    if listed.strip() and marked:
+        raise LeaklessInputError(node, input_name, "it is filled in and the text also marks "
+                                 f"{input_name} ({', '.join(f'**{p}**' for p, _ in marked)}); only one of them can be "
+                                 f"used.", f"clear '{input_name}' to use the marks, or remove the ** marks from the "
+                                 "text.")
+    llama = dict(family.extra_rows).get("conditioning_llama3")
+    try:
+        refs = (parse_phrases(listed, input_name) if listed.strip()
+                else [_marked_ref(alignment, p, start) for p, start in marked])
+        problem = count_problem(refs)
+        if problem:
+            raise SelectionError(problem)
+        matches = [find_ref(alignment, r) for r in refs]
+    except (PhraseNotFoundError, SelectionError) as e:
+        raise input_error(node, input_name, e, fix) from None
+    positions = tuple(tuple(m.of(ROWS)) for m in matches)
+    if disjoint:
+        _check_disjoint(input_name if listed.strip() else "text", refs, positions, alignment.encoder(ROWS))
+    tokens = alignment.tokens
+    conditioning, tag = provenance.tag_conditioning(node, clip, tokens, clean,
+                                                    clip.encode_from_tokens_scheduled(tokens))
+    spec = EntitySpec(tuple(str(r) for r in refs), positions, alignment.encoder(ROWS).length, tag, family.id,
+                      tuple(tuple(m.positions[llama]) for m in matches) if llama else None,
+                      alignment.encoders[llama].length if llama else 0)
+    return io.NodeOutput(conditioning, spec)
 
 
 class _Track:
@@ -221,6 +240,18 @@ def _entries(to, batch: int, rows: list[int]) -> tuple:
     return tuple(uuids[r // per] for r in rows[::per]) if uuids else ()
 
 
+def run_model_call(executor, args, kwargs, to, key: str, call, node: str, ran, override):
+    """Run the model call with `call` (the patch's view of it) in its transformer_options `to`, where the override
+    finds it; then a clear error if the override never ran (`ran.ran` still False) because it was replaced."""
+    to[key + CALL_SUFFIX] = call
+    try:
+        out = executor(*args, **kwargs)
+    finally:
+        to.pop(key + CALL_SUFFIX, None)
+    attention_glue.check_ran(node, ran, to, override)
+    return out
+
+
 def _make_wrapper(key: str, spec: EntitySpec, adapter: joint_models.JointModel, override, history_until: float):
     def wrapper(executor, *args, **kwargs):
         x, context, to, extra = attention_glue.apply_model_args(args, kwargs)
@@ -241,13 +272,7 @@ def _make_wrapper(key: str, spec: EntitySpec, adapter: joint_models.JointModel, 
                      run.track(_entries(to, x.shape[0], rows)) if rows else None)
         if rows and schedule and step < schedule.history_steps():  # the mask history window, step by step
             run.history_progress(step + 1, schedule.history_steps())
-        to[key + CALL_SUFFIX] = call  # this call's own transformer_options: the override's too
-        try:
-            out = executor(*args, **kwargs)
-        finally:
-            to.pop(key + CALL_SUFFIX, None)
-        attention_glue.check_ran(DeLeaker.NAME, model_call, to, override)
-        return out
+        return run_model_call(executor, args, kwargs, to, key, call, DeLeaker.NAME, model_call, override)
 
     return wrapper
 
@@ -335,68 +360,42 @@ class MaskRun:
                 "those entities were not separated. Lower mask_threshold to find them.")
 
 
-def _fingerprint(latent: torch.Tensor) -> str:
-    """A digest of a latent, equal for the sampler's float32 output and the LATENT it hands on (float32 or, with
-    --fp16-intermediates, float16), on any device."""
-    x = latent.detach().to("cpu", torch.float16).contiguous()
-    return hashlib.blake2b(x.numpy().tobytes() + repr(tuple(x.shape)).encode(), digest_size=16).hexdigest()
-
-
-def _prompt_id() -> str | None:
-    from comfy_execution.utils import get_executing_context
-
-    context = get_executing_context()
-    return None if context is None else context.prompt_id
-
-
-class MaskResults:
-    """DeLeaker's MASKS output: the masks of the last KEEP completed sampling runs with this patched model, each
-    tied to the latent it produced and the prompt execution it ran in, so DeLeaker Masks never shows another
-    run's masks. Written once at the end of each run; the sampling itself never reads it."""
-
-    KEEP = 16
+class MaskResults(run_results.RunResults):
+    """DeLeaker's MASKS output: the masks of the last KEEP completed sampling runs with this patched model."""
 
     def __init__(self, names: tuple[str, ...] = ()):
-        self.runs: list[MaskRun] = []
+        super().__init__()
         self.names = names
 
     def record(self, run: _Run, output) -> None:
         track = next((t for t in run.tracks.values() if t.masks is not None), None)  # the first positive entries
         if track is None or not torch.is_tensor(output):
             return
-        done = MaskRun(track.masks.cpu(), track.layout.grid, tuple(output.shape), _fingerprint(output), _prompt_id(),
-                       self.names)
-        self.runs = [*self.runs, done][-self.KEEP:]  # a new list: a reader never sees it half-changed
+        done = MaskRun(track.masks.cpu(), track.layout.grid, tuple(output.shape), run_results.fingerprint(output),
+                       run_results.prompt_id(), self.names)
+        self.add(done)
         if done.summary():
             logging.warning("%s", done.summary())  # shown in ComfyUI's log; DeLeaker Masks shows it too
 
-    @property
-    def last(self) -> MaskRun | None:
-        return self.runs[-1] if self.runs else None
 
-    def find(self, node: str, samples: dict | None) -> MaskRun:
-        """The run whose output is `samples` (a LATENT), or without it the one run of this prompt execution."""
-        runs = self.runs
-        if samples is not None:
-            fingerprint = _fingerprint(samples["samples"])
-            found = [r for r in runs if r.fingerprint == fingerprint]
-            if not found:
-                raise LeaklessInputError(node, "samples", "these latents were not made by a sampler that uses this "
-                                         "Leakless DeLeaker model (or were changed after sampling, or come from a "
-                                         f"run older than its last {self.KEEP}).", "connect the LATENT output of "
-                                         "the sampler that uses Leakless DeLeaker's model.")
-            return found[-1]
-        prompt = _prompt_id()
-        found = [r for r in runs if r.prompt == prompt]
-        if len(found) != 1:
-            problem = (f"{len(found)} samplings used this Leakless DeLeaker model in this run of the workflow, so "
-                       "which one made these images is not known." if found else
-                       "no sampling with this Leakless DeLeaker model ran in this run of the workflow (the sampler's "
-                       "result was reused from an earlier run, or it has not run), so its masks are not known.")
-            raise LeaklessInputError(node, "samples", problem, "connect the LATENT output of the sampler whose "
-                                     "images these are to 'samples': the masks of the run that made it are then "
-                                     "shown, even when its result is reused.")
-        return found[0]
+def install_patch(model, name: str, key: str, make_override, make_wrapper, new_run, record, provenance_check):
+    """A clone of `model` with an attention override (`make_override(previous override)`), its APPLY_MODEL wrapper
+    (`make_wrapper(override)`), one `new_run()` state per sampling run (`record(state, latent)` when it completes)
+    and, when the prompt is tagged, the check that the positive entries come from it: `provenance_check` is (node,
+    the prompt's tag, the node that encodes it, the fix)."""
+    import comfy.patcher_extension
+
+    patched = model.clone()
+    to = patched.model_options.setdefault("transformer_options", {})
+    override = make_override(to.get("optimized_attention_override"))
+    to["optimized_attention_override"] = override
+    run_state.install(patched, name, key, lambda guider: new_run(), record)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, name, make_wrapper(override))
+    node, tag, maker, fix = provenance_check
+    if tag is not None:  # only the positive entries encoded from the prompt of the entities
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, provenance.KEY,
+                                     provenance.outer_sample_check(node, "entities", tag, maker, fix, False))
+    return patched
 
 
 class DeLeaker(io.ComfyNode):
@@ -472,19 +471,10 @@ class DeLeaker(io.ComfyNode):
                                      f"prompt, and the model is {adapter.name}.", "encode the prompt in Leakless "
                                      "DeLeaker Encode with this model's own text encoder.")
         key, results = run_state.new_key(WRAPPER_KEY), MaskResults(entities.names)
-        patched = model.clone()
-        to = patched.model_options.setdefault("transformer_options", {})
-        override = _make_override(key, entities, settings, to.get("optimized_attention_override"))
-        to["optimized_attention_override"] = override
-        import comfy.patcher_extension
-
-        run_state.install(patched, WRAPPER_KEY, key, lambda guider: _Run(), results.record)
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-                                     _make_wrapper(key, entities, adapter, override, mask_history))
-        if entities.prompt is not None:  # edits only the positive entries encoded from the entities' prompt
-            patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, provenance.KEY,
-                                         provenance.outer_sample_check(cls.NAME, "entities", entities.prompt,
-                                                                       DeLeakerEncode.NAME, ENCODE_FIX, False))
+        patched = install_patch(model, WRAPPER_KEY, key, lambda previous: _make_override(key, entities, settings,
+                                                                                         previous),
+                                lambda override: _make_wrapper(key, entities, adapter, override, mask_history),
+                                _Run, results.record, (cls.NAME, entities.prompt, DeLeakerEncode.NAME, ENCODE_FIX))
         return io.NodeOutput(patched, results)
 
 
@@ -526,12 +516,7 @@ class DeLeakerMasks(io.ComfyNode):
                                      "connected, or every edit off).", "connect DeLeaker Encode's entities to "
                                      "Leakless DeLeaker and sample with its model.")
         run = masks.find(cls.NAME, samples)
-        n, ih, iw, _ = images.shape
-        lh, lw = run.latent[-2:]
-        if n != run.latent[0] or ih * lw != iw * lh:
-            raise LeaklessInputError(cls.NAME, "images", f"{n} image(s) of {iw}x{ih} px do not match the sampling "
-                                     f"they belong to ({run.latent[0]} latent(s) of {lw}x{lh}).", "connect the "
-                                     "decoded images of the sampler that uses Leakless DeLeaker's model.")
+        n, ih, iw = run_results.check_images(cls.NAME, images, run.latent, DeLeaker.NAME)
         m = run.masks.float()  # [R, K, N]
         r, k, _ = m.shape
         h, w = run.grid

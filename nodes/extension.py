@@ -3,6 +3,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .deleaker_nodes import DeLeaker, DeLeakerEncode, DeLeakerMasks
+from .heatmap_nodes import AttentionHeatmap, HeatmapEncode, HeatmapShow
 from .flow_nodes import LeakPatch, RedundantTokenMask, TokenTrace, TraceGrid, register_model_folder
 from .inspector_nodes import TokenInspector
 from .routes import register_routes
@@ -16,4 +17,4 @@ class LeaklessExtension(ComfyExtension):
         register_routes()
         publish_templates()
         return [TokenInspector, TokenTrace, TraceGrid, RedundantTokenMask, LeakPatch, DeLeakerEncode, DeLeaker,
-                DeLeakerMasks, ToMeEncode, ToMeSemanticBinding]
+                DeLeakerMasks, HeatmapEncode, AttentionHeatmap, HeatmapShow, ToMeEncode, ToMeSemanticBinding]

@@ -10,8 +10,8 @@ import pytest
 from expected import SCHEMAS
 from workflows import bad_inputs
 
-# 12 FLOAT inputs x 5 + 4 INT x 2 + 10 COMBO x 2: counted so that a node or input that drops out of the table shows
-EXPECTED_CASES = 88
+# 17 FLOAT inputs x 5 + 4 INT x 2 + 10 COMBO x 2: counted so that a node or input that drops out of the table shows
+EXPECTED_CASES = 113
 
 
 def schema_of(nodes, node_id):
@@ -102,7 +102,7 @@ def test_good_defaults_still_run(comfy_nodes):
 # ----------------------------------------------------------------------------------------------------------
 # The explicit table (bad_inputs.ROWS): every node and the route, each row a class of bad or edge input
 
-EXPECTED_ROWS = 91
+EXPECTED_ROWS = 100
 
 
 class RouteRequest:

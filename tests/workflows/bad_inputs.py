@@ -66,16 +66,16 @@ def graph(node_id, schema, preview=0, upstream=None, **values):
     other nodes ({"tome": {"groups": ...}})."""
     sources = {
         "CLIP": ["fluxclip", 0] if node_id == "LeaklessDeLeakerEncode" else ["ckpt", 1],
-        "MODEL": ["flux", 0] if node_id == "LeaklessDeLeaker" else ["ckpt", 0],
+        "MODEL": ["flux", 0] if node_id in ("LeaklessDeLeaker", "LeaklessAttentionHeatmap") else ["ckpt", 0],
         "IMAGE": ["img", 0], "STRING": ["trace", 1], "LEAKLESS_ENTITIES": ["enc", 1],
-        "LEAKLESS_DELEAKER_MASKS": ["dl", 1], "LEAKLESS_TOME_BINDING": ["tome", 1],
+        "LEAKLESS_DELEAKER_MASKS": ["dl", 1], "LEAKLESS_TOME_BINDING": ["tome", 1], "LEAKLESS_HEATMAPS": ["hm", 1],
     }
     inputs = widget_defaults(schema)
     for spec in schema.inputs:
         if spec.id not in inputs and not spec.optional:
             inputs[spec.id] = sources[spec.io_type]
     if "text" in inputs:  # a prompt the node accepts, so only the bad value can stop it
-        inputs["text"] = COW if node_id == "LeaklessDeLeakerEncode" else TOME[0]
+        inputs["text"] = COW if node_id in ("LeaklessDeLeakerEncode", "LeaklessHeatmapEncode") else TOME[0]
     if node_id == "LeaklessToMeEncode":
         inputs["groups"] = TOME[1]
     inputs.update(values)
@@ -95,6 +95,9 @@ def graph(node_id, schema, preview=0, upstream=None, **values):
             "model": ["flux", 0], "mask_threshold": 1.0, "image_threshold": 1.0, "alpha": 1.2, "mask_history": 0.6,
             "cross_text": True, "self_text": True, "image_image": True, "alpha_per_pair": False,
             "overlap": "reference", "entities": ["enc", 1]}},
+        "hm": {"class_type": "LeaklessAttentionHeatmap", "inputs": {
+            "model": ["flux", 0], "entities": ["enc", 1], "start_percent": 0.0, "end_percent": 1.0,
+            "first_block": 0.0, "last_block": 1.0}},
         "tome": {"class_type": "LeaklessToMeEncode", "inputs": {
             "clip": ["ckpt", 1], "text": TOME[0], "groups": TOME[1], "noun_weight": 1.1, "attribute_weight": 1.2,
             "end_token_substitution": 0.0, "clean_prompt": ""}},
@@ -130,6 +133,8 @@ NAMES = {"LeaklessTokenInspector": "Leakless Token Inspector", "LeaklessTokenTra
          "LeaklessTraceGrid": "Leakless Trace Grid", "LeaklessRedundantTokenMask": "Leakless Redundant Token Mask",
          "LeaklessLeakPatch": "Leakless Leak Patch", "LeaklessDeLeakerEncode": "Leakless DeLeaker Encode",
          "LeaklessDeLeaker": "Leakless DeLeaker", "LeaklessDeLeakerMasks": "Leakless DeLeaker Masks",
+         "LeaklessHeatmapEncode": "Leakless Heatmap Encode", "LeaklessAttentionHeatmap": "Leakless Attention Heatmap",
+         "LeaklessHeatmapShow": "Leakless Heatmap Show",
          "LeaklessToMeEncode": "Leakless ToMe Encode", "LeaklessToMeSemanticBinding": "Leakless ToMe Semantic Binding"}
 
 
@@ -188,6 +193,7 @@ IN, T, G, R, P, E, D, M, TE, TS = ("LeaklessTokenInspector", "LeaklessTokenTrace
                                   "LeaklessDeLeaker", "LeaklessDeLeakerMasks", "LeaklessToMeEncode",
                                   "LeaklessToMeSemanticBinding")
 SELECT = {"mode": "selection", "include_full_prompt": False}
+HE, H, HS = "LeaklessHeatmapEncode", "LeaklessAttentionHeatmap", "LeaklessHeatmapShow"
 
 ROWS = [
     # the token picker route
@@ -293,6 +299,20 @@ ROWS = [
     Row("latent of no run", M, {"samples": ["lat", 0]}, "samples", ("these latents were not made",)),
     Row("every mask empty", M, {"mask_threshold": 5.0}, "", ("found none of the entities", "mask_threshold"),
         run="deleaker run"),
+    # Heatmap Encode
+    Row("no words", HE, {"text": "a cow and a horse", "words": ""}, "words", ("no words given",)),
+    Row("unknown word", HE, {"text": "a cow", "words": "dog"}, "words", ("'dog' is not in the prompt",)),
+    Row("one marked word", HE, {"text": "a **cow** in a farm", "words": ""}, "", ("names=('cow',)",), preview=1),
+    Row("SDXL CLIP", HE, {"clip": ["ckpt", 1], "text": "a cow", "words": "cow"}, "", ("family='sdxl'",), preview=1),
+    # Attention Heatmap
+    Row("words of another model", H, {"model": ["ckpt", 0]}, "entities",
+        ("they come from a FLUX.1 / Kontext / Krea prompt, and the model is a UNet (SDXL / SD1.5)",)),
+    Row("window ends before it starts", H, {"start_percent": 0.8, "end_percent": 0.2}, "end_percent",
+        ("0.2 is below start_percent",)),
+    Row("entities connected", H, {}, "", ("ModelPatcher",)),
+    # Heatmap Show
+    Row("no sampling ran", HS, {}, "samples", ("no sampling with this Leakless Attention Heatmap model ran",)),
+    Row("latent of no run", HS, {"samples": ["lat", 0]}, "samples", ("these latents were not made",)),
     # ToMe Encode
     Row("attribute before its noun", TE, {"text": WHITE, "groups": "cat: black, white"}, "",
         ("noun=(5,), attributes=(2, 4)",), preview=1),

@@ -227,6 +227,14 @@ def template_leak_patch(family):
     return _shared_prompt(g, [], text, title=title)
 
 
+def _sampling(graph):
+    """(the sampler's node id, the inputs of the node that takes the model: the sampler or its guider)."""
+    sampler_id = next(i for i, n in graph.items()
+                      if n["class_type"] in ("KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced"))
+    sampler = graph[sampler_id]["inputs"]
+    return sampler_id, sampler if "model" in sampler else graph[sampler["guider"][0]]["inputs"]
+
+
 def template_deleaker(family):
     """The paper's 'A cow and a horse in a farm' with DeLeaker on the family's template: DeLeaker Encode instead of
     the prompt's CLIPTextEncode, the patch just before the sampler, the masks shown beside the images."""
@@ -234,10 +242,7 @@ def template_deleaker(family):
     g = _replace_encode(build(), encode, "90", {"class_type": "LeaklessDeLeakerEncode", "inputs": {
         "clip": [clip, 0], "text": "A **cow** and a **horse** in a farm", "entities": ""},
         "_meta": {"title": f"{title} (DeLeaker Encode)"}})
-    sampler_id = next(i for i, n in g.items()
-                      if n["class_type"] in ("KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced"))
-    sampler = g[sampler_id]["inputs"]
-    sampling = sampler if "model" in sampler else g[sampler["guider"][0]]["inputs"]  # the sampler or its guider
+    sampler_id, sampling = _sampling(g)
     g["92"] = {"class_type": "LeaklessDeLeaker", "inputs": {
         "model": sampling["model"], "entities": ["90", 1], "mask_threshold": 1.0, "image_threshold": 1.0,
         "alpha": 1.2, "mask_history": 0.6, "cross_text": True, "self_text": True, "image_image": True,
@@ -248,6 +253,39 @@ def template_deleaker(family):
                                                                  "opacity": 0.45, "samples": [sampler_id, 0]}}
     g["94"] = {"class_type": "SaveImage", "inputs": {"images": ["93", 1], "filename_prefix": "deleaker_masks"}}
     return g
+
+
+def attention_heatmap(graph, encode, text, words):
+    """Leakless Heatmap Encode instead of the prompt's CLIPTextEncode `encode` (reading its CLIP), Attention Heatmap
+    on the sampler's model, and Heatmap Show on the decoded images (saved: one overlay per word)."""
+    g = _replace_encode(graph, encode, "90", {"class_type": "LeaklessHeatmapEncode", "inputs": {
+        "clip": graph[encode]["inputs"]["clip"], "text": text, "words": words}, "_meta": {"title": "Heatmap Encode"}})
+    sampler_id, sampling = _sampling(g)
+    g["91"] = {"class_type": "LeaklessAttentionHeatmap", "inputs": {
+        "model": sampling["model"], "entities": ["90", 1], "start_percent": 0.0, "end_percent": 1.0,
+        "first_block": 0.0, "last_block": 1.0}, "_meta": {"title": "Attention Heatmap"}}
+    sampling["model"] = ["91", 0]
+    save = next(n for n in g.values() if n["class_type"] == "SaveImage")
+    g["92"] = {"class_type": "LeaklessHeatmapShow", "inputs": {
+        "heatmaps": ["91", 1], "images": save["inputs"]["images"], "opacity": 0.6, "samples": [sampler_id, 0]}}
+    g["93"] = {"class_type": "SaveImage", "inputs": {"images": ["92", 1], "filename_prefix": "attention_heatmap"}}
+    return g
+
+
+HEATMAP_TEXT = ("A **red cat** sleeping on a **blue sofa**", "")
+
+
+def flux_attention_heatmap():
+    return attention_heatmap(graphs.flux_dev(), "6", *HEATMAP_TEXT)
+
+
+def sdxl_attention_heatmap():
+    return attention_heatmap(graphs.sdxl_default(), "6", *HEATMAP_TEXT)
+
+
+def z_image_attention_heatmap():
+    build, _, encode, _ = TEMPLATES["z_image"]
+    return attention_heatmap(build(), encode, *HEATMAP_TEXT)
 
 
 EXAMPLES = {
@@ -262,6 +300,9 @@ EXAMPLES = {
     "sdxl_redundant_token_mask": sdxl_redundant_token_mask,
     "sdxl_tome": sdxl_tome,
     "flux_leak_patch_deleaker": flux_leak_patch_deleaker,
+    "flux_attention_heatmap": flux_attention_heatmap,
+    "sdxl_attention_heatmap": sdxl_attention_heatmap,
+    "z_image_attention_heatmap": z_image_attention_heatmap,
     **{f"{family}_{kind}": partial(build, family) for family in TEMPLATES
        for kind, build in (("token_trace_grid", template_token_trace_grid), ("leak_patch", template_leak_patch),
                            ("deleaker", template_deleaker))},
