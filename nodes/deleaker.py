@@ -142,13 +142,14 @@ def scores_and_image_probs(q, k, layout: Layout, mask=None, image_probs=True):
 
 
 def _fused_scores(q, k, layout: Layout, mask):
-    b, h, length, d = q.shape
+    b, h, _, d = q.shape
+    keys = k.shape[2]  # the queries' length in joint attention; the text's in cross-attention (layout.txt_len 0)
     n_ent = len(layout.entities)
     width = max(d, n_ent)  # the fused kernels want the values' head size to equal the keys'
-    values = layout.entity_indicators(length, width, q.device).expand(b, h, length, width)
+    values = layout.entity_indicators(keys, width, q.device).expand(b, h, keys, width)
     kf = k.float()
     out = torch.empty(b, n_ent, layout.n_img, device=q.device)
-    for start, end in _chunks(layout.n_img, _rows_per_chunk(h, length)):
+    for start, end in _chunks(layout.n_img, _rows_per_chunk(h, keys)):
         rows = slice(layout.txt_len + start, layout.txt_len + end)
         sub = None if mask is None else mask[:, :, rows]
         mass = F.scaled_dot_product_attention(q[:, :, rows].float(), kf, values, attn_mask=sub)[..., :n_ent]

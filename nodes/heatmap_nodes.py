@@ -171,7 +171,8 @@ def _make_override(key: str, spec, previous):
 def _score(call: _Call, a: attention_glue.AttentionCall, spec) -> None:
     rows = call.rows
     if call.model_call is not None:  # joint attention: the main blocks
-        if not call.model_call.is_main(a) or call.model_call.next_block() not in call.blocks:
+        if call.model_call.inside_outer(a) or not call.model_call.is_main(a) or \
+                call.model_call.next_block() not in call.blocks:
             return
         if call.positions is None:
             raise _wrong_prompt(spec)
@@ -194,9 +195,7 @@ def _score(call: _Call, a: attention_glue.AttentionCall, spec) -> None:
     mask = heatmap.cross_attention_mask(a.mask, n)
     if mask is not None and mask.shape[0] > 1:
         mask = mask[rows]
-    # the chunked path: the fused one reads values of the queries' length, and here keys are fewer than queries
-    scores = deleaker.entity_scores(a.q[rows], a.k[rows], deleaker.Layout(0, grid, call.positions), mask,
-                                    fused=False)
+    scores = deleaker.entity_scores(a.q[rows], a.k[rows], deleaker.Layout(0, grid, call.positions), mask)
     call.total.add(scores, grid)
 
 

@@ -32,8 +32,8 @@ def test_cross_and_joint_layouts_averaged_over_grids(mods):
     q_joint = torch.randn(b, h, text + 2 * 3, d, generator=g)
     k_joint = torch.randn(b, h, text + 2 * 3, d, generator=g)
     total = heatmap.HeatmapSum((4, 6))
-    for fused in (False, None):  # the chunked path, and whatever the device picks
-        cross = deleaker.entity_scores(q_cross, k_cross, deleaker.Layout(0, (4, 6), words), fused=False)
+    for fused in (False, True):  # the chunked path (the CPU's) and the fused one (other devices'), both here
+        cross = deleaker.entity_scores(q_cross, k_cross, deleaker.Layout(0, (4, 6), words), fused=fused)
         assert torch.allclose(cross.double(), dense_word_maps(q_cross, k_cross, slice(0, 24), words), atol=1e-6)
         joint = deleaker.entity_scores(q_joint, k_joint, deleaker.Layout(text, (2, 3), words), fused=fused)
         dense_joint = dense_word_maps(q_joint, k_joint, slice(text, None), words)
