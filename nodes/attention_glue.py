@@ -5,6 +5,7 @@ call once: the adapter (joint_models.py), the image grid, the text segments and 
 The attention override reads it from that call's transformer_options and sees every attention call as one
 `AttentionCall`: q, k, v as [B, H, L, D] in text-first order whatever the model's own layout, and `attend`, the
 attention that was there before (a chained override or ComfyUI's own), for any rows and (edited) keys.
+`install_patch` clones the MODEL with a patch's override, wrapper and per-run state.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import provenance, run_state
 from .errors import LeaklessInputError
 from .joint_models import NAMES, CallLayout, JointModel, image_grid, joint_model_of
 
 _ARG_NAMES = ("q", "k", "v", "heads", "mask", "attn_precision", "skip_reshape", "skip_output_reshape")
+CALL_SUFFIX = ".call"  # after a patch's run-state key: the model call in progress, in that call's transformer_options
 OUTER_CALL = "leakless_outer_call"  # transformer_options key: this attention call is part of an outer patch's call
 
 
@@ -174,3 +177,42 @@ class AttentionCall:
     def output(self, out: torch.Tensor) -> torch.Tensor:
         """[B, L, H*D] of the text-first view back in the call's own order."""
         return out if self.order is None else torch.empty_like(out).index_copy_(1, self.order, out)
+
+
+def entries(to, batch: int, rows: list[int]) -> tuple:
+    """The uuids of the conditioning entries whose batch chunks hold `rows`."""
+    uuids = to.get("uuids") or []
+    per = batch // len(to.get("cond_or_uncond") or [0])
+    return tuple(uuids[r // per] for r in rows[::per]) if uuids else ()
+
+
+def run_model_call(executor, args, kwargs, to, key: str, call, node: str, ran, override):
+    """Run the model call with `call` (the patch's view of it) in its transformer_options `to`, where the override
+    finds it; then a clear error if the override never ran (`ran.ran` still False) because it was replaced."""
+    to[key + CALL_SUFFIX] = call
+    try:
+        out = executor(*args, **kwargs)
+    finally:
+        to.pop(key + CALL_SUFFIX, None)
+    check_ran(node, ran, to, override)
+    return out
+
+
+def install_patch(model, name: str, key: str, make_override, make_wrapper, new_run, record, provenance_check):
+    """A clone of `model` with an attention override (`make_override(previous override)`), its APPLY_MODEL wrapper
+    (`make_wrapper(override)`), one `new_run()` state per sampling run (`record(state, latent)` when it completes)
+    and, when the prompt is tagged, the check that the positive entries come from it: `provenance_check` is (node,
+    the prompt's tag, the node that encodes it, the fix)."""
+    import comfy.patcher_extension
+
+    patched = model.clone()
+    to = patched.model_options.setdefault("transformer_options", {})
+    override = make_override(to.get("optimized_attention_override"))
+    to["optimized_attention_override"] = override
+    run_state.install(patched, name, key, lambda guider: new_run(), record)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, name, make_wrapper(override))
+    node, tag, maker, fix = provenance_check
+    if tag is not None:  # only the positive entries encoded from the prompt of the entities
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, provenance.KEY,
+                                     provenance.outer_sample_check(node, "entities", tag, maker, fix, False))
+    return patched

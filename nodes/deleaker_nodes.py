@@ -33,7 +33,6 @@ from .validation import check_inputs
 ENTITIES = io.Custom("LEAKLESS_ENTITIES")
 MASKS = io.Custom("LEAKLESS_DELEAKER_MASKS")
 WRAPPER_KEY = "leakless_deleaker"
-CALL_SUFFIX = ".call"  # after a patch's run-state key: the model call in progress, in that call's transformer_options
 OVERLAP_OPTIONS = ["reference", "exclusive"]
 PALETTE = [(0.95, 0.26, 0.21), (0.13, 0.59, 0.95), (0.30, 0.69, 0.31), (1.0, 0.76, 0.03), (0.61, 0.15, 0.69),
            (0.0, 0.74, 0.83), (1.0, 0.34, 0.13), (0.55, 0.76, 0.29)]
@@ -233,24 +232,6 @@ class _Call:
     track: _Track | None
 
 
-def _entries(to, batch: int, rows: list[int]) -> tuple:
-    """The uuids of the conditioning entries whose batch chunks hold `rows`."""
-    uuids = to.get("uuids") or []
-    per = batch // len(to.get("cond_or_uncond") or [0])
-    return tuple(uuids[r // per] for r in rows[::per]) if uuids else ()
-
-
-def run_model_call(executor, args, kwargs, to, key: str, call, node: str, ran, override):
-    """Run the model call with `call` (the patch's view of it) in its transformer_options `to`, where the override
-    finds it; then a clear error if the override never ran (`ran.ran` still False) because it was replaced."""
-    to[key + CALL_SUFFIX] = call
-    try:
-        out = executor(*args, **kwargs)
-    finally:
-        to.pop(key + CALL_SUFFIX, None)
-    attention_glue.check_ran(node, ran, to, override)
-    return out
-
 
 def _make_wrapper(key: str, spec: EntitySpec, adapter: joint_models.JointModel, override, history_until: float):
     def wrapper(executor, *args, **kwargs):
@@ -269,10 +250,10 @@ def _make_wrapper(key: str, spec: EntitySpec, adapter: joint_models.JointModel, 
         schedule = joint_models.Schedule.of(adapter, model_call.n_blocks, model_call.n_first, steps,
                                             history_until) if steps else None
         call = _Call(model_call, layout, schedule, step, rows,
-                     run.track(_entries(to, x.shape[0], rows)) if rows else None)
+                     run.track(attention_glue.entries(to, x.shape[0], rows)) if rows else None)
         if rows and schedule and step < schedule.history_steps():  # the mask history window, step by step
             run.history_progress(step + 1, schedule.history_steps())
-        return run_model_call(executor, args, kwargs, to, key, call, DeLeaker.NAME, model_call, override)
+        return attention_glue.run_model_call(executor, args, kwargs, to, key, call, DeLeaker.NAME, model_call, override)
 
     return wrapper
 
@@ -280,7 +261,7 @@ def _make_wrapper(key: str, spec: EntitySpec, adapter: joint_models.JointModel, 
 def _make_override(key: str, spec: EntitySpec, settings: deleaker.Settings, previous):
     def override(func, *args, **kwargs):
         to = kwargs.get("transformer_options") or {}
-        call = to.get(key + CALL_SUFFIX)
+        call = to.get(key + attention_glue.CALL_SUFFIX)
         a = attention_glue.AttentionCall(func, previous, args, kwargs)
         if call is None:
             return a.plain()
@@ -378,25 +359,6 @@ class MaskResults(run_results.RunResults):
             logging.warning("%s", done.summary())  # shown in ComfyUI's log; DeLeaker Masks shows it too
 
 
-def install_patch(model, name: str, key: str, make_override, make_wrapper, new_run, record, provenance_check):
-    """A clone of `model` with an attention override (`make_override(previous override)`), its APPLY_MODEL wrapper
-    (`make_wrapper(override)`), one `new_run()` state per sampling run (`record(state, latent)` when it completes)
-    and, when the prompt is tagged, the check that the positive entries come from it: `provenance_check` is (node,
-    the prompt's tag, the node that encodes it, the fix)."""
-    import comfy.patcher_extension
-
-    patched = model.clone()
-    to = patched.model_options.setdefault("transformer_options", {})
-    override = make_override(to.get("optimized_attention_override"))
-    to["optimized_attention_override"] = override
-    run_state.install(patched, name, key, lambda guider: new_run(), record)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, name, make_wrapper(override))
-    node, tag, maker, fix = provenance_check
-    if tag is not None:  # only the positive entries encoded from the prompt of the entities
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, provenance.KEY,
-                                     provenance.outer_sample_check(node, "entities", tag, maker, fix, False))
-    return patched
-
 
 class DeLeaker(io.ComfyNode):
     NAME = "Leakless DeLeaker"
@@ -471,10 +433,10 @@ class DeLeaker(io.ComfyNode):
                                      f"prompt, and the model is {adapter.name}.", "encode the prompt in Leakless "
                                      "DeLeaker Encode with this model's own text encoder.")
         key, results = run_state.new_key(WRAPPER_KEY), MaskResults(entities.names)
-        patched = install_patch(model, WRAPPER_KEY, key, lambda previous: _make_override(key, entities, settings,
-                                                                                         previous),
-                                lambda override: _make_wrapper(key, entities, adapter, override, mask_history),
-                                _Run, results.record, (cls.NAME, entities.prompt, DeLeakerEncode.NAME, ENCODE_FIX))
+        patched = attention_glue.install_patch(
+            model, WRAPPER_KEY, key, lambda previous: _make_override(key, entities, settings, previous),
+            lambda override: _make_wrapper(key, entities, adapter, override, mask_history),
+            _Run, results.record, (cls.NAME, entities.prompt, DeLeakerEncode.NAME, ENCODE_FIX))
         return io.NodeOutput(patched, results)
 
 

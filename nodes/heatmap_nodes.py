@@ -17,7 +17,7 @@ import torch
 from comfy_api.latest import io
 
 from . import attention_glue, deleaker, heatmap, joint_models, provenance, run_results, run_state
-from .deleaker_nodes import CALL_SUFFIX, ENTITIES, _entries, encode_entities, install_patch, run_model_call
+from .deleaker_nodes import ENTITIES, encode_entities
 from .errors import LeaklessInputError
 from .families import BY_ID as FAMILIES
 from .sampling_glue import cond_rows, sigma_step
@@ -138,10 +138,12 @@ def _make_wrapper(key: str, spec, adapter, n_cross: int, override, steps_fractio
             grid = tuple(x.shape[-2:])
         positions = [joint_models.text_positions(segments, spec.streams(e), left) for e in range(len(spec.names))]
         scored = rows and step in heatmap.block_range(steps, *steps_fraction)
-        call = _Call(rows, None if None in positions else tuple(positions), heatmap.block_range(n_blocks,
-                     *blocks_fraction), run.sum_of(_entries(to, x.shape[0], rows), grid) if scored else None,
-                     model_call, context_len, tuple(x.shape[-2:]))
-        return run_model_call(executor, args, kwargs, to, key, call, AttentionHeatmap.NAME, call, override)
+        total = run.sum_of(attention_glue.entries(to, x.shape[0], rows), grid) if scored else None
+        call = _Call(rows, None if None in positions else tuple(positions),
+                     heatmap.block_range(n_blocks, *blocks_fraction), total, model_call, context_len,
+                     tuple(x.shape[-2:]))
+        return attention_glue.run_model_call(executor, args, kwargs, to, key, call, AttentionHeatmap.NAME, call,
+                                             override)
 
     return wrapper
 
@@ -155,7 +157,7 @@ def _wrong_prompt(spec) -> RuntimeError:
 def _make_override(key: str, spec, previous):
     def override(func, *args, **kwargs):
         to = kwargs.get("transformer_options") or {}
-        call = to.get(key + CALL_SUFFIX)
+        call = to.get(key + attention_glue.CALL_SUFFIX)
         a = attention_glue.AttentionCall(func, previous, args, kwargs)
         if call is None:
             return a.plain()
@@ -269,12 +271,12 @@ class AttentionHeatmap(io.ComfyNode):
                                      f"prompt, and the model is {model_name}.", "encode the prompt in Leakless "
                                      "Heatmap Encode with this model's own text encoder.")
         key, results = run_state.new_key(WRAPPER_KEY), HeatmapResults(entities.names)
-        patched = install_patch(model, WRAPPER_KEY, key, lambda previous: _make_override(key, entities, previous),
-                                lambda override: _make_wrapper(key, entities, adapter, n_cross, override,
-                                                               (start_percent, end_percent), (first_block, last_block)),
-                                _Run, results.record, (cls.NAME, entities.prompt, HeatmapEncode.NAME,
-                                                       "connect Leakless Heatmap Encode's conditioning as the "
-                                                       "positive prompt of the sampler that uses this model."))
+        patched = attention_glue.install_patch(
+            model, WRAPPER_KEY, key, lambda previous: _make_override(key, entities, previous),
+            lambda override: _make_wrapper(key, entities, adapter, n_cross, override, (start_percent, end_percent),
+                                           (first_block, last_block)),
+            _Run, results.record, (cls.NAME, entities.prompt, HeatmapEncode.NAME, "connect Leakless Heatmap "
+                                   "Encode's conditioning as the positive prompt of the sampler that uses this model."))
         return io.NodeOutput(patched, results)
 
 
