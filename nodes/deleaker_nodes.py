@@ -123,12 +123,7 @@ class DeLeakerEncode(io.ComfyNode):
                     "prompt; all its tokens are used; no token may be in two entities ('cow, a cow' is an "
                     "error).")),
             ],
-            outputs=[
-                io.Conditioning.Output("conditioning", display_name="conditioning",
-                                       tooltip="The prompt's conditioning (marks removed): the sampler's positive."),
-                ENTITIES.Output("entity_spec", display_name="entities",
-                                tooltip="The entities and their token rows: connect to Leakless DeLeaker."),
-            ],
+            outputs=encode_outputs("The entities and their token rows: connect to Leakless DeLeaker."),
         )
 
     @classmethod
@@ -150,6 +145,13 @@ class DeLeakerEncode(io.ComfyNode):
         return encode_entities(cls.NAME, clip, text, entities, "entities", joint_only, at_least_two,
                                "name two or more entities that are words of the prompt, e.g. 'cow, horse', or mark "
                                "them as **cow**.", disjoint=True)
+
+
+def encode_outputs(entities_tooltip: str) -> list:
+    """The outputs of an encode node that finds phrases: the conditioning, and the phrases' rows."""
+    return [io.Conditioning.Output("conditioning", display_name="conditioning",
+                                   tooltip="The prompt's conditioning (marks removed): the sampler's positive."),
+            ENTITIES.Output("entity_spec", display_name="entities", tooltip=entities_tooltip)]
 
 
 def encode_entities(node: str, clip, text: str, listed: str, input_name: str, check_family, count_problem, fix: str,

@@ -17,7 +17,7 @@ import torch
 from comfy_api.latest import io
 
 from . import attention_glue, deleaker, heatmap, joint_models, provenance, run_results, run_state
-from .deleaker_nodes import ENTITIES, encode_entities
+from .deleaker_nodes import ENTITIES, encode_entities, encode_outputs
 from .errors import LeaklessInputError
 from .families import BY_ID as FAMILIES
 from .sampling_glue import cond_rows, sigma_step
@@ -50,12 +50,7 @@ class HeatmapEncode(io.ComfyNode):
                     "Words, comma-separated ('cat, sofa'; 'cat#2' for the second 'cat'), if not marked in the text. "
                     "At least one; each must be words of the prompt.")),
             ],
-            outputs=[
-                io.Conditioning.Output("conditioning", display_name="conditioning",
-                                       tooltip="The prompt's conditioning (marks removed): the sampler's positive."),
-                ENTITIES.Output("entity_spec", display_name="entities",
-                                tooltip="The words and their token rows: connect to Leakless Attention Heatmap."),
-            ],
+            outputs=encode_outputs("The words and their token rows: connect to Leakless Attention Heatmap."),
         )
 
     @classmethod
