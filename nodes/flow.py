@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .alignment import PhraseNotFoundError, PromptAlignment
+from .alignment import EncoderTokens, PhraseNotFoundError, PromptAlignment
 
 
 class SelectionError(ValueError):
@@ -21,7 +21,8 @@ class SelectionError(ValueError):
 
 
 def replace_rows(cond: torch.Tensor, empty: torch.Tensor, positions) -> torch.Tensor:
-    """`cond` with the rows at `positions` taken from `empty` (same shape). Returns a new tensor."""
+    """`cond` with the rows (dim -2: [B, L, D], or HiDream's Llama [B, layers, L, D]) at `positions` taken from
+    `empty` (same shape). Returns a new tensor."""
     if cond.shape != empty.shape:
         raise ValueError(f"prompt and empty-prompt encodings differ in shape: {tuple(cond.shape)} vs "
                          f"{tuple(empty.shape)}")
@@ -29,25 +30,45 @@ def replace_rows(cond: torch.Tensor, empty: torch.Tensor, positions) -> torch.Te
     rows = sorted(set(positions))
     if rows:
         index = torch.tensor(rows, device=cond.device)
-        out[:, index] = empty[:, index].to(device=out.device, dtype=out.dtype)
+        out[..., index, :] = empty[..., index, :].to(device=out.device, dtype=out.dtype)
     return out
 
 
 def keep_rows(cond: torch.Tensor, empty: torch.Tensor, keep) -> torch.Tensor:
     """Token tracing: every row not in `keep` (EOS and padding included) becomes the empty prompt's row."""
     keep = set(keep)
-    return replace_rows(cond, empty, [i for i in range(cond.shape[1]) if i not in keep])
+    return replace_rows(cond, empty, [i for i in range(cond.shape[-2]) if i not in keep])
 
 
 def paste_rows(cond: torch.Tensor, source: torch.Tensor, source_rows, target_rows) -> torch.Tensor:
-    """Leak patching: `cond` with `source[:, source_rows]` written at `target_rows`. Returns a new tensor."""
+    """Leak patching: `cond` with `source`'s rows (dim -2) at `source_rows` written at `target_rows`. Returns a new
+    tensor."""
     source_rows, target_rows = list(source_rows), list(target_rows)
     if len(source_rows) != len(target_rows):
         raise ValueError(f"{len(source_rows)} source rows for {len(target_rows)} target rows")
     out = cond.clone()
     if target_rows:
-        out[:, torch.tensor(target_rows, device=cond.device)] = source[:, torch.tensor(source_rows)].to(
+        out[..., torch.tensor(target_rows, device=cond.device), :] = source[..., torch.tensor(source_rows), :].to(
             device=out.device, dtype=out.dtype)
+    return out
+
+
+def following_rows(rows: EncoderTokens, other: EncoderTokens, replaced) -> list[int]:
+    """The positions of `other` (HiDream's Llama tokens) replaced when the CONDITIONING rows `replaced` are: a token
+    with characters iff every row token whose characters overlap it is replaced (and there is one); a token without
+    characters (BOS, padding) iff every row token without characters (EOS, padding) is."""
+    replaced = set(replaced)
+    charless = [t.position for t in rows.tokens if t.span is None] or [t.position for t in rows.tokens]
+    charless_replaced = all(p in replaced for p in charless)
+    out = []
+    for t in other.tokens:
+        if t.span is None:
+            hit = charless_replaced
+        else:
+            overlapping = rows.positions_in(*t.span)
+            hit = bool(overlapping) and all(p in replaced for p in overlapping)
+        if hit:
+            out.append(t.position)
     return out
 
 

@@ -25,6 +25,7 @@ EMPTY_PROMPT_TOOLTIP = (
     "How the empty prompt whose rows replace removed tokens is encoded. 'as encoded': as CLIPTextEncode encodes \"\" "
     "(the reference code's, read at tokeron/diffusers' lens branch). 'attention-masked': its padding masked out of "
     "the encoder's attention, so from the 3rd row on its rows differ (the reading of an independent check).")
+FOLLOWED_ROWS = ("conditioning_llama3",)  # extra token rows the edits carry along (flow.following_rows)
 TRACE_MODES = ["each word", "each token", "selection", "all but selection"]
 REDUNDANCY_MODES = ["causal rule", "manual", "classifier"]
 
@@ -56,11 +57,14 @@ class _Encoded:
             raise LeaklessInputError(node, "empty_prompt", "this CLIP's text encoders have no attention-mask switch.",
                                      "set it to 'as encoded'.")
         self.family = family_of(node, self.alignment)
-        if self.family.extra_rows:
+        unknown = [k for k, _ in self.family.extra_rows if k not in FOLLOWED_ROWS]
+        if unknown:
             raise LeaklessInputError(node, "clip", f"{self.family.name} carries token rows outside the conditioning "
-                                     f"tensor ({', '.join(k for k, _ in self.family.extra_rows)}), which Follow the "
-                                     "Flow does not edit yet, so an edit would be half done.", "use Leakless Token "
-                                     "Inspector to read its tokens; the edits work on the other families.")
+                                     f"tensor ({', '.join(unknown)}), which Follow the Flow does not edit yet, so an "
+                                     "edit would be half done.", "use Leakless Token Inspector to read its tokens; "
+                                     "the edits work on the other families.")
+        self.node = node
+        self.extra = {k: self.alignment.encoders[e] for k, e in self.family.extra_rows}  # conditioning key: tokens
         self.key = ROWS
         self.encoder = self.alignment.rows
         tokens = self.alignment.tokens
@@ -84,8 +88,24 @@ class _Encoded:
             tag = provenance.prompt_tag(node, clip, tokens, text, self.encoder.length)
             provenance.check_conditioning(node, "conditioning", tag, conditioning,
                                           lambda: clip.encode_from_tokens_scheduled(tokens), fix)
+            for _, meta in conditioning:
+                self.extra_rows(meta, "conditioning", "it", fix)
             self.conds = conditioning
         self._clip, self._tokens = clip, tokens
+
+    def extra_rows(self, meta: dict, input_name: str, what: str, fix: str = "") -> dict:
+        """`meta`'s extra token rows (HiDream's Llama rows), each checked to have one row per token of its encoder."""
+        out = {}
+        for key, tokens in self.extra.items():
+            rows = meta.get(key)
+            if rows is None or rows.shape[-2] != tokens.length:
+                found = "none" if rows is None else f"{rows.shape[-2]} token rows"
+                raise LeaklessInputError(self.node, input_name, f"{what} has {found} in '{key}' where the text has "
+                                         f"{tokens.length} {tokens.name} tokens, so those rows cannot follow the "
+                                         "edit.", fix or "this ComfyUI encodes the family differently from the ones "
+                                         "Leakless is tested on: report it with the prompt.")
+            out[key] = rows
+        return out
 
     @property
     def empties(self):
@@ -99,18 +119,24 @@ class _Encoded:
         return (empty if use_empty else own).get("pooled_output")
 
     def conditioning(self, variants, pooled_mode: str, on_variant=None):
-        """Batch one edited conditioning per variant ``(edit(cond, empty_cond), replaced_any)``, for every
-        entry of the prompt's CONDITIONING; every other key of an entry (guidance, hooks, masks...) is kept.
-        ``on_variant()`` is called after each variant of each entry (a progress bar)."""
+        """Batch one edited conditioning per variant (the rows it replaces with the empty prompt's; the extra rows
+        follow, see flow.following_rows), for every entry of the prompt's CONDITIONING; every other key of an entry
+        (guidance, hooks, masks...) is kept. ``on_variant()`` is called after each variant of each entry."""
+        followed = {k: [flow.following_rows(self.encoder, tokens, replaced) for replaced in variants]
+                    for k, tokens in self.extra.items()}
         out = []
         for (cond, own), (empty_cond, empty) in zip(self.conds, self.empties, strict=True):
             meta = dict(own)
-            pooled = [self.pooled(pooled_mode, own, empty, replaced) for _, replaced in variants]
+            pooled = [self.pooled(pooled_mode, own, empty, bool(replaced)) for replaced in variants]
             if pooled[0] is not None:
                 meta["pooled_output"] = torch.cat(pooled)
+            rows, empty_rows = self.extra_rows(own, "clip", "the prompt's encoding"), self.extra_rows(
+                empty, "clip", "the empty prompt's encoding")
+            for key, positions in followed.items():
+                meta[key] = torch.cat([flow.replace_rows(rows[key], empty_rows[key], p) for p in positions])
             edited = []
-            for edit, _ in variants:
-                edited.append(edit(cond, empty_cond))
+            for replaced in variants:
+                edited.append(flow.replace_rows(cond, empty_cond, replaced))
                 if on_variant is not None:
                     on_variant()
             out.append([torch.cat(edited), meta])
@@ -217,10 +243,9 @@ class TokenTrace(io.ComfyNode):
 
         import comfy.utils
 
-        n = len(everything)
         bar = comfy.utils.ProgressBar(len(subsets) * len(enc.conds))  # ComfyUI's progress bar, one tick per subset
-        out = enc.conditioning([(lambda c, e, keep=keep: flow.keep_rows(c, e, keep), len(keep) < n)
-                                for _, keep in subsets], pooled_output, on_variant=lambda: bar.update(1))
+        out = enc.conditioning([sorted(set(everything) - set(keep)) for _, keep in subsets], pooled_output,
+                               on_variant=lambda: bar.update(1))
         labels = "\n".join(label for label, _ in subsets)
         return io.NodeOutput(out, labels, len(subsets))
 
@@ -345,7 +370,7 @@ class RedundantTokenMask(io.ComfyNode):
             raise input_error(cls.NAME, "items", e, "use words of the prompt (see Leakless Token Inspector for "
                               "their tokens).") from None
         remove = sorted({p for d in decisions for p in d.remove})
-        cond = enc.conditioning([(lambda c, e: flow.replace_rows(c, e, remove), bool(remove))], pooled_output)
+        cond = enc.conditioning([remove], pooled_output)
         report = _report(a, key, decisions)
         return io.NodeOutput(cond, report, ui={"text": [report]})
 
@@ -407,45 +432,56 @@ class LeakPatch(io.ComfyNode):
     def execute(cls, clip, text, items, conditioning=None) -> io.NodeOutput:
         check_inputs(cls, locals())
         enc = _Encoded(cls.NAME, clip, text, conditioning)
-        a, key = enc.alignment, enc.key
+        a = enc.alignment
+        encoders = {enc.key: enc.key, **{k: tokens.key for k, tokens in enc.extra.items()}}  # where: encoder key
         try:
             refs = flow.parse_phrases(items, "items")
             if not refs:
                 raise flow.SelectionError("no item was given")
-            patches = [_isolated(cls.NAME, clip, a, key, ref) for ref in refs]
+            patches = [_isolated(cls.NAME, clip, a, encoders, ref) for ref in refs]
         except (PhraseNotFoundError, flow.SelectionError) as e:
             raise input_error(cls.NAME, "items", e, "name words of the prompt, one item per line.") from None
         conds = []
         for i, (cond, own) in enumerate(enc.conds):
-            for _ref, iso_conds, source_rows, target_rows in patches:
-                iso = iso_conds[min(i, len(iso_conds) - 1)][0]
-                cond = flow.paste_rows(cond, iso, source_rows, target_rows)
-            conds.append([cond if patches else cond.clone(), dict(own)])
-        report = "\n".join(f"{ref}: pasted {len(t)} {enc.encoder.name} row(s) at {_ranges(t)} from its isolated "
-                           "encoding" for ref, _, _, t in patches)
+            meta, rows = dict(own), {enc.key: cond, **enc.extra_rows(own, "clip" if conditioning is None else
+                                                                     "conditioning", "it")}
+            for _ref, iso_conds, pasted in patches:
+                iso, iso_meta = iso_conds[min(i, len(iso_conds) - 1)]
+                iso_rows = {enc.key: iso, **{k: iso_meta[k] for k in enc.extra}}  # its own length: rows by position
+                rows = {w: flow.paste_rows(r, iso_rows[w], *pasted[w]) for w, r in rows.items()}
+            meta.update({w: r for w, r in rows.items() if w != enc.key})
+            conds.append([rows[enc.key], meta])
+        report = "\n".join(
+            f"{ref}: pasted " + " and ".join(f"{len(t)} {a.encoder(k).name} row(s) at {_ranges(t)}"
+                                              for k, (_, t) in zip(encoders.values(), pasted.values(), strict=True))
+            + " from its isolated encoding" for ref, _, pasted in patches)
         return io.NodeOutput(conds, report, ui={"text": [report]})
 
 
-def _isolated(node, clip, a, key, ref):
-    """Encode an item alone (through the same template, if any) with the weights it has in the prompt; return its
-    rows and where they go. Byte-level BPE encoders (the LLMs) spell a word after a space differently ('Ġcat'), so
-    an item that follows whitespace in the prompt is encoded with one space before it when that is what gives the
-    prompt's tokens."""
+def _isolated(node, clip, a, encoders: dict, ref):
+    """Encode an item alone (through the same template, if any) with the weights it has in the prompt; return it
+    and, for each place its rows go (`encoders`: ROWS or a conditioning key -> the alignment's encoder key), its
+    rows there and where they go. Byte-level BPE encoders (the LLMs) spell a word after a space differently
+    ('Ġcat'), so an item that follows whitespace in the prompt is encoded with one space before it when that is
+    what gives the prompt's tokens."""
     match = flow.find_ref(a, ref)
-    target = match.of(key)
-    ids_in_prompt = [a.encoder(key).at(p).token_id for p in target]
+    targets = {w: match.of(k) for w, k in encoders.items()}
     spaced = match.span[0] > 0 and a.prompt[match.span[0] - 1].isspace()
     for text in (ref.phrase, " " + ref.phrase) if spaced else (ref.phrase,):
         alone = align_clip(node, clip, text)
-        source = [t.position for t in alone.encoder(key).tokens if not t.is_special]
-        if [alone.encoder(key).at(p).token_id for p in source] == ids_in_prompt:
+        sources = {w: [t.position for t in alone.encoder(k).tokens if not t.is_special] for w, k in encoders.items()}
+        differing = [w for w, k in encoders.items() if [alone.encoder(k).at(p).token_id for p in sources[w]]
+                     != [a.encoder(k).at(p).token_id for p in targets[w]]]
+        if not differing:
             break
     else:
-        texts = [a.encoder(key).at(p).text for p in target]
+        where = differing[0]
+        key = encoders[where]
+        texts = [a.encoder(key).at(p).text for p in targets[where]]
         raise flow.SelectionError(
-            f"'{ref}' is tokenized differently alone {[alone.encoder(key).at(p).text for p in source]} than "
-            f"in the prompt {texts}, so its rows cannot be matched; name the item with the characters around it "
-            "as they stand in the prompt")
+            f"'{ref}' is tokenized differently alone {[alone.encoder(key).at(p).text for p in sources[where]]} than "
+            f"in the prompt {texts} ({a.encoder(key).name}), so its rows cannot be matched; name the item with the "
+            "characters around it as they stand in the prompt")
     tokens = dict(alone.tokens)
     for k, enc_tokens in a.encoders.items():
         if k not in tokens or k not in alone.encoders:
@@ -455,7 +491,7 @@ def _isolated(node, clip, a, key, ref):
         alone_pos = [t.position for t in alone_enc.tokens if not t.is_special]
         weights = {q - alone_enc.offset: enc_tokens.at(p).weight for p, q in zip(prompt_pos, alone_pos, strict=False)}
         tokens[k] = _reweighted(tokens[k], weights)
-    return ref, clip.encode_from_tokens_scheduled(tokens), source, target
+    return ref, clip.encode_from_tokens_scheduled(tokens), {w: (sources[w], targets[w]) for w in encoders}
 
 
 def _reweighted(chunks, weights: dict[int, float]):
