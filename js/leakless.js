@@ -14,6 +14,7 @@ const TEXT_NODES = new Map([
   ["LeaklessRedundantTokenMask", [420, 0]],
   ["LeaklessLeakPatch", [420, 0]],
   ["LeaklessDeLeakerMasks", [320, 0]],
+  ["LeaklessHeatmapShow", [320, 0]],
 ]);
 
 // Node id -> the input the picker writes, how it writes it, and the model family to tokenize for by default.
@@ -22,6 +23,7 @@ const PICKER_NODES = new Map([
   ["LeaklessRedundantTokenMask", { input: "items", syntax: "items", family: "flux" }],
   ["LeaklessLeakPatch", { input: "items", syntax: "items", family: "flux" }],
   ["LeaklessDeLeakerEncode", { input: "entities", syntax: "list", family: "flux" }],
+  ["LeaklessHeatmapEncode", { input: "words", syntax: "list", family: "flux" }],
   ["LeaklessToMeEncode", { input: "groups", syntax: "groups", family: "sdxl" }],
 ]);
 // The model families, from GET /leakless/families (nodes/families.py is the one list), fetched once.

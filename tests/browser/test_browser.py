@@ -145,6 +145,17 @@ def test_token_picker_writes_flux_entities_and_the_workflow_runs(page, frontend,
     assert any(outputs.values())
 
 
+def test_token_picker_writes_heatmap_words_on_sdxl_and_the_workflow_runs(page, frontend):
+    wf = json.loads((REPO / "examples_workflows" / "sdxl_attention_heatmap.json").read_text())
+    picked = page.evaluate(PICK, [wf, "LeaklessHeatmapEncode", "a red cat sleeping on a blue sofa",
+                                  [["cat", False], ["sofa", False]]])
+    assert picked["error"] is None
+    node = next(v for v in picked["prompt"].values() if v["class_type"] == "LeaklessHeatmapEncode")
+    assert node["inputs"]["words"] == "cat, sofa"
+    outputs = frontend.run(shrink(picked["prompt"]))
+    assert any("text" in v for v in outputs.values())  # Heatmap Show names the words
+
+
 def test_token_picker_writes_sdxl_groups_and_the_workflow_runs(page, frontend, output_dir):
     wf = json.loads((REPO / "examples_workflows" / "sdxl_tome.json").read_text())
     for node in wf["nodes"]:

@@ -3,9 +3,11 @@ so a released id or input order never changes (add new inputs at the end, as opt
 
 SCHEMAS = {
     "LeaklessTokenInspector": ["clip", "text"],
-    "LeaklessTokenTrace": ["clip", "text", "mode", "selection", "include_full_prompt", "pooled_output"],
+    "LeaklessTokenTrace": ["clip", "text", "mode", "selection", "include_full_prompt", "pooled_output",
+                           "empty_prompt"],
     "LeaklessTraceGrid": ["images", "labels", "columns", "font_size"],
-    "LeaklessRedundantTokenMask": ["clip", "text", "mode", "items", "classifier", "threshold", "pooled_output"],
+    "LeaklessRedundantTokenMask": ["clip", "text", "mode", "items", "classifier", "threshold", "pooled_output",
+                                   "empty_prompt"],
     "LeaklessLeakPatch": ["clip", "text", "items", "conditioning"],
     "LeaklessDeLeakerEncode": ["clip", "text", "entities"],
     "LeaklessDeLeaker": ["model", "mask_threshold", "image_threshold", "alpha", "mask_history", "cross_text",
