@@ -47,7 +47,6 @@ class ModelCall:
     segments: tuple  # the text part of a main call: (rows, conditioning rows, stream) segments
     n_blocks: int
     n_first: int
-    batch: int
     blocks_seen: int = 0  # main attention calls so far (the block index where ComfyUI gives none)
     ran: bool = False  # an override of this patch was reached
     last_outer: object = None  # the outer patch's call whose parts this patch saw last
@@ -103,7 +102,7 @@ def describe_call(model: JointModel, base_model, x, c_crossattn, kwargs) -> Mode
     llama = kwargs.get(model.llama_stream) if model.llama_stream else None
     context_len = 0 if c_crossattn is None else c_crossattn.shape[1]
     segments = model.text_segments(dm, context_len, None if llama is None else llama.shape[-2])
-    return ModelCall(model, image_grid(x.shape, model.patch_size(dm)), segments, n_blocks, n_first, x.shape[0])
+    return ModelCall(model, image_grid(x.shape, model.patch_size(dm)), segments, n_blocks, n_first)
 
 
 def apply_model_args(args, kwargs):
