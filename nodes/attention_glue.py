@@ -10,6 +10,7 @@ attention that was there before (a chained override or ComfyUI's own), for any r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -27,15 +28,26 @@ def diffusion_model_of(model_patcher):
     return getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
 
 
-def joint_model(node: str, model_patcher) -> JointModel:
-    """The adapter of a MODEL input; a clear error naming the supported models when it has no joint attention."""
+def joint_model(node: str, model_patcher, needs: str = "edits joint text-image attention",
+                supported: str = NAMES) -> JointModel:
+    """The adapter of a MODEL input; a clear error naming the `supported` models when it has no joint attention."""
     base = getattr(model_patcher, "model", None)
     found = joint_model_of([c.__name__ for c in type(base).__mro__]) if diffusion_model_of(model_patcher) else None
     if found is None:
         name = type(base).__name__ if base is not None else type(model_patcher).__name__
-        raise LeaklessInputError(node, "model", f"it edits joint text-image attention, which this model ({name}) "
-                                 "does not have or Leakless cannot reach.", f"connect a model of: {NAMES}.")
+        raise LeaklessInputError(node, "model", f"it {needs}, which this model ({name}) does not have or Leakless "
+                                 "cannot reach.", f"connect a model of: {supported}.")
     return found
+
+
+def check_prompt_family(node: str, entities, families, model_name: str, encode_node: str) -> None:
+    """A clear error when the phrases were encoded for another model family than the patched model reads."""
+    if entities.family not in families:
+        from .families import BY_ID
+
+        raise LeaklessInputError(node, "entities", f"they come from a {BY_ID[entities.family].name} prompt, and the "
+                                 f"model is {model_name}.", f"encode the prompt in {encode_node} with this model's "
+                                 "own text encoder.")
 
 
 @dataclass
@@ -51,8 +63,8 @@ class ModelCall:
     ran: bool = False  # an override of this patch was reached
     last_outer: object = None  # the outer patch's call whose parts this patch saw last
 
-    @property
-    def layout(self) -> CallLayout:
+    @functools.cached_property
+    def layout(self) -> CallLayout:  # read by every attention call of the model call: made once
         return CallLayout(sum(s[0] for s in self.segments), self.grid, self.model.image_first)
 
     def is_main(self, call: AttentionCall) -> bool:

@@ -24,7 +24,7 @@ from comfy_api.latest import io
 from . import attention_glue, deleaker, joint_models, provenance, run_results, run_state
 from .alignment import ROWS, PhraseNotFoundError
 from .clip_glue import align_clip, family_of
-from .families import BY_ID as FAMILIES, names
+from .families import names
 from .errors import LeaklessInputError, input_error
 from .flow import PhraseRef, SelectionError, find_ref, parse_phrases
 from .sampling_glue import cond_rows, sigma_step
@@ -430,10 +430,8 @@ class DeLeaker(io.ComfyNode):
         if len(entities.names) < 2:
             raise LeaklessInputError(cls.NAME, "entities", "fewer than two entities.", "name at least two in "
                                      "Leakless DeLeaker Encode.")
-        if entities.family not in adapter.text_families:
-            raise LeaklessInputError(cls.NAME, "entities", f"they come from a {FAMILIES[entities.family].name} "
-                                     f"prompt, and the model is {adapter.name}.", "encode the prompt in Leakless "
-                                     "DeLeaker Encode with this model's own text encoder.")
+        attention_glue.check_prompt_family(cls.NAME, entities, adapter.text_families, adapter.name,
+                                           "Leakless DeLeaker Encode")
         key, results = run_state.new_key(WRAPPER_KEY), MaskResults(entities.names)
         patched = attention_glue.install_patch(
             model, WRAPPER_KEY, key, lambda previous: _make_override(key, entities, settings, previous),

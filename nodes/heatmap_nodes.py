@@ -19,13 +19,13 @@ from comfy_api.latest import io
 from . import attention_glue, deleaker, heatmap, joint_models, provenance, run_results, run_state
 from .deleaker_nodes import ENTITIES, encode_entities, encode_outputs
 from .errors import LeaklessInputError
-from .families import BY_ID as FAMILIES
+from .families import FAMILIES as FAMILY_LIST
 from .sampling_glue import cond_rows, sigma_step
 from .validation import check_inputs
 
 HEATMAPS = io.Custom("LEAKLESS_HEATMAPS")
 WRAPPER_KEY = "leakless_heatmap"
-UNET_FAMILIES = ("sdxl", "sd15")
+UNET_FAMILIES = tuple(f.id for f in FAMILY_LIST if not f.joint)  # the families whose models cross-attend (UNets)
 SUPPORTED = f"{joint_models.NAMES}, SDXL, SD1.5"
 
 
@@ -250,21 +250,12 @@ class AttentionHeatmap(io.ComfyNode):
         if entities is None or not entities.names:
             raise LeaklessInputError(cls.NAME, "entities", "no words.", "name at least one in Leakless Heatmap "
                                      "Encode.")
-        n_cross, adapter = _cross_attentions(model), None
-        if not n_cross:
-            try:
-                adapter = attention_glue.joint_model(cls.NAME, model)
-            except LeaklessInputError:
-                name = type(getattr(model, "model", model)).__name__
-                raise LeaklessInputError(cls.NAME, "model", f"it reads text-image attention, which this model "
-                                         f"({name}) does not have or Leakless cannot reach.",
-                                         f"connect a model of: {SUPPORTED}.") from None
-        families = adapter.text_families if adapter else UNET_FAMILIES
-        if entities.family not in families:
-            model_name = adapter.name if adapter else "a UNet (SDXL / SD1.5)"
-            raise LeaklessInputError(cls.NAME, "entities", f"they come from a {FAMILIES[entities.family].name} "
-                                     f"prompt, and the model is {model_name}.", "encode the prompt in Leakless "
-                                     "Heatmap Encode with this model's own text encoder.")
+        n_cross = _cross_attentions(model)
+        adapter = None if n_cross else attention_glue.joint_model(cls.NAME, model, "reads text-image attention",
+                                                                   SUPPORTED)
+        attention_glue.check_prompt_family(cls.NAME, entities, adapter.text_families if adapter else UNET_FAMILIES,
+                                           adapter.name if adapter else "a UNet (SDXL / SD1.5)",
+                                           "Leakless Heatmap Encode")
         key, results = run_state.new_key(WRAPPER_KEY), HeatmapResults(entities.names)
         patched = attention_glue.install_patch(
             model, WRAPPER_KEY, key, lambda previous: _make_override(key, entities, previous),

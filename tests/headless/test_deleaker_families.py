@@ -16,6 +16,14 @@ SETTINGS = dict(mask_threshold=-1.0, image_threshold=1.0, alpha=1.2, mask_histor
 FAMILIES = sorted(tiny_models.DIFFUSION_MODELS)
 
 
+def load_tiny(nodes, family):
+    """(CLIP, MODEL) of a family's tiny text encoder and DiT, through its standard loaders (skipped where absent)."""
+    loader, inputs = family_or_skip(family)
+    node = nodes.NODE_CLASS_MAPPINGS[loader]()
+    clip = getattr(node, node.FUNCTION)(**inputs)[0]
+    return clip, nodes.UNETLoader().load_unet(tiny_models.DIFFUSION_MODELS[family][2], "default")[0]
+
+
 @pytest.fixture(scope="module")
 def loaded(comfy_nodes, leakless):
     nodes, _ = comfy_nodes
@@ -24,11 +32,7 @@ def loaded(comfy_nodes, leakless):
 
     def load(family):
         if family not in cache:
-            loader, inputs = family_or_skip(family)
-            node = m[loader]()
-            clip = getattr(node, node.FUNCTION)(**inputs)[0]
-            unet = tiny_models.DIFFUSION_MODELS[family][2]
-            model = nodes.UNETLoader().load_unet(unet, "default")[0]
+            clip, model = load_tiny(nodes, family)
             cond, spec = m["LeaklessDeLeakerEncode"].execute(clip=clip, text=TEXT, entities="").args
             empty = nodes.CLIPTextEncode().encode(clip, "")[0]
             cache[family] = {"nodes": nodes, "m": m, "clip": clip, "model": model, "cond": cond, "spec": spec,

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import tiny_models
+from test_deleaker_families import load_tiny
 from test_tiny_diffusion_models import LATENTS
 from test_tiny_text_encoders import family_or_skip, one_thread  # noqa: F401 - the fixture applies here too
 
@@ -32,11 +33,7 @@ def loaded(comfy_nodes, leakless):
                 clip = nodes.DualCLIPLoader().load_clip("t5xxl_fp16.safetensors", "clip_l.safetensors", "flux")[0]
                 vae = None
             else:
-                loader, inputs = family_or_skip(family)
-                node = m[loader]()
-                clip = getattr(node, node.FUNCTION)(**inputs)[0]
-                model = nodes.UNETLoader().load_unet(tiny_models.DIFFUSION_MODELS[family][2], "default")[0]
-                vae = None
+                (clip, model), vae = load_tiny(nodes, family), None
             cond, spec = m["LeaklessHeatmapEncode"].execute(clip=clip, text=TEXT, words="").args
             negative = nodes.CLIPTextEncode().encode(clip, "blurry, " * 50)[0]  # longer than one CLIP chunk
             cache[family] = {"nodes": nodes, "m": m, "clip": clip, "model": model, "vae": vae, "cond": cond,
