@@ -1,7 +1,7 @@
 # Leakless developer commands. Everything installs what it needs into .cache/ (git-ignored) on first use.
 PY := $(or $(LEAKLESS_CACHE),.cache)/venv/bin/python
 
-.PHONY: test test-fast test-0.3.75 test-0.33.0 run env lint bench workflows screenshots clean
+.PHONY: test test-fast test-0.3.75 test-0.33.0 run env lint bench workflows screenshots fingerprints clean
 
 ## make test: build the cached test environment if needed, then run all four test layers on ComfyUI 0.3.75 and 0.33.0
 ##   (ARGS="-k deleaker" passes pytest arguments; LEAKLESS_COMFYUI_DIR=/path/ComfyUI tests that checkout instead)
@@ -46,3 +46,9 @@ screenshots: env
 
 clean:
 	rm -rf .cache test-output
+
+## make fingerprints: the SHA-256 of every example's and every family graph's output latent on both ComfyUI versions,
+##   compared with tests/data/fingerprints.json (ARGS=--write records them); see tests/harness/fingerprints.py
+fingerprints: env
+	LEAKLESS_COMFYUI=0.3.75 $(PY) tests/harness/fingerprints.py $(ARGS)
+	LEAKLESS_COMFYUI=0.33.0 $(or $(LEAKLESS_CACHE),.cache)/venv-0.33.0/bin/python tests/harness/fingerprints.py $(ARGS)

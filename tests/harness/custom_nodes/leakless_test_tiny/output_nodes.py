@@ -43,4 +43,20 @@ class TinyTestLatentInfo(InfoNode):
         return {"ui": {"latent": [{"shape": describe(x), "finite": bool(torch.isfinite(x).all())}]}}
 
 
-NODE_CLASS_MAPPINGS = {"TinyTestConditioningInfo": TinyTestConditioningInfo, "TinyTestLatentInfo": TinyTestLatentInfo}
+class TinyTestLatentDigest(InfoNode):
+    """The SHA-256 of a latent's values (float32, contiguous, shape included): equal bits, equal digest."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",)}}
+
+    def info(self, samples):
+        import hashlib
+
+        x = samples["samples"].detach().to("cpu", torch.float32).contiguous()
+        digest = hashlib.sha256(repr(tuple(x.shape)).encode() + x.numpy().tobytes()).hexdigest()
+        return {"ui": {"digest": [digest]}}
+
+
+NODE_CLASS_MAPPINGS = {"TinyTestConditioningInfo": TinyTestConditioningInfo, "TinyTestLatentInfo": TinyTestLatentInfo,
+                       "TinyTestLatentDigest": TinyTestLatentDigest}
