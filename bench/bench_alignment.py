@@ -21,7 +21,7 @@ def main():
     import comfy.text_encoders.flux
 
     import_pack_as("leakless")
-    from leakless.nodes.alignment import align
+    from leakless.nodes.text.alignment import align
 
     families = {"SD1.5": comfy.sd1_clip.SD1Tokenizer(), "SDXL": comfy.sdxl_clip.SDXLTokenizer(),
                 "FLUX": comfy.text_encoders.flux.FluxTokenizer()}

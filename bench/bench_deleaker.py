@@ -133,7 +133,7 @@ def coverage(config, results) -> float | None:
     reference)."""
     if results is None or results.last is None or config == "dense reference":
         return None
-    return float(results.last.masks.float().mean())
+    return float(results.last.value.masks.float().mean())
 
 
 def run_config(config):

@@ -73,9 +73,9 @@ def run_config(name):
             from conftest import import_pack_as
 
             import_pack_as("leakless")
-            from leakless.nodes import run_state
+            from leakless.nodes.driver import patching
 
-            used, runs = run_state.watch(used, "leakless_tome")
+            used, runs = patching.watch(used, "leakless_tome")
     latent = torch.zeros(1, 4, SIZE // 8, SIZE // 8)
     noise = comfy.sample.prepare_noise(latent, 1)
     plain_positive = nodes.CLIPTextEncode().encode(clip, PROMPT)[0]
@@ -124,7 +124,22 @@ def memory_estimate(size=1024):
     from conftest import import_pack_as
 
     import_pack_as("leakless")
-    from leakless.nodes import tome_nodes
+    from leakless.nodes.methods.tome import cross_attention_probs
+    from leakless.nodes.methods.tome_patch import MAP_LAYERS
+
+    class EnoughMaps(Exception):
+        pass
+
+    def recorder(store):  # what the driver's runner does: record ToMe's maps, stop after the last
+        def attn2(q, k, v, extra_options):
+            store.append(cross_attention_probs(q, k, extra_options["n_heads"]))
+            if len(store) == len(MAP_LAYERS):
+                raise EnoughMaps
+            import comfy.ldm.modules.attention as attention
+
+            return attention.optimized_attention(q, k, v, extra_options["n_heads"], transformer_options=extra_options)
+
+        return attn2
 
     dtype = torch.float16
     unet = UNetModel(**SDXL_UNET, dtype=dtype, device="meta", operations=comfy.ops.disable_weight_init)
@@ -154,14 +169,14 @@ def memory_estimate(size=1024):
         maps = []
         to = {"optimized_attention_override": attention}
         if early_exit:
-            to["patches_replace"] = {"attn2": {k: tome_nodes._record_maps(maps, None) for k in tome_nodes.MAP_LAYERS}}
+            to["patches_replace"] = {"attn2": {k: recorder(maps) for k in MAP_LAYERS}}
         x = torch.empty(1, 4, size // 8, size // 8, device="meta", dtype=dtype, requires_grad=early_exit)
         ctx = torch.empty(1, context, 2048, device="meta", dtype=dtype, requires_grad=True)
         y = torch.empty(1, 2816, device="meta", dtype=dtype)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             try:
                 unet(x, torch.empty(1, device="meta"), context=ctx, y=y, transformer_options=to)
-            except tome_nodes._EnoughMaps:
+            except EnoughMaps:
                 pass
         return sum(saved.values()) / 2**30
 

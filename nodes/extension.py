@@ -6,8 +6,8 @@ from .deleaker_nodes import DeLeaker, DeLeakerEncode, DeLeakerMasks
 from .heatmap_nodes import AttentionHeatmap, HeatmapEncode, HeatmapShow
 from .flow_nodes import LeakPatch, RedundantTokenMask, TokenTrace, TraceGrid, register_model_folder
 from .inspector_nodes import TokenInspector
-from .routes import register_routes
-from .templates import publish_templates
+from .driver.routes import register_routes
+from .driver.templates import publish_templates
 from .tome_nodes import ToMeEncode, ToMeSemanticBinding
 
 

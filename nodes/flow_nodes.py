@@ -7,12 +7,13 @@ import os
 import torch
 from comfy_api.latest import io
 
-from . import flow, provenance, redundancy
-from .alignment import ROWS, PhraseNotFoundError
-from .clip_glue import EMPTY_PROMPT, align_clip, family_of, masked_clip
+from .driver.clip import EMPTY_PROMPT, align_clip, family_of, masked_clip
+from .driver.validation import check_inputs
 from .errors import LeaklessInputError, input_error
-from .grid import labelled_grid, labels_for_batch
-from .validation import check_inputs
+from .methods import flow, redundancy
+from .methods.grid import labelled_grid, labels_for_batch
+from .text import grammar, provenance
+from .text.alignment import ROWS, PhraseNotFoundError
 
 MODEL_FOLDER = "leakless"
 POOLED_OPTIONS = ["reference", "prompt", "empty prompt"]
@@ -216,21 +217,21 @@ class TokenTrace(io.ComfyNode):
         subsets: list[tuple[str, list[int]]] = []
         try:
             if mode == "each word":
-                subsets = [(f"{it.label}: {flow.token_label(a, key, it.positions)}", list(it.positions))
+                subsets = [(f"{it.label}: {grammar.token_label(a, key, it.positions)}", list(it.positions))
                            for it in flow.lexical_items(a, key)]
             elif mode == "each token":
-                subsets = [(f"{t.position}: {flow.token_label(a, key, [t.position])}", [t.position])
+                subsets = [(f"{t.position}: {grammar.token_label(a, key, [t.position])}", [t.position])
                            for t in enc.encoder.tokens if not t.is_special]
             else:
-                for refs in flow.parse_refs(selection):
-                    keep = flow.resolve_refs(a, key, refs)
-                    label = flow.selection_label(a, key, refs)
+                for refs in grammar.parse_refs(selection):
+                    keep = grammar.resolve_refs(a, key, refs)
+                    label = grammar.selection_label(a, key, refs)
                     if mode == "all but selection":
                         removed = set(keep)
                         keep = [p for p in everything if p not in removed]
                         label = f"without {label}"
                     subsets.append((label, keep))
-        except (PhraseNotFoundError, flow.SelectionError) as e:
+        except (PhraseNotFoundError, grammar.SelectionError) as e:
             raise input_error(cls.NAME, "selection", e, "use words of the prompt or positions shown by Leakless "
                               "Token Inspector.") from None
         if not subsets and mode in ("selection", "all but selection"):
@@ -338,7 +339,7 @@ class RedundantTokenMask(io.ComfyNode):
         a, key, rows = enc.alignment, enc.key, enc.encoder
         try:
             if mode == "manual":
-                spec = redundancy.parse_manual(items)
+                spec = grammar.parse_manual(items)
                 if not spec:
                     raise redundancy.RedundancyError("manual mode needs 'item: tokens to keep' entries")
                 decisions = []
@@ -366,7 +367,7 @@ class RedundantTokenMask(io.ComfyNode):
                 decisions = clf.decide(flow.named_items(a, key, items), features, threshold)
         except redundancy.ClassifierMismatchError as e:
             raise input_error(cls.NAME, "classifier", e, "select a classifier trained on this text encoder.") from None
-        except (PhraseNotFoundError, flow.SelectionError, redundancy.RedundancyError) as e:
+        except (PhraseNotFoundError, grammar.SelectionError, redundancy.RedundancyError) as e:
             raise input_error(cls.NAME, "items", e, "use words of the prompt (see Leakless Token Inspector for "
                               "their tokens).") from None
         remove = sorted({p for d in decisions for p in d.remove})
@@ -435,11 +436,11 @@ class LeakPatch(io.ComfyNode):
         a = enc.alignment
         encoders = {enc.key: enc.key, **{k: tokens.key for k, tokens in enc.extra.items()}}  # where: encoder key
         try:
-            refs = flow.parse_phrases(items, "items")
+            refs = grammar.parse_phrases(items, "items")
             if not refs:
-                raise flow.SelectionError("no item was given")
+                raise grammar.SelectionError("no item was given")
             patches = [_isolated(cls.NAME, clip, a, encoders, ref) for ref in refs]
-        except (PhraseNotFoundError, flow.SelectionError) as e:
+        except (PhraseNotFoundError, grammar.SelectionError) as e:
             raise input_error(cls.NAME, "items", e, "name words of the prompt, one item per line.") from None
         conds = []
         for i, (cond, own) in enumerate(enc.conds):
@@ -464,7 +465,7 @@ def _isolated(node, clip, a, encoders: dict, ref):
     rows there and where they go. Byte-level BPE encoders (the LLMs) spell a word after a space differently
     ('Ġcat'), so an item that follows whitespace in the prompt is encoded with one space before it when that is
     what gives the prompt's tokens."""
-    match = flow.find_ref(a, ref)
+    match = grammar.find_ref(a, ref)
     targets = {w: match.of(k) for w, k in encoders.items()}
     spaced = match.span[0] > 0 and a.prompt[match.span[0] - 1].isspace()
     for text in (ref.phrase, " " + ref.phrase) if spaced else (ref.phrase,):
@@ -478,7 +479,7 @@ def _isolated(node, clip, a, encoders: dict, ref):
         where = differing[0]
         key = encoders[where]
         texts = [a.encoder(key).at(p).text for p in targets[where]]
-        raise flow.SelectionError(
+        raise grammar.SelectionError(
             f"'{ref}' is tokenized differently alone {[alone.encoder(key).at(p).text for p in sources[where]]} than "
             f"in the prompt {texts} ({a.encoder(key).name}), so its rows cannot be matched; name the item with the "
             "characters around it as they stand in the prompt")

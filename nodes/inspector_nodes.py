@@ -2,10 +2,10 @@
 
 from comfy_api.latest import io
 
-from .alignment import MAX_CHARS, PromptAlignment
-from .clip_glue import align_clip
+from .driver.clip import align_clip
+from .driver.validation import check_inputs
 from .errors import LeaklessInputError
-from .validation import check_inputs
+from .text.alignment import MAX_CHARS, PromptAlignment
 
 NODE_NAME = "Leakless Token Inspector"
 WORD_WIDTH = 24  # the word column shows at most this many characters, so a row's size does not grow with the prompt

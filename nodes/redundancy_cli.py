@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm  # ComfyUI's own dependency
 
-from . import redundancy
-from .alignment import ROWS, align
-from .families import BY_ID
-from .flow import SelectionError, find_ref, parse_phrases
+from .methods import redundancy
+from .registry.families import BY_ID
+from .text.alignment import ROWS, align
+from .text.grammar import SelectionError, find_ref, parse_phrases
 
 ALIASES = {"sd1": "sd15"}  # the name this CLI first gave SD1.5
 

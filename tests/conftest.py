@@ -1,7 +1,6 @@
 """Shared fixtures. ComfyUI is imported once per test process, CPU only, from the cached test environment: the
 version the matrix selected (tests/harness/comfy_env.py)."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -11,20 +10,10 @@ HARNESS = Path(__file__).resolve().parent / "harness"
 sys.path.insert(0, str(HARNESS))
 
 import comfy_env  # noqa: E402
+from pack import import_pack_as  # noqa: E402, F401 - tests and benchmarks import it from here
 
 REPO = comfy_env.REPO
 OUTPUT = REPO / "test-output" / comfy_env.COMFY_NAME  # one folder per ComfyUI of the matrix
-
-
-def import_pack_as(name="leakless"):
-    """The pack as an importable package (its folder name is whatever the user cloned it as)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +25,7 @@ def comfy():
 @pytest.fixture(scope="session")
 def leakless(comfy):
     import_pack_as("leakless")
-    import leakless.nodes.alignment  # noqa: F401
+    import leakless.nodes.text.alignment  # noqa: F401
 
     return sys.modules["leakless"]
 

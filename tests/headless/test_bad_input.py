@@ -119,7 +119,7 @@ def route_outcome(leakless, body: bytes) -> tuple[str | None, str]:
     """(the error of a 400, None on a 200; the answer's text), from the route's own handler."""
     import asyncio
 
-    from leakless.nodes import routes
+    from leakless.nodes.driver import routes
 
     response = asyncio.run(routes._tokenize(RouteRequest(body)))
     text = response.body.decode()

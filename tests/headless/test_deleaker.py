@@ -44,8 +44,8 @@ def test_patched_model_changes_the_image_and_finds_every_entity(parts):
     patched, run = deleak(parts)
     out = sample(parts, patched)
     assert not torch.equal(out, plain)
-    assert run.last.masks.shape == (1, 2, (192 // 16) * (256 // 16))
-    assert bool(run.last.masks.any(dim=-1).all())
+    assert run.last.value.masks.shape == (1, 2, (192 // 16) * (256 // 16))
+    assert bool(run.last.value.masks.any(dim=-1).all())
 
 
 def test_identity_without_entities_or_edits(parts):
@@ -99,7 +99,7 @@ def test_cfg_with_a_negative_of_another_length_batch_two(parts, sampler):
     out = sample(parts, patched, negative=long_negative, cfg=3.0, batch=2, sampler=sampler, w=192, h=256)
     plain = sample(parts, parts["model"], negative=long_negative, cfg=3.0, batch=2, sampler=sampler, w=192, h=256)
     assert out.shape[0] == 2 and not torch.equal(out, plain)
-    assert run.last.masks.shape[0] == 2  # per-sample masks for the two cond rows
+    assert run.last.value.masks.shape[0] == 2  # per-sample masks for the two cond rows
 
 
 def test_keeps_the_models_own_attention_mask(parts):
@@ -114,7 +114,7 @@ def test_keeps_the_models_own_attention_mask(parts):
     bias[:, :, parts["spec"].length + 40:parts["spec"].length + 90] = -3.0  # attend less to some image keys
     patched, run = deleak(parts)
     masked = sample(parts, patched, positive=with_mask(bias), negative=parts["cond"], cfg=2.0)
-    assert torch.isfinite(masked).all() and bool(run.last.masks.any(dim=-1).all())
+    assert torch.isfinite(masked).all() and bool(run.last.value.masks.any(dim=-1).all())
     assert not torch.equal(masked, sample(parts, parts["model"], positive=with_mask(bias), negative=parts["cond"],
                                           cfg=2.0))
     unmasked = sample(parts, patched, cfg=2.0)
@@ -132,8 +132,8 @@ def test_kontext_reference_tokens_stay_out_of_the_image_set(parts):
     out = sample(parts, patched, positive=positive, negative=parts["cond"], cfg=2.0)
     plain = sample(parts, parts["model"], positive=positive, negative=parts["cond"], cfg=2.0)
     assert torch.isfinite(out).all() and not torch.equal(out, plain)
-    assert run.last.grid == (192 // 16, 256 // 16) and run.last.masks.shape[-1] == 12 * 16
-    assert bool(run.last.masks.any(dim=-1).all())
+    assert run.last.value.grid == (192 // 16, 256 // 16) and run.last.value.masks.shape[-1] == 12 * 16
+    assert bool(run.last.value.masks.any(dim=-1).all())
 
 
 def test_chroma_shares_the_blocks(parts):
@@ -145,7 +145,7 @@ def test_chroma_shares_the_blocks(parts):
     patched, run = deleak(parts, model=chroma)
     out = sample(parts, patched, cfg=2.0)
     assert torch.isfinite(out).all() and not torch.equal(out, sample(parts, chroma, cfg=2.0))
-    assert run.last.masks.shape == (1, 2, 12 * 16) and bool(run.last.masks.any(dim=-1).all())
+    assert run.last.value.masks.shape == (1, 2, 12 * 16) and bool(run.last.value.masks.any(dim=-1).all())
 
 
 def test_chroma_with_its_own_t5_clip(parts):
@@ -164,7 +164,7 @@ def test_chroma_with_its_own_t5_clip(parts):
     out = sample(parts, patched, positive=cond, negative=negative, cfg=2.0)
     assert torch.isfinite(out).all()
     assert not torch.equal(out, sample(parts, chroma, positive=cond, negative=negative, cfg=2.0))
-    assert run.last.grid == (12, 16) and bool(run.last.masks.any(dim=-1).all())
+    assert run.last.value.grid == (12, 16) and bool(run.last.value.masks.any(dim=-1).all())
 
 
 def test_masks_node_outputs(parts):
@@ -255,7 +255,7 @@ def test_empty_masks_are_reported_not_silent(parts, caplog):
     patched, results = deleak(parts, mask_threshold=5.0)
     with caplog.at_level("WARNING"):
         latent = sample(parts, patched)
-    assert not results.last.masks.any()
+    assert not results.last.value.masks.any()
     assert any("found none of the entities" in r.getMessage() and "mask_threshold" in r.getMessage()
                for r in caplog.records)
     images = torch.rand(1, 192, 256, 3)
@@ -266,14 +266,14 @@ def test_empty_masks_are_reported_not_silent(parts, caplog):
     assert "found none of the entities" in out.ui["text"][0]
     permissive, found = deleak(parts)  # the suite's threshold finds both: nothing to report
     sample(parts, permissive)
-    assert found.last.summary() == ""
+    assert found.last.value.summary() == ""
 
 
 def test_one_missing_entity_is_named(leakless):
-    from leakless.nodes.deleaker_nodes import MaskRun
+    from leakless.nodes.methods.deleaker_patch import MaskResult
 
     masks = torch.zeros(2, 2, 4, dtype=torch.bool)
     masks[1, 0, 3] = True  # 'cow' found in the second image only; 'horse' nowhere
-    run = MaskRun(masks, (2, 2), (2, 16, 2, 2), "", None, ("cow", "horse"))
+    run = MaskResult(masks, (2, 2), ("cow", "horse"), (0, 0, 2, 2), (2, 2))
     assert run.missing == ["horse"] and "'horse'" in run.summary() and "'cow'" not in run.summary()
-    assert MaskRun(masks | True, (2, 2), (2, 16, 2, 2), "", None, ("cow", "horse")).summary() == ""
+    assert MaskResult(masks | True, (2, 2), ("cow", "horse"), (0, 0, 2, 2), (2, 2)).summary() == ""

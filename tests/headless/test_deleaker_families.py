@@ -89,7 +89,7 @@ def test_patches_finds_every_entity_and_is_identity_when_off(parts):
     patched, masks = deleak(parts)
     out = sample(parts, patched)
     assert torch.isfinite(out).all() and not torch.equal(out, plain)
-    run = masks.last
+    run = masks.last.value
     assert run.masks.shape[:2] == (1, 2) and bool(run.masks.any(dim=-1).all())
     assert run.grid[0] * 3 == run.grid[1] * 2  # the 96x64 latent's grid, not a square one
     off = parts["m"]["LeaklessDeLeaker"].execute(model=parts["model"], entities=parts["spec"],
@@ -102,25 +102,21 @@ def test_patches_finds_every_entity_and_is_identity_when_off(parts):
 
 def test_every_main_call_has_the_layout_the_adapter_says(parts):
     """The model's own attention calls: as many main calls per model call as the adapter counts blocks, each as
-    long as the text the adapter lays out plus the image grid (plus Z-Image's padding of the image tokens to a
+    long as the layout the registry gives (the text, the image grid, Z-Image's padding of the image tokens to a
     multiple of 32); every other call (refiners, text fusion, image-only attention) shorter."""
-    from leakless.nodes import joint_models
+    from leakless.nodes.registry import models
 
     spied, lengths = call_lengths(parts["model"])
     lat = latent(parts["family"])
     sample(parts, spied, steps=1, start=lat)
     dm = parts["model"].model.diffusion_model
-    adapter = joint_models.joint_model_of([c.__name__ for c in type(parts["model"].model).__mro__])
-    grid = joint_models.image_grid(lat["samples"].shape, adapter.patch_size(dm))
-    n_img = grid[0] * grid[1]
+    entry = models.model_of([c.__name__ for c in type(parts["model"].model.model_config).__mro__])
     llama = parts["cond"][0][1].get("conditioning_llama3")
     rows = parts["cond"][0][0].shape[1]
-    rows = max(rows, 512) if adapter.left_padded else rows  # FLUX.2: ComfyUI's Flux2.extra_conds pads to 512
-    segments = adapter.text_segments(dm, rows, None if llama is None else llama.shape[-2])
-    txt = sum(rows for rows, _, _ in segments)
-    pad = (-n_img) % 32 if parts["family"] == "z_image" else 0
-    main = [n for n in lengths if n >= txt + n_img]
-    assert set(main) == {txt + n_img + pad} and len(main) == adapter.n_blocks(dm)[0]
+    rows = max(rows, 512) if entry.left_padded else rows  # FLUX.2: ComfyUI's Flux2.extra_conds pads to 512
+    layout = models.call_layout(entry, dm, lat["samples"].shape, rows, {"encoder_hidden_states_llama3": llama})
+    main = [n for n in lengths if n >= layout.length]  # Z-Image pads its image tokens to a multiple of 32 too
+    assert set(main) == {layout.length} and len(main) == entry.block_counts(dm)[0]
 
 
 @pytest.mark.parametrize("sampler", ["KSampler", "KSamplerAdvanced"])
@@ -129,7 +125,7 @@ def test_cfg_negative_of_another_length_batch_two(parts, sampler):
     out = sample(parts, patched, negative=parts["empty"], cfg=2.0, batch=2, sampler=sampler)
     plain = sample(parts, parts["model"], negative=parts["empty"], cfg=2.0, batch=2, sampler=sampler)
     assert out.shape[0] == 2 and torch.isfinite(out).all() and not torch.equal(out, plain)
-    assert masks.last.masks.shape[0] == 2  # per-sample masks for the two cond rows
+    assert masks.last.value.masks.shape[0] == 2  # per-sample masks for the two cond rows
 
 
 def test_img2img_and_input_untouched(parts):

@@ -86,8 +86,8 @@ def dense_keep(cond, empty, keep):
 
 @pytest.mark.parametrize("family", sorted(WORD_ROWS))
 def test_words_are_at_the_rows_the_model_reads(clip_of, family):
-    from leakless.nodes.alignment import ROWS
-    from leakless.nodes.clip_glue import align_clip
+    from leakless.nodes.text.alignment import ROWS
+    from leakless.nodes.driver.clip import align_clip
 
     clip = clip_of(family)
     a = align_clip("test", clip, TEXT)
@@ -146,8 +146,8 @@ def test_leak_patch_pastes_the_isolated_encoding_through_the_same_template(clip_
 
 @pytest.mark.parametrize("family", sorted(TEMPLATED))
 def test_causal_rule_keeps_the_last_token_of_each_item(clip_of, family):
-    from leakless.nodes.alignment import ROWS
-    from leakless.nodes.clip_glue import align_clip
+    from leakless.nodes.text.alignment import ROWS
+    from leakless.nodes.driver.clip import align_clip
 
     clip = clip_of(family)
     text = "a hippopotamus beside a xylophone"
@@ -163,8 +163,8 @@ def test_causal_rule_keeps_the_last_token_of_each_item(clip_of, family):
 
 
 def test_weights_are_plain_text_for_llm_encoders(clip_of):
-    from leakless.nodes.alignment import ROWS
-    from leakless.nodes.clip_glue import align_clip
+    from leakless.nodes.text.alignment import ROWS
+    from leakless.nodes.driver.clip import align_clip
 
     a = align_clip("test", clip_of("z_image"), "a (red:1.5) cat")
     assert "(red:1.5)" in a.words() and {t.weight for t in a.rows.tokens} == {1.0}

@@ -56,8 +56,8 @@ LONG = ", ".join(f"a (red:1.1) cat number {i}" for i in range(40))
 @pytest.mark.parametrize("family", [FLUX, SDXL])
 @pytest.mark.parametrize("text", ["bats flying at night, a (baseball:1.2) bat", LONG], ids=["short", "long"])
 def test_trace_each_word_matches_dense_reference(clips, node, family, text):
-    from leakless.nodes.alignment import align
-    from leakless.nodes.flow import lexical_items
+    from leakless.nodes.text.alignment import align
+    from leakless.nodes.methods.flow import lexical_items
 
     clip = clips[family]
     base_cond, base_meta = clip_text_encode(clip, text)[0]
@@ -100,7 +100,7 @@ def test_trace_selection_modes_and_pooled_options(clips, node, family):
     cond, labels, count = node("LeaklessTokenTrace", clip=clip, text=text, mode="all but selection",
                                selection="cat#2\ndog, cat", include_full_prompt=False, pooled_output="prompt")
     (batched, meta), = cond
-    from leakless.nodes.alignment import align
+    from leakless.nodes.text.alignment import align
 
     a = align(text, clip.tokenizer)
     key = "t5xxl" if family == FLUX else "l"
@@ -121,7 +121,7 @@ def test_trace_selection_modes_and_pooled_options(clips, node, family):
                                        ("A standing zebra to the right of a bus station", "standing zebra"),
                                        (LONG + ", a final bat", "bat")], ids=["bat", "zebra", "multi-chunk"])
 def test_leak_patch_pastes_the_isolated_rows(clips, node, family, text, item):
-    from leakless.nodes.alignment import align
+    from leakless.nodes.text.alignment import align
 
     clip = clips[family]
     base = clip_text_encode(clip, text)
@@ -142,7 +142,7 @@ def test_leak_patch_pastes_the_isolated_rows(clips, node, family, text, item):
 
 
 def test_leak_patch_keeps_the_weight_the_item_has_in_the_prompt(clips, node):
-    from leakless.nodes.alignment import align
+    from leakless.nodes.text.alignment import align
 
     clip = clips[FLUX]
     text = "a (bat:1.3) near a baseball"
@@ -168,7 +168,7 @@ def test_leak_patch_keeps_other_conditioning_keys(clips, node):
 
 @pytest.mark.parametrize("family", [FLUX, SDXL])
 def test_redundant_manual_removes_only_the_named_tokens(clips, node, family):
-    from leakless.nodes.alignment import align
+    from leakless.nodes.text.alignment import align
 
     clip = clips[family]
     text = "a pelican near the supercalifragilistic bridge"
@@ -189,8 +189,8 @@ def test_redundant_manual_removes_only_the_named_tokens(clips, node, family):
 
 
 def test_redundant_causal_rule_keeps_last_tokens_on_clip(clips, node):
-    from leakless.nodes.alignment import align
-    from leakless.nodes.flow import lexical_items
+    from leakless.nodes.text.alignment import align
+    from leakless.nodes.methods.flow import lexical_items
 
     clip = clips[SDXL]
     text = "a supercalifragilistic axolotl, a cat"
@@ -206,8 +206,8 @@ def test_redundant_causal_rule_keeps_last_tokens_on_clip(clips, node):
 
 def test_redundant_classifier_file(clips, node, tmp_path, comfy_nodes):
     import folder_paths
-    from leakless.nodes import redundancy
-    from leakless.nodes.alignment import align
+    from leakless.nodes.methods import redundancy
+    from leakless.nodes.text.alignment import align
 
     clip = clips[FLUX]
     text = "a supercalifragilistic pelican"
@@ -290,7 +290,7 @@ def test_trace_grid_labels_every_image(comfy_nodes, node):
     # A latent batch of 2N gets the N conditionings tiled (c1..cN, c1..cN); labels must follow that order.
     tiled = comfy.utils.repeat_to_batch_size(torch.arange(3), 6).tolist()
     assert tiled == [0, 1, 2, 0, 1, 2]
-    from leakless.nodes.grid import labels_for_batch
+    from leakless.nodes.methods.grid import labels_for_batch
 
     labels = ["a", "b", "c"]
     assert labels_for_batch(labels, 6) == [labels[i] for i in tiled]
@@ -400,7 +400,7 @@ def test_clip_skip_and_lora_state_are_respected(clips, node):
         empty, _ = reference_empty(c, SDXL, 77)
         (cond, _), = node("LeaklessTokenTrace", clip=c, text="a cat", mode="selection", selection="cat",
                           include_full_prompt=False, pooled_output="prompt")[0]
-        from leakless.nodes.alignment import align
+        from leakless.nodes.text.alignment import align
 
         keep = set(align("a cat", c.tokenizer).find("cat").positions["l"])
         assert torch.equal(cond, dense_keep(base_cond, empty, keep))
@@ -409,7 +409,7 @@ def test_clip_skip_and_lora_state_are_respected(clips, node):
 
 def _classifier_bytes(tensors, meta):
     import safetensors.torch
-    from leakless.nodes import redundancy
+    from leakless.nodes.methods import redundancy
 
     raw = meta if isinstance(meta, str) else json.dumps(meta)
     return safetensors.torch.save({k: torch.as_tensor(v) for k, v in tensors.items()},

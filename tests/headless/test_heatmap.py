@@ -86,8 +86,8 @@ def test_bit_identical_and_maps_per_word(parts):
     patched, results = heat(parts)
     out = sample(parts, patched)
     assert torch.equal(out, plain)
-    check_maps(results.last.maps, 1, parts["family"])
-    assert results.last.names == ("red cat", "blue dog")
+    check_maps(results.last.value.maps, 1, parts["family"])
+    assert results.last.value.names == ("red cat", "blue dog")
     assert "optimized_attention_override" not in parts["model"].model_options.get("transformer_options", {})
 
 
@@ -98,7 +98,7 @@ def test_every_other_joint_family(loaded, family):
     patched, results = heat(parts)
     assert torch.equal(sample(parts, patched, cfg=2.0, negative=parts["negative"]),
                        sample(parts, parts["model"], cfg=2.0, negative=parts["negative"]))
-    maps = results.last.maps
+    maps = results.last.value.maps
     assert maps.shape[:2] == (1, 2) and maps.shape[2] * 3 == maps.shape[3] * 2 and torch.isfinite(maps).all()
     spread = maps.flatten(-2)
     assert bool((spread.amax(-1) > spread.amin(-1)).all())
@@ -108,7 +108,7 @@ def test_cfg_negative_of_another_length_batch_two(parts):
     patched, results = heat(parts, start_percent=0.3, end_percent=0.7, first_block=0.5)
     out = sample(parts, patched, cfg=3.0, batch=2, negative=parts["negative"])
     assert torch.equal(out, sample(parts, parts["model"], cfg=3.0, batch=2, negative=parts["negative"]))
-    check_maps(results.last.maps, 2, parts["family"])
+    check_maps(results.last.value.maps, 2, parts["family"])
 
 
 def test_each_run_has_its_own_maps_and_show_outputs(loaded):
@@ -117,7 +117,7 @@ def test_each_run_has_its_own_maps_and_show_outputs(loaded):
     first = sample(parts, patched)
     second = parts["nodes"].KSampler().sample(patched, 6, 3, 1.0, "euler", "simple", parts["cond"], parts["cond"],
                                               latent("sdxl", 2))[0]["samples"]
-    assert len(results.runs) == 2 and not torch.equal(results.runs[0].maps, results.runs[1].maps[:1])
+    assert len(results.runs) == 2 and not torch.equal(results.runs[0].value.maps, results.runs[1].value.maps[:1])
     show = parts["m"]["LeaklessHeatmapShow"]
     images = torch.rand(1, 64, 96, 3)
     mask, overlay = show.execute(heatmaps=results, images=images, opacity=0.6, samples={"samples": first}).args

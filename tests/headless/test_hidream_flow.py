@@ -37,7 +37,7 @@ def encode(clip, text):
 
 
 def align(clip, text):
-    from leakless.nodes.clip_glue import align_clip
+    from leakless.nodes.driver.clip import align_clip
 
     return align_clip("test", clip, text)
 

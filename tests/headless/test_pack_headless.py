@@ -77,7 +77,7 @@ def test_token_inspector_sd15(comfy_nodes):
 def test_positions_match_the_encoded_conditioning(comfy_nodes, leakless):
     """The inspector's positions are the rows CLIPTextEncode produces, for every family and a multi-chunk prompt."""
     nodes, _ = comfy_nodes
-    align = leakless.nodes.alignment.align
+    align = leakless.nodes.text.alignment.align
     long_prompt = ", ".join(f"a (red:1.1) cat number {i}" for i in range(30))
     flux_clip = nodes.DualCLIPLoader().load_clip("t5xxl_fp16.safetensors", "clip_l.safetensors", "flux")[0]
     sdxl_clip = nodes.CheckpointLoaderSimple().load_checkpoint("sd_xl_base_1.0.safetensors")[1]

@@ -102,7 +102,7 @@ def test_deleaker_accepts_the_same_prompt_encoded_again(m, flux):
 
 def masks_of(results):
     """The masks of the last sampling run with a DeLeaker model (its MASKS output)."""
-    return results.last.masks
+    return results.last.value.masks
 
 
 def _spy(calls):

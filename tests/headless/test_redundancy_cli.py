@@ -18,13 +18,14 @@ def test_help_from_custom_nodes():
 def test_train_on_tiny_flux_and_use_the_file(comfy_nodes, leakless, tmp_path, capsys):
     import folder_paths
     import nodes
-    from leakless.nodes import redundancy, redundancy_cli
+    from leakless.nodes import redundancy_cli
+    from leakless.nodes.methods import redundancy
 
     words = ["pelican", "axolotl", "supercalifragilistic", "hummingbird", "quokka", "platypus", "chinchilla",
              "armadillo"]
     data = tmp_path / "tokens.csv"
     clip = nodes.DualCLIPLoader().load_clip("t5xxl_fp16.safetensors", "clip_l.safetensors", "flux")[0]
-    from leakless.nodes.alignment import align
+    from leakless.nodes.text.alignment import align
 
     with open(data, "w", newline="") as f:
         w = csv.writer(f)

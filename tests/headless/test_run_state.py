@@ -1,4 +1,4 @@
-"""Sampling state owned by the run (nodes/run_state.py): no stale state between runs or graphs that share one
+"""Sampling state owned by the run (nodes/driver/patching.py): no stale state between runs or graphs that share one
 patched model, DeLeaker Masks tied to the run that made the images, ComfyUI 0.33.0's ModelAttentionBackend and
 multi-GPU CFG split. Real graphs through one PromptExecutor kept across prompts, as the server keeps it."""
 
@@ -129,7 +129,7 @@ def test_masks_are_those_of_the_run_that_made_the_samples(parts):
         images = torch.rand(latent.shape[0], latent.shape[2] * 8, latent.shape[3] * 8, 3)
         mask, _ = masks_node.execute(masks=results, images=images, opacity=0.5, samples={"samples": latent}).args
         run = results.find(masks_node.NAME, {"samples": latent})
-        assert run.grid == grid and mask.shape == (latent.shape[0] * 2, *images.shape[1:3])
+        assert run.value.grid == grid and mask.shape == (latent.shape[0] * 2, *images.shape[1:3])
     with pytest.raises(ValueError, match="input 'samples': 2 samplings used this Leakless DeLeaker model"):
         masks_node.execute(masks=results, images=torch.rand(2, 256, 128, 3), opacity=0.5)
     with pytest.raises(ValueError, match=r"input 'images': 1 image\(s\) of 128x256 px do not match"):
@@ -140,7 +140,7 @@ def test_masks_are_those_of_the_run_that_made_the_samples(parts):
 def test_tome_alternating_sizes_batches_and_steps_give_their_own_output(comfy_nodes, leakless):
     """One ToMe-patched model sampled in turn at other sizes, batch sizes and step counts: each run gives exactly
     what a fresh patch gives, and each run had its own state."""
-    from leakless.nodes import run_state
+    from leakless.nodes.driver import patching
     from test_tome import ENCODE, GROUPS
     from test_tome import TEXT as TOME_TEXT
 
@@ -161,7 +161,7 @@ def test_tome_alternating_sizes_batches_and_steps_give_their_own_output(comfy_no
 
     configs = [(1, 64, 64, 2), (2, 96, 64, 3)]
     alone = [go(bind(), *c) for c in configs]
-    shared, runs = run_state.watch(bind(), "leakless_tome")
+    shared, runs = patching.watch(bind(), "leakless_tome")
     for i in range(4):
         assert torch.equal(go(shared, *configs[i % 2]), alone[i % 2])
     assert len({id(r) for r in runs}) == 4 and [sorted(r.done) for r in runs] == [[0], [0, 1], [0], [0, 1]]
@@ -172,7 +172,7 @@ def test_stacked_deleakers_keep_their_own_state(parts):
     twice, results = deleak(parts, model=once, mask_threshold=0.0)
     out = flux_sample(parts, twice)
     assert torch.isfinite(out).all() and not torch.equal(out, flux_sample(parts, once))
-    assert results.last.masks.shape == (1, 2, 12 * 16)
+    assert results.last.value.masks.shape == (1, 2, 12 * 16)
 
 
 @pytest.mark.skipif(not MULTIGPU, reason="ModelAttentionBackend is new in ComfyUI 0.33.0")
@@ -212,7 +212,7 @@ def test_multigpu_cfg_split_runs_deleaker_in_threads_without_a_race(parts):
     negative = parts["nodes"].CLIPTextEncode().encode(parts["clip"], "blurry, low quality")[0]
     patched, results = deleak(parts)
     in_turn = flux_sample(parts, _split(patched, threads=False), negative=negative, cfg=3.0)
-    masks_in_turn = results.last.masks
+    masks_in_turn = results.last.value.masks
     together = _split(patched, threads=True)
     barrier, seen = threading.Barrier(2, timeout=60), set()
 
@@ -224,7 +224,7 @@ def test_multigpu_cfg_split_runs_deleaker_in_threads_without_a_race(parts):
     together.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "test_meet", meet)
     out = flux_sample(parts, together, negative=negative, cfg=3.0)
     assert len(seen) == 2 and threading.main_thread().ident not in seen
-    assert torch.equal(out, in_turn) and torch.equal(results.last.masks, masks_in_turn)
+    assert torch.equal(out, in_turn) and torch.equal(results.last.value.masks, masks_in_turn)
     assert not torch.equal(out, flux_sample(parts, parts["model"], negative=negative, cfg=3.0))
 
 

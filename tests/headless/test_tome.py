@@ -48,9 +48,9 @@ def sample(parts, model, positive, negative=None, cfg=5.0, batch=2, sampler="KSa
 
 def watched(model, prepare=None):
     """(a clone of the patched model, the list that receives the ToMe state of each of its sampling runs)."""
-    from leakless.nodes import run_state
+    from leakless.nodes.driver import patching
 
-    return run_state.watch(model, "leakless_tome", prepare)
+    return patching.watch(model, "leakless_tome", prepare)
 
 
 def test_merge_and_substitution_match_the_plain_encoding(parts):
@@ -324,7 +324,8 @@ def test_reference_anchor_latent_variant(parts):
     guider.set_conds(cond)
     sigmas = comfy.samplers.calculate_sigmas(variant.get_model_object("model_sampling"), "normal", 4)
     latent = torch.zeros(1, 4, 16, 16)
-    with pytest.raises(RuntimeError, match="'anchor latent' needs the sampler's negative prompt"):
+    with pytest.raises(ValueError, match="ToMe Semantic Binding: input 'semantic_latent': 'anchor latent' needs the "
+                       "sampler's negative prompt"):
         guider.sample(torch.randn_like(latent), latent, comfy.samplers.sampler_object("euler"), sigmas, seed=1)
 
 

@@ -9,9 +9,17 @@ import pytest
 import torch
 
 
+def text_then_image(*args):
+    """A joint layout: text rows, then the image grid (nodes/registry/layout.py)."""
+    from leakless.nodes.registry.layout import text_then_image as layout
+
+    return layout(*args)
+
+
+
 @pytest.fixture(scope="module")
 def dl(leakless):
-    import leakless.nodes.deleaker as dl
+    import leakless.nodes.methods.deleaker as dl
 
     return dl
 
@@ -159,7 +167,7 @@ SWITCHES = {
 @pytest.mark.parametrize("grid", [(6, 5), (4, 9), (7, 7)])
 def test_entity_scores_and_masks_match_dense(dl, grid, fused, monkeypatch):
     q, k, _ = make(0, grid=grid)
-    layout = dl.Layout(12, grid, ((2, 3), (5,), (8, 9, 10)))
+    layout = text_then_image(12, grid, ((2, 3), (5,), (8, 9, 10)))
     monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 50 * 7)  # force several query chunks
     ours = dl.entity_scores(q, k, layout, fused=fused)
     for b in range(q.shape[0]):
@@ -178,7 +186,7 @@ def test_edited_attention_matches_dense(dl, n_entities, switch, monkeypatch):
     grid = (6, 5)
     q, k, v = make(1 + n_entities, grid=grid)
     ents = ((2, 3), (5,), (8, 9, 10))[:n_entities]
-    layout = dl.Layout(12, grid, ents)
+    layout = text_then_image(12, grid, ents)
     st = dl.Settings(**SWITCHES[switch])
     masks = dl.entity_masks(dl.entity_scores(q, k, layout), layout, st)[1:]  # row 1 is "cond"
     assert bool(masks.any(dim=-1).all()), "every entity needs a mask for the test to mean something"
@@ -209,7 +217,7 @@ def test_overlapping_masks_reference_and_exclusive(dl):
     grid = (5, 6)
     q, k, v = make(7, grid=grid)
     ents = ((2, 3), (5,), (8, 9))
-    layout = dl.Layout(12, grid, ents)
+    layout = text_then_image(12, grid, ents)
     masks = torch.zeros(1, 3, 30, dtype=torch.bool)
     masks[0, 0, :14] = True
     masks[0, 1, 8:22] = True  # overlaps entity 0 on rows 8..13
@@ -229,7 +237,7 @@ def test_exclusive_overlap_keeps_every_contested_token_with_three_entities(dl):
     """A token held by the masks of entities 1 and 2 whose highest score is entity 0's (not holding it) goes to the
     better of 1 and 2, never to nobody (the independent check found 6 such tokens dropped in a planted case)."""
     grid = (4, 6)
-    layout = dl.Layout(3, grid, ((0,), (1,), (2,)))
+    layout = text_then_image(3, grid, ((0,), (1,), (2,)))
     gen = torch.Generator().manual_seed(4)
     scores = torch.rand(2, 3, 24, generator=gen) * 0.2
     scores[:, 0] += 0.8
@@ -256,7 +264,7 @@ def test_model_attention_mask_is_kept(dl, kind, monkeypatch):
     """A mask the model passes to its attention (ComfyUI's [L, L], [B, L, L] or [B, H, L, L]) holds in the entity
     scores, the image-image statistics and every edited row."""
     q, k, v = make(5)
-    length, layout = q.shape[2], dl.Layout(12, (6, 5), ((2, 3), (5,), (8, 9, 10)))
+    length, layout = q.shape[2], text_then_image(12, (6, 5), ((2, 3), (5,), (8, 9, 10)))
     g = torch.Generator().manual_seed(9)
     if kind == "bool":  # per batch row; no row fully masked
         mask = torch.rand(2, length, length, generator=g) > 0.2
@@ -288,12 +296,12 @@ def test_model_attention_mask_is_kept(dl, kind, monkeypatch):
 
 def test_no_edits_or_one_entity_is_identity(dl):
     q, k, v = make(3)
-    layout = dl.Layout(12, (6, 5), ((2,), (5,)))
+    layout = text_then_image(12, (6, 5), ((2,), (5,)))
     masks = torch.ones(2, 2, 30, dtype=torch.bool)
     off = dl.Settings(cross_text=False, self_text=False, image_image=False)
     base = sdpa(q, k, v)
     assert torch.equal(run_ours(dl, q, k, v, layout, masks, off, [0, 1]), base)
-    one = dl.Layout(12, (6, 5), ((2,),))
+    one = text_then_image(12, (6, 5), ((2,),))
     assert torch.equal(run_ours(dl, q, k, v, one, masks[:, :1], dl.Settings(), [0, 1]), base)
 
 
@@ -312,7 +320,7 @@ def test_history_is_the_running_mean(dl):
 def test_bf16_model_dtype(dl):
     """FLUX usually runs in bf16: statistics and softmax run in fp32, the output keeps the model's dtype."""
     q, k, v = make(4)
-    layout = dl.Layout(12, (6, 5), ((2, 3), (5,), (8, 9, 10)))
+    layout = text_then_image(12, (6, 5), ((2, 3), (5,), (8, 9, 10)))
     st = dl.Settings()
     masks = dl.entity_masks(dl.entity_scores(q, k, layout), layout, st)[1:]
     qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()

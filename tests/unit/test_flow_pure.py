@@ -1,5 +1,5 @@
-"""Pure Follow the Flow code: row edits against a dense reference, selection parsing, the redundancy rules and
-classifiers on synthetic data with a known answer."""
+"""Pure Follow the Flow code: row edits against a dense reference, the redundancy rules and classifiers on synthetic
+data with a known answer, the labelled grid."""
 
 import math
 
@@ -9,14 +9,14 @@ import torch
 
 @pytest.fixture(scope="module")
 def flow(leakless):
-    import leakless.nodes.flow as flow
+    import leakless.nodes.methods.flow as flow
 
     return flow
 
 
 @pytest.fixture(scope="module")
 def red(leakless):
-    import leakless.nodes.redundancy as red
+    import leakless.nodes.methods.redundancy as red
 
     return red
 
@@ -46,49 +46,8 @@ def test_row_edits_match_dense_reference(flow):
         flow.replace_rows(cond, empty[:, :70], [1])
 
 
-def test_parse_refs(flow):
-    P, R = flow.PhraseRef, flow.PositionRef
-    assert flow.parse_refs("cow; horse\ncow, horse , 3, 5-7\n\n cat#2 ") == [
-        [P("cow")], [P("horse")], [P("cow"), P("horse"), R(3, 3), R(5, 7)], [P("cat", 2)]]
-    assert flow.parse_refs("  ;\n ") == []
-    assert str(P("cat", 2)) == "cat#2" and str(R(5, 7)) == "5-7"
-    with pytest.raises(flow.SelectionError, match="empty range"):
-        flow.parse_refs("9-3")
-    with pytest.raises(flow.SelectionError, match="count from 1"):
-        flow.parse_refs("cat#0")
-
-
-def test_lexical_items_skip_punctuation_and_keep_hyphens(flow, tokenizers):
-    from leakless.nodes.alignment import align
-
-    a = align("a red-haired woman, (golden:1.2) gate; don't!", tokenizers["flux"])
-    assert [it.label for it in flow.lexical_items(a, "t5xxl")] == ["a", "red-haired", "woman", "golden", "gate",
-                                                                    "don't"]
-    named = flow.named_items(a, "t5xxl", "gate; golden gate")
-    assert [it.label for it in named] == ["golden gate", "gate"]  # prompt order
-
-
-def test_labels_are_the_words_a_person_reads(flow, tokenizers):
-    from leakless.nodes.alignment import align
-
-    a = align("a cow and bats", tokenizers["flux"])
-    n = a.encoders["t5xxl"].length
-    assert [t.text for t in a.encoders["t5xxl"].tokens[:7]] == ["\u2581", "a", "\u2581cow", "\u2581and",
-                                                                "\u2581bat", "s", "</s>"]
-    assert flow.token_label(a, "t5xxl", range(n)) == f"a cow and bat s </s> <pad x{n - 7}>"
-    assert flow.token_label(a, "t5xxl", [4, 5]) == "bat s" and flow.token_label(a, "t5xxl", []) == "(nothing)"
-    assert flow.token_label(a, "t5xxl", [0]) == "(space)"
-    refs, = flow.parse_refs("cow, bats, 4-5, 7-10")
-    assert flow.selection_label(a, "t5xxl", refs) == "cow, bats, bat s, <pad x4>"
-    c = align("a cow", tokenizers["sdxl"])
-    assert flow.token_label(c, "l", [1, 2, 3]) == "a cow <|endoftext|>"
-    long = align(" ".join(["horse"] * 40), tokenizers["sdxl"])
-    label = flow.token_label(long, "l", range(1, 41))
-    assert len(label) == flow.LABEL_CHARS and label == ("horse " * 14)[:flow.LABEL_CHARS - 1] + "\u2026"
-
-
 def test_grid_caps_columns_and_label_lines(leakless):
-    from leakless.nodes.grid import labelled_grid
+    from leakless.nodes.methods.grid import labelled_grid
 
     images = torch.rand(3, 40, 56, 3)
     wide = labelled_grid(images, ["a", "b", "c"], columns=10, font_size=10)
@@ -154,16 +113,12 @@ def test_decisions_never_touch_single_tokens_or_empty_an_item(red, flow):
 
 
 def test_manual_spec(red, flow):
-    assert red.parse_manual("pelican: lic; golden gate bridge: gate, 1") == [
-        ("pelican", ["lic"]), ("golden gate bridge", ["gate", "1"])]
     item = flow.Item("pelican", (0, 7), (5, 6, 7))
     d = red.manual_rule(item, ["LIC"], ["\u2581pe", "lic", "an"])
     assert d.keep == (6,) and d.remove == (5, 7)
     assert red.manual_rule(item, ["3"], ["a", "b", "c"]).keep == (7,)
     with pytest.raises(red.RedundancyError, match="no token 'x'; its tokens are"):
         red.manual_rule(item, ["x"], ["a", "b", "c"])
-    with pytest.raises(red.RedundancyError, match="does not say which tokens"):
-        red.parse_manual("pelican")
 
 
 def test_manual_numbers_are_indices_or_quoted_texts(red, flow):
@@ -191,47 +146,3 @@ def test_classifier_width_and_file_checks(red, tmp_path):
         red.load(str(tmp_path / "other.safetensors"))
 
 
-def test_words_and_positions_are_unambiguous(flow, tokenizers):
-    """A bare number is a position in a selection and a word elsewhere; '"1984"' is always a word, '@3' always a
-    position; a bare number that is also a word of the prompt is an error that says how to write each reading."""
-    from leakless.nodes.alignment import PhraseNotFoundError, align
-
-    P, R = flow.PhraseRef, flow.PositionRef
-    assert flow.parse_refs('"1984", @3, @5-7, 3, "C#"#2, "a, b; c"') == [
-        [P("1984"), R(3, 3), R(5, 7), R(3, 3), P("C#", 2), P("a, b; c")]]
-    assert [str(r) for r in flow.parse_refs('"1984", @3, 3, round#1, "x"#2')[0]] == [
-        '"1984"', "@3", "3", "round#1", '"x"#2']
-    assert flow.parse_phrases("1984, 2-3; 7", "entities") == [P("1984"), P("2-3"), P("7")]
-    assert flow.parse_refs("round#1")[0][0].explicit and not flow.parse_refs("round")[0][0].explicit
-    for bad, message in (('"cat', "unclosed"), ('big "cat"', "whole phrase"), ('""', "names no word")):
-        with pytest.raises(flow.SelectionError, match=message):
-            flow.parse_refs(bad)
-    with pytest.raises(flow.SelectionError, match=r"entities are words of the prompt, not token positions \('@3'\)"):
-        flow.parse_phrases("cow, @3", "entities")
-
-    a = align("a 1984 poster with 3 cats", tokenizers["sdxl"])
-    resolve = lambda text: flow.resolve_refs(a, "l", flow.parse_refs(text)[0])  # noqa: E731
-    assert resolve('"1984"') == [2, 3, 4, 5] and resolve('"3"') == [8] and resolve("@3") == [3]
-    assert resolve("4") == [4] and resolve("1984#1") == [2, 3, 4, 5]
-    with pytest.raises(flow.SelectionError, match=r"'3' is read as token position\(s\) 3, but '3' is also a word "
-                                                   r"of the prompt; write \"3\" for the word, @3 for the position"):
-        resolve("3")
-    with pytest.raises(flow.SelectionError, match=r"out of range.*'300-1984' is read as token position\(s\); "
-                                                   r"write \"300-1984\""):
-        resolve("300-1984")
-    with pytest.raises(PhraseNotFoundError, match=r"'9999' was read as a word of the prompt, not as a token position"):
-        flow.find_ref(a, flow.parse_phrases("9999", "items")[0])
-    assert flow.find_ref(a, flow.parse_phrases("1984", "items")[0]).positions["l"] == [2, 3, 4, 5]
-    assert [it.label for it in flow.named_items(a, "l", "3, 1984")] == ["1984", "3"]
-
-
-def test_words_never_span_two_segments(flow, tokenizers):
-    """ComfyUI tokenizes each weighted segment alone: '(red)(cat)' is two words, as is '(big)dog'."""
-    from leakless.nodes.alignment import align
-
-    a = align("(red)(cat) a (big)dog", tokenizers["sdxl"])
-    assert a.words() == ["red", "cat", "a", "big", "dog"]
-    assert [it.label for it in flow.lexical_items(a, "l")] == ["red", "cat", "a", "big", "dog"]
-    assert a.find("cat").positions["l"] == [2] and a.find("dog").positions["l"] == [5]
-    assert flow.resolve_refs(a, "l", flow.parse_refs("red, dog")[0]) == [1, 5]
-    assert a.find_spans("redcat") == [] and a.find_spans("bigdog") == []

@@ -8,8 +8,8 @@ import pytest
 
 @pytest.fixture(scope="module")
 def mods(leakless):
-    import leakless.nodes.alignment as alignment
-    import leakless.nodes.flow as flow
+    import leakless.nodes.text.alignment as alignment
+    import leakless.nodes.methods.flow as flow
 
     return alignment, flow
 

@@ -9,9 +9,22 @@ import torch
 import torch.nn.functional as F
 
 
+def text_then_image(*args):
+    """A joint layout: text rows, then the image grid (nodes/registry/layout.py)."""
+    from leakless.nodes.registry.layout import text_then_image as layout
+
+    return layout(*args)
+
+
+def cross_layout(*args):
+    from leakless.nodes.registry.layout import cross_layout as layout
+
+    return layout(*args)
+
+
 @pytest.fixture
 def mods(leakless):
-    from leakless.nodes import deleaker, heatmap
+    from leakless.nodes.methods import deleaker, heatmap
 
     return deleaker, heatmap
 
@@ -33,9 +46,9 @@ def test_cross_and_joint_layouts_averaged_over_grids(mods):
     k_joint = torch.randn(b, h, text + 2 * 3, d, generator=g)
     total = heatmap.HeatmapSum((4, 6))
     for fused in (False, True):  # the chunked path (the CPU's) and the fused one (other devices'), both here
-        cross = deleaker.entity_scores(q_cross, k_cross, deleaker.Layout(0, (4, 6), words), fused=fused)
+        cross = deleaker.entity_scores(q_cross, k_cross, cross_layout((4, 6), words), fused=fused)
         assert torch.allclose(cross.double(), dense_word_maps(q_cross, k_cross, slice(0, 24), words), atol=1e-6)
-        joint = deleaker.entity_scores(q_joint, k_joint, deleaker.Layout(text, (2, 3), words), fused=fused)
+        joint = deleaker.entity_scores(q_joint, k_joint, text_then_image(text, (2, 3), words), fused=fused)
         dense_joint = dense_word_maps(q_joint, k_joint, slice(text, None), words)
         assert torch.allclose(joint.double(), dense_joint, atol=1e-6)
     total.add(cross, (4, 6))
@@ -45,12 +58,26 @@ def test_cross_and_joint_layouts_averaged_over_grids(mods):
     assert total.count == 2 and torch.allclose(total.mean.double(), reference, atol=1e-6)
 
 
-def test_unet_grid_block_range_and_mask(mods):
+def test_on_image_crops_the_padding_and_keeps_the_window(mods):
+    """A grid of patches over a latent padded to whole patches: each cell covers cell x scale pixels, and what
+    reaches past the image (the padding) is cut off, not squeezed in; a joined image's part of the grid is left
+    out."""
     heatmap = mods[1]
-    assert heatmap.unet_grid((13, 20), 13 * 20) == (13, 20)
-    assert heatmap.unet_grid((13, 20), 7 * 10) == (7, 10)  # halvings round up
-    assert heatmap.unet_grid((13, 20), 2 * 3) == (2, 3)
-    assert heatmap.unet_grid((13, 20), 11) is None
+    grid = torch.arange(5 * 9, dtype=torch.float32).reshape(1, 1, 5, 9)  # 72x136 px at /8, patch 2: 5x9 cells
+    out = heatmap.on_image(grid, (0, 0, 5, 9), (2, 2), 8, (72, 136), mode="nearest")
+    assert out.shape == (1, 1, 72, 136)
+    assert out[0, 0, 0, 0] == 0 and out[0, 0, 15, 15] == 0 and out[0, 0, 16, 16] == 10  # 16 px per cell
+    assert out[0, 0, 71, 135] == grid[0, 0, 4, 8]  # the last cells, cut at the image's edge
+    wide = torch.cat([grid, -grid], dim=-1)  # HiDream-E1: the condition image joined on the right
+    assert torch.equal(heatmap.on_image(wide, (0, 0, 5, 9), (2, 2), 8, (72, 136), mode="nearest"), out)
+    square = torch.rand(1, 2, 4, 4)
+    assert torch.allclose(heatmap.on_image(square, (0, 0, 4, 4), (1, 1), 8, (32, 32)),
+                          torch.nn.functional.interpolate(square, size=(32, 32), mode="bilinear",
+                                                          align_corners=False))
+
+
+def test_block_range_and_mask(mods):
+    heatmap = mods[1]
     assert list(heatmap.block_range(10, 0.0, 1.0)) == list(range(10))
     assert list(heatmap.block_range(10, 0.3, 0.7)) == [3, 4, 5, 6]
     assert list(heatmap.block_range(3, 1.0, 1.0)) == [2]  # at least one

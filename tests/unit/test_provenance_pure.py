@@ -8,7 +8,7 @@ import torch
 
 @pytest.fixture(scope="module")
 def prov(leakless):
-    import leakless.nodes.provenance as prov
+    import leakless.nodes.text.provenance as prov
 
     return prov
 
@@ -92,19 +92,6 @@ def test_check_entries_rules(prov):
         check(prov, [(ours, 300)])
     with pytest.raises(ValueError, match="the positive prompt the sampler sees is empty"):
         check(prov, [])
-
-
-def test_tagged_uuids_and_cond_rows(prov, leakless):
-    from leakless.nodes.sampling_glue import cond_rows
-
-    t = tag(prov)
-    to = {"cond_or_uncond": [1, 0, 0], "uuids": ["neg", "a", "b"], prov.UUIDS_KEY: {t.digest: frozenset({"b"})}}
-    assert prov.tagged_uuids(to, None) is None and prov.tagged_uuids({}, t) is None
-    assert prov.tagged_uuids(to, t) == {"b"}
-    assert cond_rows(to, 6) == [2, 3, 4, 5]  # every cond chunk (2 rows each)
-    assert cond_rows(to, 6, prov.tagged_uuids(to, t)) == [4, 5]  # the chunk of the tagged entry only
-    assert cond_rows(to, 6, frozenset()) == []
-    assert cond_rows({"cond_or_uncond": [0]}, 2, frozenset({"a"})) == []  # no uuids: no chunk is known
 
 
 def test_same_encoding(prov):

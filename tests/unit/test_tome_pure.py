@@ -9,7 +9,7 @@ import torch
 
 @pytest.fixture(scope="module")
 def tome(leakless):
-    import leakless.nodes.tome as tome
+    import leakless.nodes.methods.tome as tome
 
     return tome
 
@@ -189,82 +189,3 @@ def test_gradients_through_inference_weights_without_copies(tome):
     assert torch.allclose(grad, want)
 
 
-def test_groups_parse_and_resolve_on_the_sdxl_tokenizer(tome, tokenizers):
-    from leakless.nodes.alignment import PhraseNotFoundError, align
-
-    a = align("a cat wearing sunglasses and a dog wearing a hat", tokenizers["sdxl"])
-    specs = tome.parse_groups("cat: wearing sunglasses\n dog: wearing a hat")
-    cat, dog = tome.resolve_groups(a, "l", specs)
-    assert (cat.noun, cat.attributes, cat.anchor) == ((2,), (3, 4), "a cat wearing sunglasses")
-    assert (dog.noun, dog.attributes, dog.anchor) == ((7,), (8, 9, 10), "a dog wearing a hat")
-    assert tome.clean_prompt([cat, dog]) == "a cat and a dog"
-    # an attribute word that occurs twice binds to the occurrence nearest its noun, after it first
-    dog_only, = tome.resolve_groups(a, "l", tome.parse_groups("dog: wearing"))
-    assert dog_only.attributes == (8,)
-    red, = tome.resolve_groups(align("a red cat and a blue dog", tokenizers["sdxl"]), "l",
-                               tome.parse_groups("cat: red"))
-    assert red.attributes == (2,) and red.anchor == "a red cat"
-    for bad, message in (("cat", "not 'noun: attribute"), ("cat:", "no attributes"), ("cat, dog: red", "one noun"),
-                         ("cat: wearing sunglasses; dog: sunglasses", "share the word"),
-                         ("cat: cat", "the noun itself")):
-        with pytest.raises(tome.GroupError, match=message):
-            tome.resolve_groups(a, "l", tome.parse_groups(bad))
-    with pytest.raises(PhraseNotFoundError, match="'horse' is not in the prompt"):
-        tome.resolve_groups(a, "l", tome.parse_groups("horse: wearing"))
-
-
-def reference_attribute(prompt, attribute, noun, others=()):
-    """Written for the test, on whitespace words (no tokenizer, no spans): the index of the word `attribute` (one
-    word) that the rule picks for the one-word `noun`: the fewest words between, before on a tie, never past
-    another group's noun (`others`, first occurrences); None where no occurrence is that near."""
-    words = [w.lower() for w in prompt.split()]
-    at = words.index(noun)
-    bounds = [words.index(o) for o in others]
-    low, high = max([b for b in bounds if b < at], default=-1), min([b for b in bounds if b > at], default=len(words))
-    near = [i for i, w in enumerate(words) if w == attribute and low < i < high and i != at]
-    return min(near, key=lambda i: (abs(i - at) - 1, i > at), default=None)
-
-
-@pytest.mark.parametrize("prompt,group,others", [
-    ("A black and white cat sits in a white sink", "cat: white", ()),
-    ("A black and white cat sits in a white sink", "sink: white", ("cat",)),
-    ("a round cinnamon roll and a round toaster pastry", "roll: round", ()),
-    ("a round cinnamon roll and a round toaster pastry", "pastry: round", ("roll",)),
-    ("a cat wearing sunglasses and a dog wearing a hat", "dog: wearing", ()),
-    ("a cat wearing sunglasses and a dog wearing a hat", "cat: wearing", ("dog",)),
-    ("a white cat white", "cat: white", ()),  # a tie: the one before
-    ("white white cat and a dog white", "dog: white", ("cat",)),
-    ("a red cat and a red dog and a bird", "bird: red", ("cat", "dog")),  # none near: refused
-])
-def test_repeated_attributes_follow_the_rule(tome, tokenizers, prompt, group, others):
-    """The attribute ToMe binds, on the real SDXL tokenizer, against the whitespace-word reference."""
-    from leakless.nodes.alignment import align
-
-    a = align(prompt, tokenizers["sdxl"])
-    noun, attribute = (p.strip() for p in group.split(":"))
-    specs = tome.parse_groups("; ".join([group] + [f"{o}: {o}#9" for o in others]))
-    nouns = [a.find(s.noun.phrase).span for s in specs]
-    want = reference_attribute(prompt, attribute, noun, others)
-    if want is None:
-        with pytest.raises(tome.GroupError, match=r"none of them is next to its noun .*#1 \("):
-            tome.attribute_span(a, specs[0].attributes[0], nouns[0], nouns)
-        return
-    span = tome.attribute_span(a, specs[0].attributes[0], nouns[0], nouns)
-    assert a.word_range(span)[0] == want
-
-
-def test_an_explicit_occurrence_is_always_honoured(tome, tokenizers):
-    from leakless.nodes.alignment import align
-
-    a = align("a round cinnamon roll and a round toaster pastry", tokenizers["sdxl"])
-    roll, pastry = tome.resolve_groups(a, "l", tome.parse_groups("cinnamon roll: round#1; toaster pastry: round#2"))
-    assert (roll.attributes, pastry.attributes) == ((2,), (7,))
-    far, = tome.resolve_groups(a, "l", tome.parse_groups("cinnamon roll: round#2"))  # even far from its noun
-    assert far.attributes == (7,)
-    with pytest.raises(tome.GroupError, match=r"share the word 'round'.*'#n'"):
-        tome.resolve_groups(a, "l", tome.parse_groups("cinnamon roll: round#1; toaster pastry: round#1"))
-    cat, = tome.resolve_groups(align("A black and white cat sits in a white sink", tokenizers["sdxl"]), "l",
-                               tome.parse_groups("cat: black, white"))
-    assert cat.attributes == (2, 4) and cat.anchor == "A black and white cat"
-    quoted, = tome.resolve_groups(align("a 1984 poster", tokenizers["sdxl"]), "l", tome.parse_groups('poster: "1984"'))
-    assert quoted.attributes == (2, 3, 4, 5)

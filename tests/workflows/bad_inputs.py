@@ -306,7 +306,7 @@ ROWS = [
     Row("SDXL CLIP", HE, {"clip": ["ckpt", 1], "text": "a cow", "words": "cow"}, "", ("family='sdxl'",), preview=1),
     # Attention Heatmap
     Row("words of another model", H, {"model": ["ckpt", 0]}, "entities",
-        ("they come from a FLUX.1 / Kontext / Krea prompt, and the model is a UNet (SDXL / SD1.5)",)),
+        ("they come from a FLUX.1 / Kontext / Krea prompt, and the model is SDXL",)),
     Row("window ends before it starts", H, {"start_percent": 0.8, "end_percent": 0.2}, "end_percent",
         ("0.2 is below start_percent",)),
     Row("entities connected", H, {}, "", ("ModelPatcher",)),

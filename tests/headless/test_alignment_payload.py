@@ -15,7 +15,7 @@ EMOJI_CJK = ("\U0001f600\u6f22\u5b57" * 7000)[:20_000]
 
 @pytest.fixture(scope="module")
 def alignment(leakless):
-    return leakless.nodes.alignment
+    return leakless.nodes.text.alignment
 
 
 def reference_word_range(to_prompt, words, span):

@@ -13,7 +13,7 @@ import logging
 import shutil
 from pathlib import Path
 
-PACK = Path(__file__).resolve().parents[1]
+PACK = Path(__file__).resolve().parents[2]
 SOURCE, TARGET = "examples_workflows", "example_workflows"
 KINDS = (".json", ".jpg")
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import LeaklessInputError
+from ..errors import LeaklessInputError
 
 KEY = "leakless_prompt"
-# transformer_options key, set per sampling by `outer_sample_check`: tag digest -> uuids of the positive entries
+# transformer_options key, set per sampling by the driver's prompt check: tag digest -> uuids of the positive entries
 # that carry it (ComfyUI puts each batch chunk's entry uuid in transformer_options["uuids"]).
 UUIDS_KEY = "leakless_prompt_uuids"
 
@@ -100,33 +100,6 @@ def check_entries(node: str, input_name: str, tag: PromptTag, entries: list[tupl
                                      f"rows instead of the {tag.rows} it was encoded with (ConditioningConcat?), so "
                                      "its token positions changed.", fix)
     return ours
-
-
-def outer_sample_check(node: str, input_name: str, tag: PromptTag, maker: str, fix: str, every_entry: bool):
-    """An OUTER_SAMPLE wrapper: before sampling, the guider's positive entries must come from `tag`'s prompt
-    (see check_entries); the uuids of those that do go into this sampling's transformer_options (UUIDS_KEY)."""
-
-    def wrapper(executor, *args, **kwargs):
-        guider = executor.class_obj
-        positive = (getattr(guider, "conds", None) or getattr(guider, "original_conds", {})).get("positive") or []
-        entries = [(tag_of(c), c["cross_attn"].shape[1] if torch.is_tensor(c.get("cross_attn")) else -1)
-                   for c in positive]
-        ours = check_entries(node, input_name, tag, entries, maker, fix, every_entry)
-        options = guider.model_options.setdefault("transformer_options", {})  # this sampling's copy
-        uuids = dict(options.get(UUIDS_KEY, {}))
-        uuids[tag.digest] = frozenset(positive[i].get("uuid") for i in ours)
-        options[UUIDS_KEY] = uuids
-        return executor(*args, **kwargs)
-
-    return wrapper
-
-
-def tagged_uuids(transformer_options: dict, tag: PromptTag | None):
-    """The uuids of this sampling's positive entries from `tag`'s prompt; None when unknown (no tag, or the model
-    is called outside a guider's sampling)."""
-    if tag is None:
-        return None
-    return (transformer_options.get(UUIDS_KEY) or {}).get(tag.digest)
 
 
 def same_encoding(cond: torch.Tensor, fresh: torch.Tensor) -> bool:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .alignment import PromptAlignment
-from .flow import PhraseRef, find_ref, parse_phrases, split_outside_quotes
+from ..text.alignment import PromptAlignment
+from ..text.grammar import PhraseRef, SelectionError, find_ref
 
 REFERENCE_NOUN_WEIGHT = 1.1
 REFERENCE_ATTRIBUTE_WEIGHT = 1.2
@@ -165,40 +165,9 @@ class GradThroughInference(TorchFunctionMode):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Binding groups: 'cat: wearing sunglasses; dog: wearing a hat'
+# Binding groups resolved against the prompt
 
 ARTICLES = frozenset({"a", "an", "the"})
-
-
-class GroupError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    noun: PhraseRef
-    attributes: tuple[PhraseRef, ...]
-
-
-def parse_groups(text: str) -> list[GroupSpec]:
-    """'cat: wearing sunglasses; dog: wearing a hat, red' -> one group per line or ';': the noun before ':', its
-    attributes after it, comma-separated. Each is a phrase of the prompt, optionally 'word#n' (n-th occurrence) or
-    quoted ('"1984"')."""
-    groups = []
-    for line in (p.strip() for p in split_outside_quotes(text, ";\n")):
-        if not line:
-            continue
-        noun, *rest = split_outside_quotes(line, ":")
-        if not rest or not noun.strip():
-            raise GroupError(f"'{line}' is not 'noun: attribute, attribute'")
-        noun_refs = parse_phrases(noun, "nouns")
-        if len(noun_refs) != 1:
-            raise GroupError(f"'{noun.strip()}': one noun per group (a multi-word noun is fine: 'teddy bear')")
-        attrs = tuple(parse_phrases(":".join(rest), "attributes"))
-        if not attrs:
-            raise GroupError(f"'{line}' has no attributes after ':'")
-        groups.append(GroupSpec(noun_refs[0], attrs))
-    return groups
 
 
 def _words_between(alignment: PromptAlignment, a: tuple[int, int], b: tuple[int, int]) -> int:
@@ -222,7 +191,7 @@ def attribute_span(alignment: PromptAlignment, ref: PhraseRef, noun: tuple[int, 
     near = [s for s in found if low <= s[0] and s[1] <= high and (s[1] <= noun[0] or s[0] >= noun[1])]
     if not near:
         listed = ", ".join(f"{ref.phrase}#{i} ('{_context(alignment, s)}')" for i, s in enumerate(found, 1))
-        raise GroupError(f"'{ref.phrase}' occurs {len(found)} times and none of them is next to its noun "
+        raise SelectionError(f"'{ref.phrase}' occurs {len(found)} times and none of them is next to its noun "
                          f"'{alignment.prompt[noun[0]:noun[1]]}' (before another group's noun): write one of "
                          f"{listed}")
     return min(near, key=lambda s: (_words_between(alignment, s, noun), s[0] > noun[0]))
@@ -237,7 +206,7 @@ def _context(alignment: PromptAlignment, span: tuple[int, int], words: int = 2) 
 
 def resolve_groups(alignment: PromptAlignment, key: str, specs) -> list[Group]:
     """Token rows (encoder `key`) of every group; each group's anchor phrase is the prompt text it spans, with a
-    preceding article ('a cat wearing sunglasses'). Raises GroupError for overlaps and PhraseNotFoundError."""
+    preceding article ('a cat wearing sunglasses'). Raises SelectionError for overlaps and PhraseNotFoundError."""
     nouns = [find_ref(alignment, spec.noun) for spec in specs]
     groups, owner = [], {}
     for index, (spec, noun) in enumerate(zip(specs, nouns, strict=True)):
@@ -248,14 +217,14 @@ def resolve_groups(alignment: PromptAlignment, key: str, specs) -> list[Group]:
             attributes += alignment.encoders[key].positions_in(*span)
         noun_rows = alignment.encoders[key].positions_in(*noun.span)
         if not noun_rows:
-            raise GroupError(f"'{spec.noun}' is not read by the {alignment.encoders[key].name} encoder")
+            raise SelectionError(f"'{spec.noun}' is not read by the {alignment.encoders[key].name} encoder")
         rows = noun_rows + [r for r in dict.fromkeys(attributes) if r not in noun_rows]
         if len(rows) == len(noun_rows):
-            raise GroupError(f"the attributes of '{spec.noun}' are the noun itself")
+            raise SelectionError(f"the attributes of '{spec.noun}' are the noun itself")
         for r in rows:
             if r in owner:
                 other, word = owner[r], alignment.encoders[key].tokens[r].word
-                raise GroupError(f"'{spec.noun}' and '{specs[other].noun}' share the word '{word}'; a word can "
+                raise SelectionError(f"'{spec.noun}' and '{specs[other].noun}' share the word '{word}'; a word can "
                                  f"belong to one group: name another occurrence with '#n' ('{word}#2')")
             owner[r] = index
         start, end = min(s[0] for s in spans), max(s[1] for s in spans)

@@ -33,11 +33,13 @@ negative and its cut reaches every image row's image keys, which the pack reads 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import combinations
 
 import torch
 import torch.nn.functional as F
+
+from ..registry.layout import Layout
 
 CHUNK_ELEMENTS = 1 << 25  # fp32 logits per chunk (128 MiB): bounds every per-chunk temporary of this module
 IMAGE_PROBS_ELEMENTS = 1 << 27  # keep the mask-history pass's image->image probabilities up to 512 MiB (2 x 1024²)
@@ -60,52 +62,39 @@ class Settings:
         return self.cross_text or (self.self_text and self.alpha != 1.0) or self.image_image
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where things are in the joint sequence of one attention call."""
+def entity_index(layout: Layout, e: int, device) -> torch.Tensor:
+    """Entity e's positions as an index tensor, made once per layout and device."""
+    key = ("entity", e, str(device))
+    if key not in layout._memo:
+        layout._memo[key] = torch.tensor(layout.entities[e], device=device)
+    return layout._memo[key]
 
-    txt_len: int  # text tokens come first
-    grid: tuple[int, int]  # image token grid (h, w); image tokens follow the text
-    entities: tuple[tuple[int, ...], ...]  # text positions of each entity's tokens
-    _index: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
-    def entity_index(self, e: int, device) -> torch.Tensor:
-        """Entity e's text positions as an index tensor, made once per device."""
-        key = (e, str(device))
-        if key not in self._index:
-            self._index[key] = torch.tensor(self.entities[e], device=device)
-        return self._index[key]
+def entity_indicators(layout: Layout, length: int, width: int, device) -> torch.Tensor:
+    """[length, width] fp32: column e is 1 / |tokens of e| on entity e's positions (the values that make an
+    attention call return each entity's mean probability), made once per layout and device."""
+    key = ("indicators", length, width, str(device))
+    if key not in layout._memo:
+        indicators = torch.zeros(length, width, device=device)
+        for e, tokens in enumerate(layout.entities):
+            indicators[list(tokens), e] = 1.0 / len(tokens)
+        layout._memo[key] = indicators
+    return layout._memo[key]
 
-    def entity_indicators(self, length: int, width: int, device) -> torch.Tensor:
-        """[length, width] fp32: column e is 1 / |tokens of e| on entity e's text positions (the values that make an
-        attention call return each entity's mean probability), made once per device."""
-        key = ("indicators", length, width, str(device))
-        if key not in self._index:
-            indicators = torch.zeros(length, width, device=device)
-            for e, tokens in enumerate(self.entities):
-                indicators[list(tokens), e] = 1.0 / len(tokens)
-            self._index[key] = indicators
-        return self._index[key]
 
-    def kept_keys(self, blocked: tuple[int, ...], length: int, device):
-        """Key positions without the `blocked` entities' tokens, and each entity's token positions among them."""
-        key = ("kept", blocked, length, str(device))
-        if key not in self._index:
-            drop = {p for e in blocked for p in self.entities[e]}
-            kept = [p for p in range(length) if p not in drop]
-            where = {p: n for n, p in enumerate(kept)}
-            shifted = {e: torch.tensor([where[p] for p in t], device=device)
-                       for e, t in enumerate(self.entities) if e not in blocked}
-            self._index[key] = (torch.tensor(kept, device=device), shifted)
-        return self._index[key]
-
-    @property
-    def n_img(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def img(self) -> slice:
-        return slice(self.txt_len, self.txt_len + self.n_img)
+def kept_keys(layout: Layout, blocked: tuple[int, ...], length: int, device):
+    """Key positions without the `blocked` entities' tokens, each entity's token positions among them, and where
+    the image keys begin among them."""
+    key = ("kept", blocked, length, str(device))
+    if key not in layout._memo:
+        drop = {p for e in blocked for p in layout.entities[e]}
+        kept = [p for p in range(length) if p not in drop]
+        where = {p: n for n, p in enumerate(kept)}
+        shifted = {e: torch.tensor([where[p] for p in t], device=device)
+                   for e, t in enumerate(layout.entities) if e not in blocked}
+        image_at = layout.image.start - sum(p < layout.image.start for p in drop)
+        layout._memo[key] = (torch.tensor(kept, device=device), shifted, image_at)
+    return layout._memo[key]
 
 
 def _softmax_parts_(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,14 +132,14 @@ def scores_and_image_probs(q, k, layout: Layout, mask=None, image_probs=True):
 
 def _fused_scores(q, k, layout: Layout, mask):
     b, h, _, d = q.shape
-    keys = k.shape[2]  # the queries' length in joint attention; the text's in cross-attention (layout.txt_len 0)
+    keys = k.shape[2]  # the queries' length in joint attention; the text's in cross-attention
     n_ent = len(layout.entities)
     width = max(d, n_ent)  # the fused kernels want the values' head size to equal the keys'
-    values = layout.entity_indicators(keys, width, q.device).expand(b, h, keys, width)
+    values = entity_indicators(layout, keys, width, q.device).expand(b, h, keys, width)
     kf = k.float()
     out = torch.empty(b, n_ent, layout.n_img, device=q.device)
     for start, end in _chunks(layout.n_img, _rows_per_chunk(h, keys)):
-        rows = slice(layout.txt_len + start, layout.txt_len + end)
+        rows = slice(layout.image.start + start, layout.image.start + end)
         sub = None if mask is None else mask[:, :, rows]
         mass = F.scaled_dot_product_attention(q[:, :, rows].float(), kf, values, attn_mask=sub)[..., :n_ent]
         if sub is not None:  # a row with no key left is NaN, as its softmax is (the fused kernels give 0)
@@ -163,12 +152,12 @@ def _fused_scores(q, k, layout: Layout, mask):
 def _chunked_scores(q, k, layout: Layout, mask, image_probs: bool):
     b, h, length, d = q.shape
     scale = 1.0 / math.sqrt(d)
-    cols = [layout.entity_index(e, q.device) for e in range(len(layout.entities))]
+    cols = [entity_index(layout, e, q.device) for e in range(len(layout.entities))]
     kf = k.float()
     out = torch.empty(b, len(cols), layout.n_img, device=q.device, dtype=torch.float32)
     probs = torch.empty(b, layout.n_img, layout.n_img, device=q.device) if image_probs else None
     for start, end in _chunks(layout.n_img, _rows_per_chunk(h, length)):
-        rows = slice(layout.txt_len + start, layout.txt_len + end)
+        rows = slice(layout.image.start + start, layout.image.start + end)
         logits = torch.matmul(q[:, :, rows].float() * scale, kf.transpose(-1, -2))
         if mask is not None:
             _add_mask(logits, mask[:, :, rows])
@@ -176,7 +165,7 @@ def _chunked_scores(q, k, layout: Layout, mask, image_probs: bool):
         for e, c in enumerate(cols):
             out[:, e, start:end] = (weights[..., c] * norm).mean(dim=(-1, 1))
         if probs is not None:
-            probs[:, start:end] = weights[..., layout.img].mul_(norm).mean(dim=1)
+            probs[:, start:end] = weights[..., layout.image].mul_(norm).mean(dim=1)
     return out, probs
 
 
@@ -339,15 +328,15 @@ class MaskPlan:
                         powers[src] = powers[src] + 1 if st.alpha_per_pair else 1
         return tuple(sorted(blocked)), tuple(powers)
 
-    def query_order(self, txt_len: int, length: int) -> tuple[torch.Tensor, int]:
-        """The joint sequence's query rows as [text, trailing (e.g. Kontext) tokens, image rows in plan order], and
-        how many of them come before the first edited row."""
-        key = (txt_len, length)
+    def query_order(self, image_start: int, length: int) -> tuple[torch.Tensor, int]:
+        """The joint sequence's query rows as [every row outside the image (text, references), image rows in plan
+        order], and how many of them come before the first edited row."""
+        key = (image_start, length)
         if key not in self._query_order:
             dev = self.order.device
             n_img = self.order.numel()
-            perm = torch.cat([torch.arange(txt_len, device=dev), torch.arange(txt_len + n_img, length, device=dev),
-                              txt_len + self.order])
+            outside = [torch.arange(image_start, device=dev), torch.arange(image_start + n_img, length, device=dev)]
+            perm = torch.cat([*outside, image_start + self.order])
             self._query_order[key] = (perm, length - n_img + self.n_plain)
         return self._query_order[key]
 
@@ -357,14 +346,14 @@ def _edited_keys(k, v, layout: Layout, blocked, powers, alpha: float):
     multiplied by alpha^power (the same as its logits); the kept key positions (None: all) and where the image keys
     begin among them."""
     if not blocked and not any(powers):
-        return k, v, None, layout.txt_len
-    keep, shifted = layout.kept_keys(blocked, k.shape[-2], k.device)
+        return k, v, None, layout.image.start
+    keep, shifted, image_at = kept_keys(layout, blocked, k.shape[-2], k.device)
     k2 = k.index_select(-2, keep)
     v2 = None if v is None else v.index_select(-2, keep)
     for e, power in enumerate(powers):
         if power and e not in blocked:
             k2[..., shifted[e], :] *= alpha ** power
-    return k2, v2, keep, layout.txt_len - sum(len(layout.entities[e]) for e in blocked)
+    return k2, v2, keep, image_at
 
 
 @dataclass(frozen=True)
@@ -427,7 +416,7 @@ def image_image_blocks(q, k, plan: MaskPlan, layout: Layout, settings: Settings,
                     parts[s].append(p_img * plan.in_mask[j if s == i else i])
                 continue
             for c0, c1 in _chunks(group.rows.numel(), _rows_per_chunk(heads, keys.shape[-2])):
-                rows = layout.txt_len + group.rows[c0:c1]
+                rows = layout.image.start + group.rows[c0:c1]
                 logits = torch.matmul(q.index_select(-2, rows).float() * scale, keys.transpose(-1, -2))
                 _add_mask(logits, _sub_mask(mask, rows, keep))
                 earlier = _image_blocks_of(g_index, blocks, c0, c1)
@@ -472,7 +461,7 @@ def _edited_sample(q, k, v, attend, plan: MaskPlan, layout: Layout, settings: Se
     """[L, H*D] attention of one sample (q, k, v: [H, L, D]) with the edits in its image-query rows: one gather of
     the queries into plan order, one call per row group, one scatter back."""
     blocks = image_image_blocks(q, k, plan, layout, settings, mask, probs) if settings.image_image else []
-    perm, n_plain = plan.query_order(layout.txt_len, q.shape[1])
+    perm, n_plain = plan.query_order(layout.image.start, q.shape[1])
     q_perm = q.index_select(1, perm)
     plain = _batch_of_one(_sub_mask(mask, perm[:n_plain], None))
     pieces = [attend(q_perm[None, :, :n_plain], k[None], v[None], plain)[0]]

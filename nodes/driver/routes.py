@@ -13,8 +13,8 @@ import importlib
 import json
 import sys
 
-from .alignment import MAX_CHARS, PromptNestingError, align
-from .families import BY_ID, FAMILIES
+from ..text.alignment import MAX_CHARS, PromptNestingError, align
+from ..registry.families import BY_ID, FAMILIES
 
 ROUTE = "/leakless/tokenize"
 FAMILIES_ROUTE = "/leakless/families"

@@ -29,7 +29,7 @@ import itertools
 import re
 from dataclasses import dataclass
 
-from .families import ENCODER_NAMES, NAMES, Family, family_of_tokenizer
+from ..registry.families import ENCODER_NAMES, NAMES, Family, family_of_tokenizer
 
 EMBEDDING_PREFIX = "embedding:"
 ROWS = "rows"  # the key of PromptAlignment.rows: the CONDITIONING rows, whichever encoders they come from

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..text.grammar import spelling
 from .flow import Item
 
 META_KEY = "leakless.redundancy"
@@ -35,7 +36,7 @@ class ClassifierMismatchError(RedundancyError):
 
 
 def _norm_token(text: str) -> str:
-    return text.replace("\u2581", "").replace("</w>", "").lower()
+    return spelling(text).lower()
 
 
 @dataclass
@@ -49,23 +50,6 @@ class Decision:
 def causal_rule(items: list[Item]) -> list[Decision]:
     return [Decision(it, it.positions[-1:], it.positions[:-1]) if len(it.positions) > 1
             else Decision(it, it.positions, (), "single token") for it in items]
-
-
-def parse_manual(text: str) -> list[tuple[str, list[str]]]:
-    """'pelican: lic; golden gate bridge: gate' -> [("pelican", ["lic"]), ("golden gate bridge", ["gate"])]."""
-    out = []
-    for entry in (e.strip() for e in re.split(r"[;\n]", text or "")):
-        if not entry:
-            continue
-        if ":" not in entry:
-            raise RedundancyError(f"'{entry}' does not say which tokens to keep; write it as 'item: token' "
-                                  "(a token's text or its 1-based index in the item)")
-        item, keep = entry.rsplit(":", 1)
-        keeps = [k.strip() for k in keep.split(",") if k.strip()]
-        if not item.strip() or not keeps:
-            raise RedundancyError(f"'{entry}' needs an item before ':' and at least one token after it")
-        out.append((item.strip(), keeps))
-    return out
 
 
 def manual_rule(item: Item, keeps: list[str], token_texts: list[str]) -> Decision:

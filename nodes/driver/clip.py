@@ -7,11 +7,15 @@ conditioning is exactly what CLIPTextEncode produces, LoRA-patched CLIPs, clip-s
 from __future__ import annotations
 
 import copy
+import itertools
 import weakref
 
-from .alignment import NESTING, PromptAlignment, PromptNestingError, UnsupportedTokenizerError, align, sub_tokenizer
-from .errors import LeaklessInputError
-from .families import NAMES, Family
+from ..errors import LeaklessInputError, input_error
+from ..methods.phrases import Phrases
+from ..registry.families import NAMES, Family
+from ..text import grammar, provenance
+from ..text.alignment import (NESTING, ROWS, PhraseNotFoundError, PromptAlignment, PromptNestingError,
+                              UnsupportedTokenizerError, align, sub_tokenizer)
 
 
 def check_clip(node: str, clip, input_name: str = "clip"):
@@ -131,3 +135,53 @@ def _tile_rows(cond, rows: int):
 
 
 EMPTY_PROMPT = EmptyPromptCache()
+
+
+def encode_phrases(node: str, clip, text: str, listed: str, input_name: str, check_family, count_problem,
+                   fix: str, disjoint: bool):
+    """Encode `text` (its ** marks removed) and find the phrases `listed` (comma-separated) or marked in it:
+    (conditioning, Phrases). `check_family(family)` raises for a CLIP the node cannot use; `count_problem(refs)`
+    says what is wrong with the number of phrases (None: nothing); `disjoint`: no token in two phrases."""
+    clean, marked = grammar.split_marked(text)
+    alignment = align_clip(node, clip, clean)
+    family = family_of(node, alignment)
+    check_family(family)
+    if listed.strip() and marked:
+        raise LeaklessInputError(node, input_name, "it is filled in and the text also marks "
+                                 f"{input_name} ({', '.join(f'**{p}**' for p, _ in marked)}); only one of them can be "
+                                 f"used.", f"clear '{input_name}' to use the marks, or remove the ** marks from the "
+                                 "text.")
+    try:
+        refs = (grammar.parse_phrases(listed, input_name) if listed.strip()
+                else [grammar.marked_ref(alignment, p, start) for p, start in marked])
+        problem = count_problem(refs)
+        if problem:
+            raise grammar.SelectionError(problem)
+        matches = [grammar.find_ref(alignment, r) for r in refs]
+    except (PhraseNotFoundError, grammar.SelectionError) as e:
+        raise input_error(node, input_name, e, fix) from None
+    positions = tuple(tuple(m.of(ROWS)) for m in matches)
+    if disjoint:
+        _check_disjoint(node, input_name if listed.strip() else "text", refs, positions, alignment.encoder(ROWS))
+    tokens = alignment.tokens
+    conditioning, tag = provenance.tag_conditioning(node, clip, tokens, clean,
+                                                    clip.encode_from_tokens_scheduled(tokens))
+    extra = tuple((encoder, tuple(tuple(m.positions[encoder]) for m in matches), alignment.encoders[encoder].length)
+                  for _, encoder in family.extra_rows)
+    return conditioning, Phrases(tuple(str(r) for r in refs), positions, alignment.encoder(ROWS).length, tag,
+                                 family.id, extra)
+
+
+def _check_disjoint(node: str, input_name: str, refs, positions, tokens) -> None:
+    """No token row may belong to two phrases (DeLeaker separates entities)."""
+    for i, j in itertools.combinations(range(len(refs)), 2):
+        shared = sorted(set(positions[i]) & set(positions[j]))
+        if shared:
+            same = positions[i] == positions[j]
+            fix = (f"name it once, or, if the prompt has it twice, write '{refs[j].phrase}#2' for its second "
+                   "occurrence." if same else "keep one of them, or give each its own words.")
+            raise LeaklessInputError(
+                node, input_name, f"'{refs[i]}' and '{refs[j]}' "
+                f"{'are the same words' if same else 'overlap'}: both hold the token row(s) "
+                f"{', '.join(f'{p} ({tokens.at(p).text!r})' for p in shared)}, and a token can belong to one entity "
+                "only.", fix)

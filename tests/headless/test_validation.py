@@ -1,5 +1,5 @@
-"""nodes/validation.py against an independent reference of what a declared FLOAT, INT or COMBO input allows, on the
-real V3 input objects of ComfyUI's API (the objects a node's schema holds)."""
+"""nodes/driver/validation.py against an independent reference of what a declared FLOAT, INT or COMBO input
+allows, on the real V3 input objects of ComfyUI's API (the objects a node's schema holds)."""
 
 import math
 
@@ -8,7 +8,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def v(leakless):
-    import leakless.nodes.validation as v
+    import leakless.nodes.driver.validation as v
 
     return v
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from numbers import Integral, Real
 
-from .errors import LeaklessInputError
+from ..errors import LeaklessInputError
 
 MAX_LISTED = 20  # options named in an error (a classifier folder can hold many files)
 MAX_STRING = 100_000  # characters in any text input (prompts, selections, groups)

@@ -1,9 +1,7 @@
-"""Follow the Flow (Kaplan, Toker, Reif, Belinkov, Schwartz, 2025): token tracing and leak patching.
-
-Pure tensor and alignment operations; the ComfyUI glue is ``flow_nodes.py``, the redundant-token predictor
-``redundancy.py``. The rule every operation follows (the reference code's): a removed token is neither dropped
-nor attention-masked; its row becomes the row **at the same position** of the empty prompt ``""`` encoded at the
-**same sequence length**. Sequence length and order never change.
+"""The grammar of everything a user writes to name parts of a prompt (pure: no ComfyUI import): selections
+(Token Trace), items (Redundant Token Mask, Leak Patch), manual keeps ('pelican: lic'), entities and words (DeLeaker,
+the heatmap), binding groups (ToMe), marks ('a **cow**'), and how a token's spelling is shown. Parsing only reads
+text; `find_ref` and `resolve_refs` resolve what was parsed against a prompt's alignment.
 """
 
 from __future__ import annotations
@@ -11,68 +9,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-import torch
-
-from .alignment import EncoderTokens, PhraseNotFoundError, PromptAlignment
+from .alignment import PhraseNotFoundError, PromptAlignment
 
 
 class SelectionError(ValueError):
-    """A selection that cannot be resolved (empty, out of range, malformed)."""
+    """Text that names parts of a prompt and cannot be read or resolved (empty, out of range, malformed)."""
 
 
-def replace_rows(cond: torch.Tensor, empty: torch.Tensor, positions) -> torch.Tensor:
-    """`cond` with the rows (dim -2: [B, L, D], or HiDream's Llama [B, layers, L, D]) at `positions` taken from
-    `empty` (same shape). Returns a new tensor."""
-    if cond.shape != empty.shape:
-        raise ValueError(f"prompt and empty-prompt encodings differ in shape: {tuple(cond.shape)} vs "
-                         f"{tuple(empty.shape)}")
-    out = cond.clone()
-    rows = sorted(set(positions))
-    if rows:
-        index = torch.tensor(rows, device=cond.device)
-        out[..., index, :] = empty[..., index, :].to(device=out.device, dtype=out.dtype)
-    return out
-
-
-def keep_rows(cond: torch.Tensor, empty: torch.Tensor, keep) -> torch.Tensor:
-    """Token tracing: every row not in `keep` (EOS and padding included) becomes the empty prompt's row."""
-    keep = set(keep)
-    return replace_rows(cond, empty, [i for i in range(cond.shape[-2]) if i not in keep])
-
-
-def paste_rows(cond: torch.Tensor, source: torch.Tensor, source_rows, target_rows) -> torch.Tensor:
-    """Leak patching: `cond` with `source`'s rows (dim -2) at `source_rows` written at `target_rows`. Returns a new
-    tensor."""
-    source_rows, target_rows = list(source_rows), list(target_rows)
-    if len(source_rows) != len(target_rows):
-        raise ValueError(f"{len(source_rows)} source rows for {len(target_rows)} target rows")
-    out = cond.clone()
-    if target_rows:
-        out[..., torch.tensor(target_rows, device=cond.device), :] = source[..., torch.tensor(source_rows), :].to(
-            device=out.device, dtype=out.dtype)
-    return out
-
-
-def following_rows(rows: EncoderTokens, other: EncoderTokens, replaced) -> list[int]:
-    """The positions of `other` (HiDream's Llama tokens) replaced when the CONDITIONING rows `replaced` are: a token
-    with characters iff every row token whose characters overlap it is replaced (and there is one); a token without
-    characters (BOS, padding) iff every row token without characters (EOS, padding) is."""
-    replaced = set(replaced)
-    charless = [t.position for t in rows.tokens if t.span is None] or [t.position for t in rows.tokens]
-    charless_replaced = all(p in replaced for p in charless)
-    out = []
-    for t in other.tokens:
-        if t.span is None:
-            hit = charless_replaced
-        else:
-            overlapping = rows.positions_in(*t.span)
-            hit = bool(overlapping) and all(p in replaced for p in overlapping)
-        if hit:
-            out.append(t.position)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Selections: "cow; horse; cow, horse" (subsets by line or ';', parts by ','), "cat#2", "3", "5-7", "@3", '"1984"'
 # A bare number is a token position where positions are allowed (Token Trace's selection) and a word elsewhere;
 # a quoted part ('"1984"', '"C#"#2') is always a phrase, '@3' / '@5-7' always positions.
@@ -199,44 +142,89 @@ def resolve_refs(alignment: PromptAlignment, key: str, refs) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Lexical items
+# Marks: 'a **cow** and a **horse**' names phrases inside the prompt itself
+
+_MARK = re.compile(r"\*\*(.+?)\*\*")
+
+
+def split_marked(text: str) -> tuple[str, list[tuple[str, int]]]:
+    """'a **cow** and a **horse**' -> ('a cow and a horse', [('cow', 2), ('horse', 12)]): each mark's words and
+    where they start in the text without marks."""
+    marks = [(m.group(1).strip(), m.start(1) - 2 - 4 * i + len(m.group(1)) - len(m.group(1).lstrip()))
+             for i, m in enumerate(_MARK.finditer(text))]
+    return _MARK.sub(lambda m: m.group(1), text), marks
+
+
+def marked_ref(alignment: PromptAlignment, phrase: str, start: int) -> PhraseRef:
+    """The occurrence that was marked: a second **cat** is 'cat#2'."""
+    starts = [s for s, _ in alignment.find_spans(phrase)]
+    if start not in starts:
+        alignment.find(phrase)  # not in the prompt at all: that error
+        raise SelectionError(f"'**{phrase}**' marks part of a word; mark whole words")
+    return PhraseRef(phrase, starts.index(start) + 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Binding groups (ToMe): 'cat: wearing sunglasses; dog: wearing a hat'
 
 
 @dataclass(frozen=True)
-class Item:
-    label: str
-    span: tuple[int, int]  # characters of the prompt
-    positions: tuple[int, ...]  # token positions in the encoder the diffusion model reads
+class GroupSpec:
+    noun: PhraseRef
+    attributes: tuple[PhraseRef, ...]
 
 
-_WORD = re.compile(r"\w(?:[\w'\u2019\-]*\w)?")
+def parse_groups(text: str) -> list[GroupSpec]:
+    """'cat: wearing sunglasses; dog: wearing a hat, red' -> one group per line or ';': the noun before ':', its
+    attributes after it, comma-separated. Each is a phrase of the prompt, optionally 'word#n' (n-th occurrence) or
+    quoted ('"1984"')."""
+    groups = []
+    for line in (p.strip() for p in split_outside_quotes(text, ";\n")):
+        if not line:
+            continue
+        noun, *rest = split_outside_quotes(line, ":")
+        if not rest or not noun.strip():
+            raise SelectionError(f"'{line}' is not 'noun: attribute, attribute'")
+        noun_refs = parse_phrases(noun, "nouns")
+        if len(noun_refs) != 1:
+            raise SelectionError(f"'{noun.strip()}': one noun per group (a multi-word noun is fine: 'teddy bear')")
+        attrs = tuple(parse_phrases(":".join(rest), "attributes"))
+        if not attrs:
+            raise SelectionError(f"'{line}' has no attributes after ':'")
+        groups.append(GroupSpec(noun_refs[0], attrs))
+    return groups
 
 
-def lexical_items(alignment: PromptAlignment, key: str) -> list[Item]:
-    """The prompt's words (punctuation around them excluded; hyphenated words and contractions kept whole) with
-    their token positions. Multi-word expressions are items only when the user names them."""
-    enc = alignment.encoder(key)
-    items = []
-    matches = (m for s, e in alignment.word_spans for m in _WORD.finditer(alignment.plain, s, e))
-    for m in matches:  # within the words ComfyUI reads: '(red)(cat)' is two
-        start = alignment.plain_to_prompt[m.start()]
-        end = alignment.plain_to_prompt[m.end() - 1] + 1
-        positions = tuple(enc.positions_in(start, end))
-        if positions:
-            items.append(Item(m.group(), (start, end), positions))
-    return items
+# ----------------------------------------------------------------------------------------------------------
+# Manual keeps (Redundant Token Mask): 'pelican: lic; golden gate bridge: gate'
 
 
-def named_items(alignment: PromptAlignment, key: str, text: str) -> list[Item]:
-    """Items the user named ("golden gate bridge; bats#2"), in prompt order. Empty text: every lexical item."""
-    refs = parse_phrases(text, "items")
-    if not refs:
-        return lexical_items(alignment, key)
-    items = []
-    for ref in refs:
-        match = find_ref(alignment, ref)
-        items.append(Item(str(ref), match.span, tuple(match.of(key))))
-    return sorted(items, key=lambda it: it.span)
+def parse_manual(text: str) -> list[tuple[str, list[str]]]:
+    """'pelican: lic; golden gate bridge: gate' -> [("pelican", ["lic"]), ("golden gate bridge", ["gate"])]: the
+    item before the last ':', the tokens to keep after it (a token's text or its 1-based index in the item)."""
+    out = []
+    for entry in (e.strip() for e in re.split(r"[;\n]", text or "")):
+        if not entry:
+            continue
+        if ":" not in entry:
+            raise SelectionError(f"'{entry}' does not say which tokens to keep; write it as 'item: token' "
+                                 "(a token's text or its 1-based index in the item)")
+        item, keep = entry.rsplit(":", 1)
+        keeps = [k.strip() for k in keep.split(",") if k.strip()]
+        if not item.strip() or not keeps:
+            raise SelectionError(f"'{entry}' needs an item before ':' and at least one token after it")
+        out.append((item.strip(), keeps))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Token spellings: how a token is shown and matched
+
+
+def spelling(text: str) -> str:
+    """A token's vocabulary text as read: without SentencePiece's '\u2581', CLIP's '</w>' and byte-level BPE's
+    '\u0120' ('\u010a' shown as '\\n')."""
+    return text.replace("\u2581", "").replace("</w>", "").replace("\u0120", "").replace("\u010a", "\\n")
 
 
 LABEL_CHARS = 80  # a longer label ends in '…'
@@ -251,8 +239,7 @@ def token_label(alignment: PromptAlignment, key: str, positions) -> str:
     byte-level BPE's 'Ġ' ('Ċ' shown as '\\n'; 'bats' on T5: 'bat s'), padding summarised as '<pad xN>', at most
     LABEL_CHARS characters."""
     tokens = [alignment.encoder(key).at(p) for p in positions]
-    words = [t.text.replace("\u2581", "").replace("</w>", "").replace("\u0120", "").replace("\u010a", "\\n")
-             for t in tokens if t.kind != "pad"]
+    words = [spelling(t.text) for t in tokens if t.kind != "pad"]
     pads = sum(t.kind == "pad" for t in tokens)
     label = " ".join([w for w in words if w] + ([f"<pad x{pads}>"] if pads else []))
     return _shorten(label or ("(space)" if tokens else "(nothing)"))  # T5's lone '▁' before some words

@@ -2,8 +2,9 @@
 
 Each attention call gives deleaker.entity_scores, [B, K, n] (the image rows' probability of each word's tokens, mean
 over the word's tokens and heads) on that call's own image grid; `HeatmapSum` brings each call's map bilinearly to
-one grid and averages over the calls. `normalised` divides each map by its max, `heat_colours` maps 0..1 to a
-colour ramp ('turbo'-like), `overlay` blends it over images.
+one grid and averages over the calls. `on_image` lays values of a grid over the images they belong to,
+`normalised` divides each map by its max, `heat_colours` maps 0..1 to a colour ramp ('turbo'-like), `overlay`
+blends it over images.
 """
 
 from __future__ import annotations
@@ -16,20 +17,6 @@ import torch.nn.functional as F
 # A coarse 'turbo' ramp (dark blue, blue, cyan, green, yellow, orange, dark red), linearly interpolated.
 RAMP = ((0.19, 0.07, 0.23), (0.27, 0.51, 0.96), (0.10, 0.85, 0.78), (0.55, 0.98, 0.26), (0.98, 0.80, 0.21),
         (0.96, 0.40, 0.07), (0.48, 0.02, 0.01))
-LEVELS = (1, 2, 4, 8)  # a UNet's downsampling factors of the latent at its attention levels
-
-
-def unet_grid(latent_hw: tuple[int, int], n: int) -> tuple[int, int] | None:
-    """The image grid of a UNet attention level with n image tokens: the latent's, downsampled by 1, 2, 4 or 8
-    (each halving rounds up, like a stride-2 convolution with padding 1); None if none fits."""
-    h, w = latent_hw
-    for s in LEVELS:
-        grid = (math.ceil(h / s), math.ceil(w / s))
-        if grid[0] * grid[1] == n:
-            return grid
-    return None
-
-
 def block_range(count: int, first: float, last: float) -> range:
     """The indices of `count` items (blocks, steps) from fraction `first` to `last` of them: at least one."""
     start = min(count - 1, max(0, math.floor(first * count + 1e-9)))
@@ -76,9 +63,16 @@ def normalised(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(top > 0, maps / top.clamp_min(1e-30), torch.zeros_like(maps)).clamp(0, 1)
 
 
-def resized(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[B, K, h, w] -> [B, K, *size], bilinear."""
-    return F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)
+def on_image(values: torch.Tensor, window, cell: tuple[int, int], scale: int, size: tuple[int, int],
+             mode: str = "bilinear") -> torch.Tensor:
+    """[B, K, gh, gw] values on an image token grid -> [B, K, *size] on the images: the latent's own `window` of the
+    grid (top, left, height, width), each cell `cell` latent pixels of `scale` image pixels, cropped to the image
+    (ComfyUI pads a latent to whole patches, so the last row and column of cells may reach past it)."""
+    top, left, h, w = window
+    values = values[..., top:top + h, left:left + w].float()
+    full = (h * cell[0] * scale, w * cell[1] * scale)
+    up = F.interpolate(values, size=full, mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+    return up[..., :size[0], :size[1]]
 
 
 def heat_colours(values: torch.Tensor) -> torch.Tensor:

@@ -6,10 +6,23 @@ reads them."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import torch
 
-from .errors import LeaklessInputError
+from ..errors import LeaklessInputError
+
+
+@dataclass(frozen=True)
+class Record:
+    """One completed run: what its patch made of it (`value`), and what ties it to the run."""
+
+    value: object  # the patch's result (MaskResult, HeatmapResult)
+    latent: tuple[int, ...]  # the shape of the latent the run produced
+    fingerprint: str  # a digest of that latent
+    prompt: str | None  # the prompt execution the run belonged to (None outside one)
+    notes: tuple[str, ...] = ()  # what the user was told during the run (layouts left alone)
+    scale: int = 8  # image pixels per latent pixel (the VAE's)
 
 
 def fingerprint(latent: torch.Tensor) -> str:
@@ -27,18 +40,17 @@ def prompt_id() -> str | None:
 
 
 class RunResults:
-    """The results of the last KEEP runs; each result has `fingerprint` and `prompt` (see MaskRun). `patch`: the
-    node whose model made them, `what`: what they are, for the errors."""
+    """The Records of the last KEEP completed runs of one patched model. `patch`: the node whose model made them,
+    `what`: what they are, for the errors."""
 
     KEEP = 16
-    patch = "Leakless DeLeaker"
-    what = "masks"
 
-    def __init__(self):
-        self.runs: list = []
+    def __init__(self, patch: str, what: str):
+        self.patch, self.what = patch, what
+        self.runs: list[Record] = []
 
-    def add(self, result) -> None:
-        self.runs = [*self.runs, result][-self.KEEP:]  # a new list: a reader never sees it half-changed
+    def add(self, record: Record) -> None:
+        self.runs = [*self.runs, record][-self.KEEP:]  # a new list: a reader never sees it half-changed
 
     @property
     def last(self):
@@ -68,12 +80,14 @@ class RunResults:
         return found[0]
 
 
-def check_images(node: str, images: torch.Tensor, latent: tuple[int, ...], patch: str) -> tuple[int, int, int]:
-    """(count, height, width) of `images`, which must be the decoded images of a run that produced `latent`."""
+def check_images(node: str, images: torch.Tensor, record: Record, patch: str) -> tuple[int, int, int]:
+    """(count, height, width) of `images`, which must be the decoded images of the run of `record`: one per latent,
+    each the latent's size times the VAE's scale."""
     n, ih, iw, _ = images.shape
-    lh, lw = latent[-2:]
-    if n != latent[0] or ih * lw != iw * lh:
+    lh, lw = record.latent[-2:]
+    if n != record.latent[0] or (ih, iw) != (lh * record.scale, lw * record.scale):
         raise LeaklessInputError(node, "images", f"{n} image(s) of {iw}x{ih} px do not match the sampling they "
-                                 f"belong to ({latent[0]} latent(s) of {lw}x{lh}).", "connect the decoded images of "
-                                 f"the sampler that uses {patch}'s model.")
+                                 f"belong to ({record.latent[0]} latent(s) of {lw}x{lh}, decoded to "
+                                 f"{lw * record.scale}x{lh * record.scale} px).", "connect the decoded images of the "
+                                 f"sampler that uses {patch}'s model (VAE Decode of its LATENT, not resized).")
     return n, ih, iw

@@ -12,7 +12,7 @@ FAMILIES = ("sd15", "sdxl", "flux")
 
 @pytest.fixture(scope="module")
 def alignment(leakless):
-    return leakless.nodes.alignment
+    return leakless.nodes.text.alignment
 
 
 def flat(chunks):

@@ -1,0 +1,86 @@
+"""What ComfyUI hands a patch's wrappers and attention override, read once (ComfyUI's calling conventions; no
+ComfyUI import): an APPLY_MODEL call's arguments, the step from the sigma schedule, which batch rows are which
+conditioning entries, and an attention call's q/k/v in the contract's [B, H, L, D] layout."""
+
+from __future__ import annotations
+
+from ..methods.contract import MethodError, step_of
+
+ATTENTION_ARGS = ("q", "k", "v", "heads", "mask", "attn_precision", "skip_reshape", "skip_output_reshape")
+APPLY_MODEL_ARGS = ("x", "t", "c_concat", "c_crossattn", "control", "transformer_options")
+OUTER_CALL = "leakless_outer_call"  # transformer_options key: this attention call is a part of an outer patch's call
+
+
+def apply_model_args(args, kwargs):
+    """(x, c_crossattn, transformer_options, the model's other inputs) of an APPLY_MODEL wrapper's call."""
+    bound = dict(zip(APPLY_MODEL_ARGS, args, strict=False))
+    bound.update({k: v for k, v in kwargs.items() if k in APPLY_MODEL_ARGS})
+    extra = {k: v for k, v in kwargs.items() if k not in APPLY_MODEL_ARGS}
+    return bound["x"], bound.get("c_crossattn"), bound.get("transformer_options") or {}, extra
+
+
+def sigma_step(transformer_options) -> tuple[int, int] | MethodError:
+    """(step, steps) of this model call from the sampler's schedule; the error when it gave none."""
+    sample_sigmas, sigmas = transformer_options.get("sample_sigmas"), transformer_options.get("sigmas")
+    if sample_sigmas is None or sigmas is None:
+        return MethodError("model", "the model was called without a sigma schedule (outside a sampler).",
+                           "sample with KSampler, KSamplerAdvanced or SamplerCustomAdvanced.")
+    return step_of(float(sigmas.flatten()[0]), sample_sigmas.flatten().float().cpu().tolist())
+
+
+def cond_rows(transformer_options, batch: int, uuids=None) -> list[int]:
+    """Batch rows of the cond chunks (cond_or_uncond flag 0) of a model call with `batch` rows; with `uuids`, of
+    the chunks whose conditioning entry's uuid is in it instead (ComfyUI's transformer_options["uuids"])."""
+    flags = transformer_options.get("cond_or_uncond") or [0]
+    per = batch // len(flags)
+    if uuids is not None:
+        chunks = transformer_options.get("uuids") or []
+        return [c * per + i for c, u in enumerate(chunks) if u in uuids for i in range(per)]
+    return [c * per + i for c, flag in enumerate(flags) if flag == 0 for i in range(per)]
+
+
+def entries(transformer_options, batch: int, rows: list[int]) -> tuple:
+    """The uuids of the conditioning entries whose batch chunks hold `rows`."""
+    uuids = transformer_options.get("uuids") or []
+    per = batch // len(transformer_options.get("cond_or_uncond") or [0])
+    return tuple(uuids[r // per] for r in rows[::per]) if uuids else ()
+
+
+class ComfyAttention:
+    """One call of ComfyUI's attention as an override receives it: q, k, v viewed as [B, H, L, D] whatever the
+    model's own layout ([B, L, H*D] for SD3, HiDream and the UNets; SD3's v is [B, L, H, D]); `plain()` runs the
+    call unchanged, `attend` the attention that was there before on any rows and keys."""
+
+    def __init__(self, func, previous, args, kwargs):
+        self.func, self.previous, self.args, self.kwargs = func, previous, args, kwargs
+        bound = dict(zip(ATTENTION_ARGS, args, strict=False))
+        bound.update(kwargs)
+        self.heads, self.mask = bound.pop("heads"), bound.pop("mask", None)
+        q, k, v = (bound.pop(n) for n in "qkv")
+        if not bound.pop("skip_reshape", False):
+            q, k, v = (t.reshape(t.shape[0], t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        self.q, self.k, self.v, self._rest = q, k, v, bound
+
+    @property
+    def transformer_options(self) -> dict:
+        return self.kwargs.get("transformer_options") or {}
+
+    @property
+    def self_attention(self) -> bool:
+        """Queries and keys are one sequence, and the output is [B, L, H*D] (what a patch returns)."""
+        return self.k.shape[2] == self.q.shape[2] and not self._rest.get("skip_output_reshape", False)
+
+    def plain(self):
+        if self.previous is not None:
+            return self.previous(self.func, *self.args, **self.kwargs)
+        return self.func(*self.args, **self.kwargs)
+
+    def attend(self, q, k, v, mask):
+        """The model's own attention on [b, H, rows, D] (any rows, edited keys): [b, rows, H*D]. A Leakless patch
+        chained below sees it as a part of this call (OUTER_CALL) and leaves it alone."""
+        kw = dict(self._rest, mask=mask, skip_reshape=True)
+        kw["transformer_options"] = {**self.transformer_options, OUTER_CALL: self}
+        if self.previous is not None:
+            return self.previous(self.func, q, k, v, self.heads, **kw)
+        return self.func(q, k, v, self.heads, **kw)
+

@@ -1,0 +1,18 @@
+"""The V3 schema pieces the node modules share: Leakless's own socket types and the outputs of the nodes that
+encode a prompt and find phrases in it."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+ENTITIES = io.Custom("LEAKLESS_ENTITIES")  # methods.phrases.Phrases: DeLeaker's entities, the heatmap's words
+MASKS = io.Custom("LEAKLESS_DELEAKER_MASKS")  # results.RunResults of DeLeaker's runs
+HEATMAPS = io.Custom("LEAKLESS_HEATMAPS")  # results.RunResults of the heatmap's runs
+BINDING = io.Custom("LEAKLESS_TOME_BINDING")  # methods.tome_patch.BindingSpec
+
+
+def encode_outputs(phrases_tooltip: str) -> list:
+    """The outputs of a node that encodes a prompt and finds phrases: the conditioning, and the phrases' rows."""
+    return [io.Conditioning.Output("conditioning", display_name="conditioning",
+                                   tooltip="The prompt's conditioning (marks removed): the sampler's positive."),
+            ENTITIES.Output("entity_spec", display_name="entities", tooltip=phrases_tooltip)]

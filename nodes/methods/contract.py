@@ -1,0 +1,132 @@
+"""The contract between a sampling-time method and ComfyUI's sampling (pure: no ComfyUI import).
+
+A method is a *patch*: a per-run controller that never sees a ModelPatcher, names no node and imports no ComfyUI.
+The driver (nodes/driver/) alone implements this contract. It makes a fresh run state for every sampling run
+(`Patch.new_run`), and hands the patch:
+- once per model call, a `ModelCall`: the model's registry entry, the step and step count from the sigma schedule,
+  which batch rows carry the patch's prompt, the layout of a main attention call and how many main blocks there
+  are (`Patch.begin` returns the patch's state for this model call, or None when it has nothing to do in it);
+- once per attention call inside it, an `AttentionCall`: q, k, v as [B, H, L, D] in the call's own token order, the
+  model's own mask, the block's index and kind, and the attention that was there before (`attend`), to run the
+  rows it leaves alone (`Patch.attention` returns the call's output, or None to leave the call to the model);
+- or, for a patch that works on whole model calls (ToMe), a `ModelRunner` to run the model itself
+  (`Patch.model_call`);
+- at the end of a completed run, the output latent (`Patch.finish` returns what the run's result nodes show).
+Bad input found while sampling is a `MethodError` (problem and fix); the driver restates it naming the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from ..registry.layout import Layout
+from ..registry.models import DiffusionModel
+
+
+class MethodError(ValueError):
+    """Bad input a method finds while it runs: which of its node's inputs, the problem and the fix."""
+
+    def __init__(self, input_name: str, problem: str, fix: str = ""):
+        self.input_name, self.problem, self.fix = input_name, problem, fix
+        super().__init__(f"input '{input_name}': {problem}" + (f" Fix: {fix}" if fix else ""))
+
+
+def step_of(sigma: float, schedule: list[float]) -> tuple[int, int]:
+    """(step index, number of steps) of a model call at `sigma` in a sampler's sigma `schedule`: the largest i
+    with schedule[i] >= sigma, so samplers that evaluate between schedule sigmas (DPM, SDE, churn) map to the step
+    they are in; never counted from calls."""
+    index = max((i for i, s in enumerate(schedule) if s >= sigma * (1 - 1e-4) - 1e-8), default=0)
+    return min(index, len(schedule) - 2), len(schedule) - 1
+
+
+@dataclass
+class ModelCall:
+    """One model call as the patch sees it."""
+
+    model: DiffusionModel  # the registry entry
+    batch: int  # batch rows of the call
+    rows: tuple[int, ...]  # batch rows that carry the patch's prompt (its tagged positive entries)
+    entries: tuple  # which conditioning entries those rows are (a patch keeps state per set of entries)
+    step: int | None  # from the sigma schedule; None when the sampler gave none (see `schedule_error`)
+    steps: int | None
+    layout: Layout | None  # joint models: a main attention call's layout
+    n_blocks: int = 0  # joint models: main blocks per model call
+    n_first: int = 0  # joint models: blocks in the first list (FLUX's double blocks)
+    latent: tuple[int, ...] = ()  # the shape of the model call's latent
+    schedule_error: MethodError | None = None
+
+    def need_step(self) -> tuple[int, int]:
+        """(step, steps); the driver's error when the sampler gave no sigma schedule."""
+        if self.step is None:
+            raise self.schedule_error or MethodError("model", "the sampler gave no sigma schedule.")
+        return self.step, self.steps
+
+
+@dataclass
+class AttentionCall:
+    """One attention call as the patch sees it. `block`: the index of this main block in the model call (None:
+    not a main block); `kind`: "main", "other" (a refiner, text fusion, image-only attention, a UNet's
+    self-attention), "cross" (a UNet's cross-attention; `grid` is its level's image grid) or "part" (a piece of
+    an outer Leakless patch's edited call: leave it alone). `attend(q, k, v, mask)` runs the attention that was
+    there before on [b, H, rows, D] tensors (any rows, edited keys), returning [b, rows, H*D]."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    mask: torch.Tensor | None
+    kind: str
+    block: int | None = None
+    grid: tuple[int, int] | None = None
+    attend: object = field(default=None, repr=False)
+
+
+class ModelRunner(Protocol):
+    """What a whole-model-call patch (ToMe) may do with the model call it wraps (the driver implements it)."""
+
+    x: torch.Tensor  # the call's latent rows
+    sigma: torch.Tensor  # each row's sigma
+    context: torch.Tensor | None  # the call's cross-attention context
+
+    def run(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """The model call on these rows (the rest as the sampler gave it)."""
+
+    def denoise(self, x, context, samples: list[int]) -> torch.Tensor:
+        """The denoised prediction for latent rows `x` with `context`, row i of `x` being sample samples[i]."""
+
+    def cross_attention_maps(self, x, context, samples: list[int], layers) -> list[tuple[torch.Tensor, tuple]]:
+        """The head-averaged cross-attention probabilities ([b, N, T], their grid) at UNet `layers`, with
+        gradients; the pass stops after the last of them."""
+
+    def input_scale(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The model's input scaling c_in at `sigma`."""
+
+    def check_interrupt(self) -> None:
+        """Raises when the user interrupted the run."""
+
+    def progress(self, total: int) -> object:
+        """A progress bar of `total` ticks (its update(n) / update_absolute(n))."""
+
+    def free_memory(self) -> None:
+        """After an out-of-memory error: the device's cache emptied."""
+
+
+class Patch(Protocol):
+    """A sampling-time method. `edits`: it changes what the model computes (False: it only reads, and the images
+    stay bit-identical)."""
+
+    edits: bool
+
+    def new_run(self, info: dict) -> object:
+        """State for one sampling run; `info`: what the sampler gave (cfg, its negative conditioning)."""
+
+    def begin(self, run, call: ModelCall) -> object | None:
+        """The patch's state for one model call, or None when it has nothing to do there."""
+
+    def attention(self, run, state, call: AttentionCall) -> torch.Tensor | None:
+        """[B, L, H*D] for this attention call, or None to leave it to the model."""
+
+    def finish(self, run, output: torch.Tensor) -> object | None:
+        """The run's result (None: nothing to show) once the sampling completed with `output`."""

@@ -1,0 +1,110 @@
+"""Follow the Flow (Kaplan, Toker, Reif, Belinkov, Schwartz, 2025): token tracing and leak patching.
+
+Pure tensor and alignment operations; the nodes are ``flow_nodes.py``, the redundant-token predictor
+``redundancy.py``. The rule every operation follows (the reference code's): a removed token is neither dropped
+nor attention-masked; its row becomes the row **at the same position** of the empty prompt ``""`` encoded at the
+**same sequence length**. Sequence length and order never change.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from ..text.alignment import EncoderTokens, PromptAlignment
+from ..text.grammar import find_ref, parse_phrases
+
+
+def replace_rows(cond: torch.Tensor, empty: torch.Tensor, positions) -> torch.Tensor:
+    """`cond` with the rows (dim -2: [B, L, D], or HiDream's Llama [B, layers, L, D]) at `positions` taken from
+    `empty` (same shape). Returns a new tensor."""
+    if cond.shape != empty.shape:
+        raise ValueError(f"prompt and empty-prompt encodings differ in shape: {tuple(cond.shape)} vs "
+                         f"{tuple(empty.shape)}")
+    out = cond.clone()
+    rows = sorted(set(positions))
+    if rows:
+        index = torch.tensor(rows, device=cond.device)
+        out[..., index, :] = empty[..., index, :].to(device=out.device, dtype=out.dtype)
+    return out
+
+
+def keep_rows(cond: torch.Tensor, empty: torch.Tensor, keep) -> torch.Tensor:
+    """Token tracing: every row not in `keep` (EOS and padding included) becomes the empty prompt's row."""
+    keep = set(keep)
+    return replace_rows(cond, empty, [i for i in range(cond.shape[-2]) if i not in keep])
+
+
+def paste_rows(cond: torch.Tensor, source: torch.Tensor, source_rows, target_rows) -> torch.Tensor:
+    """Leak patching: `cond` with `source`'s rows (dim -2) at `source_rows` written at `target_rows`. Returns a new
+    tensor."""
+    source_rows, target_rows = list(source_rows), list(target_rows)
+    if len(source_rows) != len(target_rows):
+        raise ValueError(f"{len(source_rows)} source rows for {len(target_rows)} target rows")
+    out = cond.clone()
+    if target_rows:
+        out[..., torch.tensor(target_rows, device=cond.device), :] = source[..., torch.tensor(source_rows), :].to(
+            device=out.device, dtype=out.dtype)
+    return out
+
+
+def following_rows(rows: EncoderTokens, other: EncoderTokens, replaced) -> list[int]:
+    """The positions of `other` (HiDream's Llama tokens) replaced when the CONDITIONING rows `replaced` are: a token
+    with characters iff every row token whose characters overlap it is replaced (and there is one); a token without
+    characters (BOS, padding) iff every row token without characters (EOS, padding) is."""
+    replaced = set(replaced)
+    charless = [t.position for t in rows.tokens if t.span is None] or [t.position for t in rows.tokens]
+    charless_replaced = all(p in replaced for p in charless)
+    out = []
+    for t in other.tokens:
+        if t.span is None:
+            hit = charless_replaced
+        else:
+            overlapping = rows.positions_in(*t.span)
+            hit = bool(overlapping) and all(p in replaced for p in overlapping)
+        if hit:
+            out.append(t.position)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Lexical items
+
+
+@dataclass(frozen=True)
+class Item:
+    label: str
+    span: tuple[int, int]  # characters of the prompt
+    positions: tuple[int, ...]  # token positions in the encoder the diffusion model reads
+
+
+_WORD = re.compile(r"\w(?:[\w'\u2019\-]*\w)?")
+
+
+def lexical_items(alignment: PromptAlignment, key: str) -> list[Item]:
+    """The prompt's words (punctuation around them excluded; hyphenated words and contractions kept whole) with
+    their token positions. Multi-word expressions are items only when the user names them."""
+    enc = alignment.encoder(key)
+    items = []
+    matches = (m for s, e in alignment.word_spans for m in _WORD.finditer(alignment.plain, s, e))
+    for m in matches:  # within the words ComfyUI reads: '(red)(cat)' is two
+        start = alignment.plain_to_prompt[m.start()]
+        end = alignment.plain_to_prompt[m.end() - 1] + 1
+        positions = tuple(enc.positions_in(start, end))
+        if positions:
+            items.append(Item(m.group(), (start, end), positions))
+    return items
+
+
+def named_items(alignment: PromptAlignment, key: str, text: str) -> list[Item]:
+    """Items the user named ("golden gate bridge; bats#2"), in prompt order. Empty text: every lexical item."""
+    refs = parse_phrases(text, "items")
+    if not refs:
+        return lexical_items(alignment, key)
+    items = []
+    for ref in refs:
+        match = find_ref(alignment, ref)
+        items.append(Item(str(ref), match.span, tuple(match.of(key))))
+    return sorted(items, key=lambda it: it.span)

@@ -1,0 +1,100 @@
+"""The attention heatmap as a patch: a per-run controller over the contract that only reads (pure: no ComfyUI
+import).
+
+In the chosen steps and blocks it scores the image rows' attention to each word's tokens (deleaker.entity_scores,
+on the rows of its prompt) and leaves every call to the model, so the images stay bit-identical. Joint models:
+their main blocks, on the image token grid. UNets (SDXL, SD1.5): their cross-attention calls, each on its level's
+grid, brought to the latent's grid.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from . import deleaker, heatmap
+from ..registry.layout import cross_layout
+from .contract import AttentionCall, MethodError, ModelCall
+from .phrases import Phrases
+
+ENCODE_FIX = ("connect Leakless Heatmap Encode's conditioning as the positive prompt of the sampler that uses this "
+              "model.")
+
+
+class Run:
+    """One sampling run's sums, one per set of positive entries."""
+
+    def __init__(self):
+        self.sums: dict[tuple, heatmap.HeatmapSum] = {}
+        self.cells: dict[tuple, tuple[int, int]] = {}
+        self.windows: dict[tuple, tuple] = {}
+        self.lock = threading.Lock()
+
+    def sum_of(self, entries: tuple, grid, cell, window) -> heatmap.HeatmapSum:
+        with self.lock:
+            self.cells.setdefault(entries, cell)
+            self.windows.setdefault(entries, window)
+            return self.sums.setdefault(entries, heatmap.HeatmapSum(grid))
+
+
+@dataclass
+class _Call:
+    call: ModelCall
+    layout: object  # the words placed (None: another prompt)
+    blocks: range  # the main blocks (UNet: cross-attention calls) to score
+    total: heatmap.HeatmapSum
+
+
+@dataclass(frozen=True)
+class HeatmapResult:
+    """The maps of one completed sampling run."""
+
+    maps: torch.Tensor  # [cond rows, K, h, w] fp32, on the CPU
+    names: tuple[str, ...]
+    window: tuple[int, int, int, int]  # the latent's own part of the grid (top, left, height, width)
+    cell: tuple[int, int]  # latent pixels per grid cell
+
+
+class HeatmapPatch:
+    edits = False
+
+    def __init__(self, words: Phrases, steps: tuple[float, float], blocks: tuple[float, float]):
+        self.words, self.steps, self.blocks = words, steps, blocks
+
+    def new_run(self, info: dict) -> Run:
+        return Run()
+
+    def begin(self, run: Run, call: ModelCall) -> _Call | None:
+        step, steps = call.need_step()
+        if not call.rows or step not in heatmap.block_range(steps, *self.steps):
+            return None
+        layout = call.layout.with_phrases(self.words.streams(), call.model.left_padded)
+        cell = call.layout.cell if call.model.joint else (1, 1)
+        total = run.sum_of(call.entries, call.layout.grid, cell, call.layout.target)
+        return _Call(call, layout, heatmap.block_range(call.n_blocks, *self.blocks), total)
+
+    def attention(self, run: Run, state: _Call, a: AttentionCall):
+        if a.block not in state.blocks:
+            return None
+        if state.layout is None:
+            raise MethodError("entities", f"the positive prompt the sampler sees is not the one the words came from "
+                              f"({self.words.length} rows).", ENCODE_FIX)
+        rows = list(state.call.rows)
+        if a.kind == "main":
+            layout, mask = state.layout, deleaker.attention_mask_4d(a.mask, rows)
+        else:  # a UNet's cross-attention: the keys are the context's rows
+            layout = cross_layout(a.grid, state.layout.entities)
+            mask = heatmap.cross_attention_mask(a.mask, a.q.shape[2])
+            if mask is not None and mask.shape[0] > 1:
+                mask = mask[rows]
+        state.total.add(deleaker.entity_scores(a.q[rows], a.k[rows], layout, mask), layout.grid)
+        return None  # the heatmap only reads: the call is the model's own
+
+    def finish(self, run: Run, output) -> HeatmapResult | None:
+        found = next(((e, s) for e, s in run.sums.items() if s.count), None)  # the first positive entries
+        if found is None:
+            return None
+        entries, total = found
+        return HeatmapResult(total.mean.cpu(), self.words.names, run.windows[entries], run.cells[entries])

@@ -1,0 +1,38 @@
+"""The fast unit tier: the pure modules and the controllers, without ComfyUI. The pack is imported as a package on
+its own; while this tier runs in a process that has not imported ComfyUI (`make test-unit`), importing any of
+ComfyUI's modules fails, so a test that needs ComfyUI cannot slip in here."""
+
+import importlib.abc
+import sys
+
+import pytest
+
+from pack import import_pack_as
+
+COMFYUI_MODULES = ("comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "nodes", "execution",
+                   "server", "node_helpers", "latent_preview", "comfyui_version")
+
+
+class _NoComfyUI(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in COMFYUI_MODULES:
+            raise ImportError(f"{name}: the unit tier runs without ComfyUI (move this test to tests/headless/)")
+        return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def without_comfyui():
+    """Blocks ComfyUI's modules for the unit tests when this process has not imported ComfyUI (when it has, the
+    folder rule in test_layers.py still proves the pure folders never need it)."""
+    blocker = None if "comfy" in sys.modules else _NoComfyUI()
+    if blocker is not None:
+        sys.meta_path.insert(0, blocker)
+    yield
+    if blocker is not None:
+        sys.meta_path.remove(blocker)
+
+
+@pytest.fixture(scope="session")
+def leakless():
+    """The pack as a package, without ComfyUI."""
+    return import_pack_as("leakless")
