@@ -4,6 +4,9 @@ conditioning entries, and an attention call's q/k/v in the contract's [B, H, L, 
 
 from __future__ import annotations
 
+import torch
+
+from ..methods import kernels
 from ..methods.contract import MethodError, step_of
 
 ATTENTION_ARGS = ("q", "k", "v", "heads", "mask", "attn_precision", "skip_reshape", "skip_output_reshape")
@@ -49,7 +52,10 @@ def entries(transformer_options, batch: int, rows: list[int]) -> tuple:
 class ComfyAttention:
     """One call of ComfyUI's attention as an override receives it: q, k, v viewed as [B, H, L, D] whatever the
     model's own layout ([B, L, H*D] for SD3, HiDream and the UNets; SD3's v is [B, L, H, D]); `plain()` runs the
-    call unchanged, `attend` the attention that was there before on any rows and keys."""
+    call unchanged (once: its output is kept), `attend` the attention that was there before on any rows and keys,
+    `fused()` the fused kernel with the row log-sum-exp (kernels.py) on the whole call, in the call's own token
+    order, as ComfyUI's SDPA attention would pass it (once: kept), and `verdict()` whether the two are the same
+    bits."""
 
     def __init__(self, func, previous, args, kwargs):
         self.func, self.previous, self.args, self.kwargs = func, previous, args, kwargs
@@ -60,6 +66,8 @@ class ComfyAttention:
         if not bound.pop("skip_reshape", False):
             q, k, v = (t.reshape(t.shape[0], t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
         self.q, self.k, self.v, self._rest = q, k, v, bound
+        self.own = (q, k, v, self.mask)  # as the model passed them (a patch's view may reorder self.q, ...)
+        self._plain = self._fused = None
 
     @property
     def transformer_options(self) -> dict:
@@ -71,9 +79,35 @@ class ComfyAttention:
         return self.k.shape[2] == self.q.shape[2] and not self._rest.get("skip_output_reshape", False)
 
     def plain(self):
-        if self.previous is not None:
-            return self.previous(self.func, *self.args, **self.kwargs)
-        return self.func(*self.args, **self.kwargs)
+        if self._plain is None:
+            if self.previous is not None:
+                self._plain = self.previous(self.func, *self.args, **self.kwargs)
+            else:
+                self._plain = self.func(*self.args, **self.kwargs)
+        return self._plain
+
+    def fused(self, index=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(out [B, L, H*D], lse [B, H, L]) of kernels.fused_attention on the call as the model passed it; with
+        `index` (a patch's token order), its rows in that order (a copy: the same bits)."""
+        if self._fused is None:
+            q, k, v, mask = self.own
+            self._fused = kernels.fused_attention(q, k, v, kernels.comfy_mask(mask))
+        out, lse = self._fused
+        if index is None:
+            return out, lse
+        return out.index_select(1, index), lse.index_select(2, index)
+
+    def verdict_key(self) -> tuple:
+        """What a verdict holds for: dtype, device, mask kind and the call's shape."""
+        q, k, _, mask = self.own
+        kind = None if mask is None else (str(mask.dtype), mask.ndim, mask.shape[-2] == 1)
+        return str(q.dtype), str(q.device), kind, tuple(q.shape[1:]), k.shape[2]
+
+    def verdict(self) -> bool:
+        """Whether the fused kernel's output on this call is the model's own output, bit for bit (runs both)."""
+        model, (out, _) = self.plain(), self.fused()
+        return torch.is_tensor(model) and model.shape == out.shape and model.dtype == out.dtype and \
+            bool(torch.equal(model, out))
 
     def attend(self, q, k, v, mask):
         """The model's own attention on [b, H, rows, D] (any rows, edited keys): [b, rows, H*D]. A Leakless patch

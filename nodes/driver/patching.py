@@ -12,7 +12,11 @@ the prompt checks. A patch (nodes/methods/contract.py) is pure; `install` puts i
 - an attention override that chains the one already there (Sage, Flash, ComfyUI's own backend node, another
   Leakless patch) shows the patch every main attention call (joint models) or cross-attention call (UNets, told
   by an attn2 patch ComfyUI runs just before them, never by a length), and runs the call unchanged wherever the
-  patch returns nothing. A call whose length the layout cannot explain is left alone, and said once.
+  patch returns nothing. A call whose length the layout cannot explain is left alone, and said once;
+- the first time in a sampling run that a patch asks whether the fused kernel (methods/kernels.py) is the model's
+  own attention (AttentionCall.fused_is_model) for a dtype, device, mask kind and call shape, the driver runs both
+  on that call and compares them bit for bit; the verdict holds for the rest of the run (ComfyUI's SDPA attention:
+  yes, its default on NVIDIA; the sub-quadratic attention of its CPU default, Sage, Flash: no).
 Errors a patch reports (MethodError) are restated naming the node; an override that a later node replaced without
 chaining it (ComfyUI's ModelAttentionBackend) stops the sampling with an error that says which order works.
 """
@@ -80,6 +84,18 @@ class _Run:
         self.state = state
         self.notes: list[str] = []
         self.lock = threading.Lock()
+        self.fused: dict[tuple, bool] = {}  # ComfyAttention.verdict_key -> whether the fused kernel is the model's
+
+    def fused_is_model(self, a: ComfyAttention) -> bool:
+        """The run's verdict for calls like `a`; found on `a` itself (both run once) the first time it is asked."""
+        key = a.verdict_key()
+        with self.lock:
+            found = self.fused.get(key)
+        if found is None:
+            found = a.verdict()
+            with self.lock:
+                found = self.fused.setdefault(key, found)
+        return found
 
     def note(self, node: str, text: str) -> None:
         with self.lock:
@@ -259,9 +275,10 @@ class Installed:
         if kind not in ("main", "cross"):
             return a.plain()
         index = call.text_first(a) if kind == "main" else None
+        view = AttentionCall(a.q, a.k, a.v, a.mask, kind, block, grid, a.attend,
+                             verify=lambda: call.run.fused_is_model(a), whole=lambda: a.fused(index))
         with self.restated():
-            out = self.patch.attention(call.run.state, call.state,
-                                       AttentionCall(a.q, a.k, a.v, a.mask, kind, block, grid, a.attend))
+            out = self.patch.attention(call.run.state, call.state, view)
         if out is None:
             return a.plain()
         return out if index is None else torch.empty_like(out).index_copy_(1, index, out)

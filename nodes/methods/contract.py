@@ -7,8 +7,10 @@ The driver (nodes/driver/) alone implements this contract. It makes a fresh run 
   which batch rows carry the patch's prompt, the layout of a main attention call and how many main blocks there
   are (`Patch.begin` returns the patch's state for this model call, or None when it has nothing to do in it);
 - once per attention call inside it, an `AttentionCall`: q, k, v as [B, H, L, D] in the call's own token order, the
-  model's own mask, the block's index and kind, and the attention that was there before (`attend`), to run the
-  rows it leaves alone (`Patch.attention` returns the call's output, or None to leave the call to the model);
+  model's own mask, the block's index and kind, the attention that was there before (`attend`), to run the rows it
+  leaves alone, and the fused kernel that also returns the row log-sum-exp (`fused`, kernels.py), with the driver's
+  verdict on whether that kernel IS the model's attention bit for bit (`fused_is_model`) and its result on the
+  whole call (`fused_call`) (`Patch.attention` returns the call's output, or None to leave the call to the model);
 - or, for a patch that works on whole model calls (ToMe), a `ModelRunner` to run the model itself
   (`Patch.model_call`);
 - at the end of a completed run, the output latent (`Patch.finish` returns what the run's result nodes show).
@@ -23,6 +25,7 @@ from typing import Protocol
 import torch
 
 from ..registry.layout import Layout
+from . import kernels
 from ..registry.models import DiffusionModel
 
 
@@ -71,7 +74,15 @@ class AttentionCall:
     not a main block); `kind`: "main", "other" (a refiner, text fusion, image-only attention, a UNet's
     self-attention), "cross" (a UNet's cross-attention; `grid` is its level's image grid) or "part" (a piece of
     an outer Leakless patch's edited call: leave it alone). `attend(q, k, v, mask)` runs the attention that was
-    there before on [b, H, rows, D] tensors (any rows, edited keys), returning [b, rows, H*D]."""
+    there before on [b, H, rows, D] tensors (any rows, edited keys), returning [b, rows, H*D].
+
+    `fused(q, k, v, mask)` -> (out [b, rows, H*D], lse [b, H, rows] fp32) runs kernels.attention: the fused kernel
+    SDPA would pick, with the row log-sum-exp. `fused_is_model`: whether that kernel's output on this call is the
+    model's own, bit for bit; the driver finds out once per sampling run (per dtype, device, mask kind and call
+    shape) by running both on the first call that asks and comparing (False where no driver says). `fused_call()`:
+    (out [B, L, H*D], lse [B, H, L]) of `fused` on the whole call, computed once, on the call's tensors in the
+    model's own token order (so where fused_is_model, out is exactly what the model returns); a read-only patch
+    may return that out and read the lse for free."""
 
     q: torch.Tensor
     k: torch.Tensor
@@ -81,6 +92,22 @@ class AttentionCall:
     block: int | None = None
     grid: tuple[int, int] | None = None
     attend: object = field(default=None, repr=False)
+    fused: object = field(default=kernels.fused_attention, repr=False)
+    verify: object = field(default=None, repr=False)  # the driver's: () -> bool, the fused_is_model verdict
+    whole: object = field(default=None, repr=False)  # the driver's: () -> fused_call()'s value
+    _memo: dict = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def fused_is_model(self) -> bool:
+        if "is_model" not in self._memo:
+            self._memo["is_model"] = bool(self.verify()) if self.verify is not None else False
+        return self._memo["is_model"]
+
+    def fused_call(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if "whole" not in self._memo:
+            self._memo["whole"] = self.whole() if self.whole is not None else \
+                self.fused(self.q, self.k, self.v, kernels.comfy_mask(self.mask))
+        return self._memo["whole"]
 
 
 class ModelRunner(Protocol):

@@ -1,8 +1,11 @@
 """The attention heatmap as a patch: a per-run controller over the contract that only reads (pure: no ComfyUI
 import).
 
-In the chosen steps and blocks it scores the image rows' attention to each word's tokens (deleaker.entity_scores,
-on the rows of its prompt) and leaves every call to the model, so the images stay bit-identical. Joint models:
+In the chosen steps and blocks it scores the image rows' attention to each word's tokens on the rows of its prompt
+and changes no call's output, so the images stay bit-identical: where the driver found the fused kernel to be the
+model's attention bit for bit (AttentionCall.fused_is_model), it returns that kernel's output on the call and reads
+the scores off its row log-sum-exp (deleaker.scores_from_lse: the image rows' logits on the words' tokens only);
+elsewhere it leaves the call to the model and scores in a separate exact pass (deleaker.entity_scores). Joint models:
 their main blocks, on the image token grid. UNets (SDXL, SD1.5): their cross-attention calls, each on its level's
 grid, brought to the latent's grid.
 """
@@ -89,6 +92,10 @@ class HeatmapPatch:
             mask = heatmap.cross_attention_mask(a.mask, a.q.shape[2])
             if mask is not None and mask.shape[0] > 1:
                 mask = mask[rows]
+        if a.fused_is_model:  # the model's own output, bit for bit, and its lse with it
+            out, lse = a.fused_call()
+            state.total.add(deleaker.scores_from_lse(a.q[rows], a.k[rows], lse[rows], layout, mask), layout.grid)
+            return out
         state.total.add(deleaker.entity_scores(a.q[rows], a.k[rows], layout, mask), layout.grid)
         return None  # the heatmap only reads: the call is the model's own
 

@@ -1,5 +1,7 @@
 """DeLeaker's memory-bounded implementation against a dense reference written here from the reference code
-(full logits, pair loop, re-softmax after each pair), on random FLUX-like q/k/v."""
+(full logits, pair loop, re-softmax after each pair), on random FLUX-like q/k/v: after the mask-history window
+(each row group's own bulk) and inside it (one pass over the image rows, cuts removed by signed weights, with and
+without the guard's recomputation), with the model's own masks, in bf16 and fp16."""
 
 import math
 from itertools import combinations
@@ -136,7 +138,8 @@ def sdpa(q, k, v, mask=None):
     return o.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
 
-def run_ours(dl, q, k, v, layout, masks, st, batch_rows, mask=None, image_probs=None):
+def run_ours(dl, q, k, v, layout, masks, st, batch_rows, mask=None, history=False):
+    """deleaker_attention; history: inside the mask-history window (image_rows_pass first, as the patch does)."""
     asked = []
 
     def attend(qx, kx, vx, m):  # records how many query rows each call to the model's attention gets
@@ -144,8 +147,13 @@ def run_ours(dl, q, k, v, layout, masks, st, batch_rows, mask=None, image_probs=
         return sdpa(qx, kx, vx, m)
 
     plans = [dl.MaskPlan(m, st) for m in masks]
-    out = dl.deleaker_attention(q, k, v, attend, plans, layout, st, batch_rows, mask, image_probs)
+    rows = None
+    if history:
+        rows = dl.image_rows_pass(q[batch_rows], k[batch_rows], v[batch_rows], layout,
+                                  dl.attention_mask_4d(mask, batch_rows))
+    out = dl.deleaker_attention(q, k, v, attend, plans, layout, st, batch_rows, mask, rows)
     run_ours.asked = asked
+    run_ours.image_rows = rows
     return out
 
 
@@ -163,13 +171,20 @@ SWITCHES = {
 # ------------------------------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["chunked", "fused"])
+@pytest.mark.parametrize("way", ["chunked", "fused", "lse", "image-rows"])
 @pytest.mark.parametrize("grid", [(6, 5), (4, 9), (7, 7)])
-def test_entity_scores_and_masks_match_dense(dl, grid, fused, monkeypatch):
-    q, k, _ = make(0, grid=grid)
+def test_entity_scores_and_masks_match_dense(dl, grid, way, monkeypatch):
+    from leakless.nodes.methods import kernels
+
+    q, k, v = make(0, grid=grid)
     layout = text_then_image(12, grid, ((2, 3), (5,), (8, 9, 10)))
     monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 50 * 7)  # force several query chunks
-    ours = dl.entity_scores(q, k, layout, fused=fused)
+    if way == "lse":  # off the row log-sum-exp of the call's own fused attention
+        ours = dl.scores_from_lse(q, k, kernels.attention(q, k, v)[1], layout)
+    elif way == "image-rows":  # off one fused call over the image rows without the entity tokens
+        ours = dl.image_rows_pass(q, k, v, layout).scores
+    else:
+        ours = dl.entity_scores(q, k, layout, fused=way == "fused")
     for b in range(q.shape[0]):
         ref = dense_scores(q[b], k[b], 12, layout.n_img, layout.entities)
         assert torch.allclose(ours[b].double(), ref, atol=1e-6)
@@ -180,9 +195,10 @@ def test_entity_scores_and_masks_match_dense(dl, grid, fused, monkeypatch):
             assert torch.equal(masks[b], dense_masks(ours[b].double(), grid, 1.0, smoothing))
 
 
+@pytest.mark.parametrize("history", [False, True], ids=["after-history", "in-history"])
 @pytest.mark.parametrize("n_entities", [2, 3])
 @pytest.mark.parametrize("switch", sorted(SWITCHES))
-def test_edited_attention_matches_dense(dl, n_entities, switch, monkeypatch):
+def test_edited_attention_matches_dense(dl, n_entities, switch, history, monkeypatch):
     grid = (6, 5)
     q, k, v = make(1 + n_entities, grid=grid)
     ents = ((2, 3), (5,), (8, 9, 10))[:n_entities]
@@ -191,26 +207,48 @@ def test_edited_attention_matches_dense(dl, n_entities, switch, monkeypatch):
     masks = dl.entity_masks(dl.entity_scores(q, k, layout), layout, st)[1:]  # row 1 is "cond"
     assert bool(masks.any(dim=-1).all()), "every entity needs a mask for the test to mean something"
     if st.image_image:
-        blocks = dl.image_image_blocks(q[1], k[1], dl.MaskPlan(masks[0], st), layout, st)
-        assert any(bool(b.blocked.any()) for b in blocks), "image-image must block something"
-    monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 45 * 5)
-    out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1])
+        cut = dl.image_image_cuts(q[1], k[1], v[1], dl.MaskPlan(masks[0], st), layout, st)
+        assert bool(cut.any()), "image-image must block something"
+    monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 45 * 5)  # several row chunks per group
+    out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], history=history)
     ref = dense_attention(q[1], k[1], v[1], 12, layout.n_img, ents, masks[0], st)
     ref = ref.transpose(0, 1).reshape(q.shape[2], -1)
-    assert torch.allclose(out[1].double(), ref, atol=2e-5), (out[1].double() - ref).abs().max()
+    assert torch.allclose(out[1].double(), ref, atol=1e-5), (out[1].double() - ref).abs().max()
     base = sdpa(q, k, v)
     assert torch.allclose(out[0], base[0], atol=1e-6)  # the uncond row is untouched
-    assert sum(run_ours.asked) <= 2 * q.shape[2]  # no row is computed twice
-    assert torch.allclose(out[1, :12], base[1, :12], atol=1e-6)  # text queries are untouched
-    assert torch.allclose(out[1, 12 + layout.n_img:], base[1, 12 + layout.n_img:], atol=1e-6)  # ref tokens too
+    assert torch.equal(out[0], base[0])  # ... and is the model's own attention
+    assert sum(run_ours.asked) <= 2 * q.shape[2]  # no row is computed twice by the model's attention
+    assert torch.equal(out[1, :12], base[1, :12])  # text queries are the model's own
+    assert torch.equal(out[1, 12 + layout.n_img:], base[1, 12 + layout.n_img:])  # reference tokens too
     assert torch.isfinite(out).all()
-    if st.image_image:  # the first pair's probabilities taken from the mask-history pass give the same result
-        scores, probs = dl.scores_and_image_probs(q[1:], k[1:], layout)
-        assert torch.equal(scores, dl.entity_scores(q[1:], k[1:], layout))
-        shared = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], image_probs=probs)
-        assert torch.allclose(shared, out, atol=1e-6)
-        monkeypatch.setattr(dl, "IMAGE_PROBS_ELEMENTS", layout.n_img ** 2 - 1)  # too large: not kept
-        assert dl.scores_and_image_probs(q[1:], k[1:], layout)[1] is None
+    if history:  # the same pass gives the entity scores
+        assert torch.allclose(run_ours.image_rows.scores, dl.entity_scores(q[1:], k[1:], layout), atol=1e-6)
+    else:  # image rows in no mask are the model's own too
+        alone = 12 + (~masks[0].any(0)).nonzero().flatten()
+        assert torch.equal(out[1, alone], base[1, alone])
+
+
+@pytest.mark.parametrize("guard", [None, 2.0], ids=["default", "recompute-every-cut-row"])
+def test_history_window_cut_guard(dl, guard, monkeypatch):
+    """Inside the mask-history window a cut removes its keys from the image rows' bulk by signed weights; rows whose
+    normaliser would keep less than GUARD of their bulk are recomputed without those keys (without the guard this
+    planted case, a low image threshold cutting most of some rows' mass, is 2.5e-4 off). The default guard and one
+    that recomputes every row with a cut both match the dense reference."""
+    grid = (6, 5)
+    q, k, v = make(6, grid=grid)
+    ents = ((2, 3), (5,), (8, 9, 10))
+    layout = text_then_image(12, grid, ents)
+    st = dl.Settings(beta_image=-0.3)  # a low threshold: many cuts
+    masks = dl.entity_masks(dl.entity_scores(q, k, layout), layout, dl.Settings(beta_text=0.0))[1:]
+    if guard is not None:
+        monkeypatch.setattr(dl, "GUARD", {torch.float32: guard})
+    recomputed = []
+    original = dl._bulk
+    monkeypatch.setattr(dl, "_bulk", lambda *a: recomputed.append(a[0].shape[-2]) or original(*a))
+    out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], history=True)
+    ref = dense_attention(q[1], k[1], v[1], 12, layout.n_img, ents, masks[0], st).transpose(0, 1).reshape(45, -1)
+    assert torch.allclose(out[1].double(), ref, atol=1e-5), (out[1].double() - ref).abs().max()
+    assert len(recomputed) > 1  # the image rows' pass, then the recomputed rows
 
 
 def test_overlapping_masks_reference_and_exclusive(dl):
@@ -276,22 +314,31 @@ def test_model_attention_mask_is_kept(dl, kind, monkeypatch):
     scores = dl.entity_scores(q[1:], k[1:], layout, dl.attention_mask_4d(mask, [1]))
     bias = full[1 if full.shape[0] > 1 else 0]
     assert torch.allclose(scores[0].double(), dense_scores(q[1], k[1], 12, 30, layout.entities, bias), atol=1e-6)
-    fused = dl.entity_scores(q[1:], k[1:], layout, dl.attention_mask_4d(mask, [1]), fused=True)
-    assert torch.allclose(fused, scores, atol=1e-6)
-    dead = mask.clone()  # an image row that may attend to nothing: NaN on both paths, as the softmax gives
+    from leakless.nodes.methods import kernels
+
+    def every_way(m):
+        sub = dl.attention_mask_4d(m, [1])
+        return {"chunked": dl.entity_scores(q[1:], k[1:], layout, sub, fused=False),
+                "fused": dl.entity_scores(q[1:], k[1:], layout, sub, fused=True),
+                "lse": dl.scores_from_lse(q[1:], k[1:], kernels.attention(q[1:], k[1:], v[1:], sub)[1], layout, sub),
+                "image-rows": dl.image_rows_pass(q[1:], k[1:], v[1:], layout, sub).scores}
+
+    for way, other in every_way(mask).items():
+        assert torch.allclose(other, scores, atol=1e-6), way
+    dead = mask.clone()  # an image row that may attend to nothing: NaN on every path, as the softmax gives
     if kind == "bool":
         dead[..., 12 + 4, :] = False
     else:
         dead[..., 12 + 4, :] = float("-inf")
-    for way in (False, True):
-        out = dl.entity_scores(q[1:], k[1:], layout, dl.attention_mask_4d(dead, [1]), fused=way)
-        assert torch.isnan(out[..., 4]).all() and not torch.isnan(out[..., 5]).any()
+    for way, out in every_way(dead).items():
+        assert torch.isnan(out[..., 4]).all() and not torch.isnan(out[..., 5]).any(), way
     masks = dl.entity_masks(scores, layout, st)
     monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 45 * 5)
-    out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], mask=mask)
     ref = dense_attention(q[1], k[1], v[1], 12, 30, layout.entities, masks[0], st, bias)
-    assert torch.allclose(out[1].double(), ref.transpose(0, 1).reshape(length, -1), atol=2e-5)
-    assert torch.allclose(out[0], sdpa(q, k, v, full)[0], atol=1e-6)
+    for history in (False, True):
+        out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], mask=mask, history=history)
+        assert torch.allclose(out[1].double(), ref.transpose(0, 1).reshape(length, -1), atol=1e-5)
+        assert torch.equal(out[0], sdpa(q, k, v, full)[0])
 
 
 def test_no_edits_or_one_entity_is_identity(dl):
@@ -317,19 +364,71 @@ def test_history_is_the_running_mean(dl):
     assert h.mean is None and h.count == 0
 
 
-def test_bf16_model_dtype(dl):
-    """FLUX usually runs in bf16: statistics and softmax run in fp32, the output keeps the model's dtype."""
+def dense_in(dtype, q, k, v, txt, n_img, entities, masks, st):
+    """The dense reference computed in `dtype` itself (logits, softmax, values), as a plain implementation in that
+    dtype would: its distance from the fp64 reference on the fp32 inputs is the spread the dtype itself costs."""
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    p = torch.softmax(s, dim=-1)
+    img = slice(txt, txt + n_img)
+    strengthened = set()
+    for i, j in combinations(range(len(entities)), 2):
+        mi, mj = masks[i], masks[j]
+        for rows, cols in ((mi, list(entities[j])), (mj, list(entities[i]))):
+            block = s[:, img]
+            sub = block[:, :, cols]
+            sub[:, rows] = float("-inf")
+            block[:, :, cols] = sub
+            s[:, img] = block
+        for e, rows in ((i, mi), (j, mj)):
+            if e in strengthened:
+                continue
+            strengthened.add(e)
+            block = s[:, img]
+            sub = block[:, :, list(entities[e])]
+            sub[:, rows] = sub[:, rows] * st.alpha
+            block[:, :, list(entities[e])] = sub
+            s[:, img] = block
+        im_im = p[:, img, img].float().mean(0)
+        for rows, cols in ((mi, mj), (mj, mi)):
+            weighted = im_im * (rows[:, None] & cols[None, :])
+            nz = weighted[weighted != 0]
+            block = s[:, img, img]
+            block[:, weighted > nz.mean() + st.beta_image * nz.std()] = float("-inf")
+            s[:, img, img] = block
+        p = torch.softmax(s, dim=-1)
+    return (p @ v).transpose(0, 1).reshape(s.shape[1], -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_low_precision_model_dtype(dl, dtype):
+    """FLUX usually runs in bf16: statistics, merges and softmax run in fp32, the output keeps the model's dtype and
+    stays within the spread the dense reference itself shows between fp64 on the fp32 inputs and that dtype; the
+    scores are the fp32 scores of the rounded values."""
     q, k, v = make(4)
     layout = text_then_image(12, (6, 5), ((2, 3), (5,), (8, 9, 10)))
     st = dl.Settings()
     masks = dl.entity_masks(dl.entity_scores(q, k, layout), layout, st)[1:]
-    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
-    out = run_ours(dl, qb, kb, vb, layout, masks, st, batch_rows=[1])
-    ref = dense_attention(qb[1].float(), kb[1].float(), vb[1].float(), 12, 30, layout.entities, masks[0], st)
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
-    assert torch.allclose(out[1].double(), ref.transpose(0, 1).reshape(45, -1), atol=3e-2)
-    for fused in (False, True):  # bf16 q, k: the scores are the fp32 scores of the bf16 values
-        scores = dl.entity_scores(qb, kb, layout, fused=fused)
+    exact = dense_attention(q[1], k[1], v[1], 12, 30, layout.entities, masks[0], st).transpose(0, 1).reshape(45, -1)
+    spread = float((dense_in(dtype, q[1], k[1], v[1], 12, 30, layout.entities, masks[0], st).double() - exact)
+                   .abs().max())
+    ql, kl, vl = q.to(dtype), k.to(dtype), v.to(dtype)
+    for history in (False, True):
+        out = run_ours(dl, ql, kl, vl, layout, masks, st, batch_rows=[1], history=history)
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        err = float((out[1].double() - exact).abs().max())
+        assert err <= spread, (history, err, spread)
+    for fused in (False, True):  # low-precision q, k: the scores are the fp32 scores of the rounded values
+        scores = dl.entity_scores(ql, kl, layout, fused=fused)
         assert scores.dtype == torch.float32
-        ref = torch.stack([dense_scores(qb[b].float(), kb[b].float(), 12, 30, layout.entities) for b in range(2)])
+        ref = torch.stack([dense_scores(ql[b].float(), kl[b].float(), 12, 30, layout.entities) for b in range(2)])
         assert torch.allclose(scores.double(), ref, atol=1e-6)
+    from leakless.nodes.methods import kernels
+
+    lse = kernels.attention(ql, kl, vl)[1]  # the kernel's own normaliser of the rounded values
+    assert lse.dtype == torch.float32
+    exact = torch.stack([dense_scores(q[b], k[b], 12, 30, layout.entities) for b in range(2)])
+    probs = torch.softmax((ql @ kl.transpose(-1, -2)) / math.sqrt(16), dim=-1)  # the dense scores in the dtype
+    spread = torch.stack([probs[:, :, 12:42][..., list(t)].float().mean(-1).mean(1) for t in layout.entities], 1)
+    bound = float((spread.double() - exact).abs().max())
+    assert float((dl.scores_from_lse(ql, kl, lse, layout).double() - exact).abs().max()) <= bound

@@ -30,9 +30,10 @@ def model_call(m, step, steps, layout, rows=(0,), n_blocks=2, n_first=1, model="
     return m.contract.ModelCall(m.models.BY_ID[model], batch, rows, ("entry",), step, steps, layout, n_blocks, n_first)
 
 
-def attention_call(m, generator, length, block, heads=2, d=8, batch=1):
+def attention_call(m, generator, length, block, heads=2, d=8, batch=1, fused_is_model=False):
+    """A main call; fused_is_model: the driver's verdict that the fused kernel is the model's attention (SDPA here)."""
     q, k, v = (torch.randn(batch, heads, length, d, generator=generator) for _ in range(3))
-    return m.contract.AttentionCall(q, k, v, None, "main", block, attend=sdpa)
+    return m.contract.AttentionCall(q, k, v, None, "main", block, attend=sdpa, verify=lambda: fused_is_model)
 
 
 def test_schedule_is_the_reference_on_flux_and_its_fractions_elsewhere(m):
@@ -47,10 +48,12 @@ def test_schedule_is_the_reference_on_flux_and_its_fractions_elsewhere(m):
     assert schedule(by["flux2"], 56, 8, 10, 0.6).intervene_start == 18  # FLUX.2: the fraction (see the README)
 
 
-def test_deleaker_over_a_whole_sampling_matches_the_dense_reference(m):
+@pytest.mark.parametrize("fused_is_model", [False, True], ids=["separate-lse-pass", "fused-call"])
+def test_deleaker_over_a_whole_sampling_matches_the_dense_reference(m, fused_is_model):
     """Three steps of two blocks: the history is the mean of the scores of steps 0-1 (block-steps 0-3), masks come
     from the scores of the block itself at the history's first block, from the history after it, frozen from step
-    2 on; every call is edited from block-step 0 (FLUX: the first step's last double block)."""
+    2 on; every call is edited from block-step 0 (FLUX: the first step's last double block). The scores come from
+    the call's fused attention where the driver found it to be the model's, else from a pass of their own."""
     text, grid = 8, (4, 4)
     entities = ((1,), (3, 4))
     layout = m.layout.text_then_image(text, grid)
@@ -60,7 +63,7 @@ def test_deleaker_over_a_whole_sampling_matches_the_dense_reference(m):
     for step in range(3):
         state = patch.begin(run, model_call(m, step, 3, layout))
         for block in range(2):
-            a = attention_call(m, g, text + 16, block)
+            a = attention_call(m, g, text + 16, block, fused_is_model=fused_is_model)
             out = patch.attention(run, state, a)
             scores = dense_scores(a.q[0], a.k[0], text, 16, entities)
             if step < 2:
@@ -89,7 +92,34 @@ def test_deleaker_refuses_another_prompt_and_a_call_without_a_schedule(m):
         patch.attention(run, state, attention_call(m, g, 22, 0))
 
 
-def test_heatmap_reads_its_window_and_leaves_every_call_alone(m):
+def test_deleaker_read_only_history_blocks(m):
+    """FLUX.1's schedule: blocks 12-17 of the first step are in the history window before the edits. There the
+    patch returns the model's own output: nothing (the model's call) or, where the fused kernel is the model's, that
+    kernel's output on the whole call, which is SDPA's bit for bit here; the history is the same either way."""
+    text, grid = 6, (4, 4)
+    layout = m.layout.text_then_image(text, grid)
+    st = m.deleaker.Settings()
+    histories = []
+    for fused_is_model in (False, True):
+        patch = m.deleaker_patch.DeLeakerPatch(m.phrases.Phrases(("cat", "dog"), ((1,), (3,)), text), st, 0.6)
+        run, g = patch.new_run({}), torch.Generator().manual_seed(8)
+        state = patch.begin(run, model_call(m, 0, 20, layout, n_blocks=57, n_first=19))
+        for block in range(12, 18):
+            a = attention_call(m, g, text + 16, block, fused_is_model=fused_is_model)
+            out = patch.attention(run, state, a)
+            if fused_is_model:
+                assert torch.equal(out, sdpa(a.q, a.k, a.v, None))
+            else:
+                assert out is None
+        histories.append(run.tracks[("entry",)].history)
+    assert histories[0].count == histories[1].count == 6
+    assert torch.allclose(histories[0].mean, histories[1].mean, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused_is_model", [False, True], ids=["separate-lse-pass", "fused-call"])
+def test_heatmap_reads_its_window_and_leaves_every_call_alone(m, fused_is_model):
+    """Reads only: where the fused kernel is the model's attention the patch returns that kernel's output on the
+    call (SDPA's bits here) and reads the scores off its lse; elsewhere it returns nothing."""
     text, grid = 6, (3, 4)
     words = ((1, 2), (4,))
     layout = m.layout.text_then_image(text, grid)
@@ -99,9 +129,13 @@ def test_heatmap_reads_its_window_and_leaves_every_call_alone(m):
         state = patch.begin(run, model_call(m, step, 4, layout, n_blocks=4))
         assert (state is None) == (step < 2)
         for block in range(4):
-            a = attention_call(m, g, text + 12, block)
+            a = attention_call(m, g, text + 12, block, fused_is_model=fused_is_model)
             if state is not None:
-                assert patch.attention(run, state, a) is None  # reads only
+                out = patch.attention(run, state, a)
+                if fused_is_model and block >= 2:
+                    assert torch.equal(out, sdpa(a.q, a.k, a.v, None))  # the model's own output, bit for bit
+                else:
+                    assert out is None  # reads only
                 if block >= 2:
                     expected.append(dense_scores(a.q[0], a.k[0], text, 12, words))
     result = patch.finish(run, None)
@@ -118,10 +152,12 @@ def test_heatmap_on_cross_attention_and_another_prompt(m):
     q, k, v = torch.randn(1, 2, 12, 8, generator=g), torch.randn(1, 2, 77, 8, generator=g), torch.randn(1, 2, 77, 8)
     call = m.contract.AttentionCall(q, k, v, None, "cross", 0, (3, 4), sdpa)  # a level at half the latent's size
     assert patch.attention(run, state, call) is None
+    fused = m.contract.AttentionCall(q, k, v, None, "cross", 0, (3, 4), sdpa, verify=lambda: True)
+    assert torch.equal(patch.attention(run, state, fused), sdpa(q, k, v, None))  # the model's output, its lse
     probs = torch.softmax(q.double() @ k.double().transpose(-1, -2) / math.sqrt(8), -1)[0].mean(0)[:, [5, 6]].mean(-1)
     up = torch.nn.functional.interpolate(probs.reshape(1, 1, 3, 4).float(), size=(6, 8), mode="bilinear",
                                          align_corners=False)
-    assert torch.allclose(patch.finish(run, None).maps, up, atol=1e-6)  # on the latent's grid
+    assert torch.allclose(patch.finish(run, None).maps, up, atol=1e-6)  # on the latent's grid (both calls')
     other = m.heatmap_patch.HeatmapPatch(m.phrases.Phrases(("cat",), ((5,),), 10, family="sdxl"), (0, 1), (0, 1))
     state = other.begin(other.new_run({}), model_call(m, 0, 2, keys, model="sdxl", n_blocks=1))
     with pytest.raises(m.contract.MethodError, match="not the one the words came from"):
