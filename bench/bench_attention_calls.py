@@ -1,17 +1,18 @@
-"""DeLeaker and heatmap cost of ONE attention call at each joint family's real size (issue 14 §3).
+"""DeLeaker and heatmap cost of ONE attention call at each joint family's real size (issue 24).
 
-    .cache/venv/bin/python bench/bench_attention_calls.py            (also part of `make bench`; ~10 min)
-    .cache/venv/bin/python bench/bench_attention_calls.py --quick    (a smoke run, ~1-2 min; prints, writes nothing)
+    .cache/venv/bin/python bench/bench_attention_calls.py            (also part of `make bench`; ~45 min on 2 cores)
+    .cache/venv/bin/python bench/bench_attention_calls.py --quick    (a smoke run, ~2 min; prints, writes nothing)
+    .cache/venv/bin/python bench/bench_attention_calls.py --size 512 (one size only)
 
-Random q/k/v (fp32, CPU, every thread the machine has, seed 0) shaped as each family's attention call at 512x512
-px: its real head count and head size, 1024 image tokens and its text rows. Two entities with planted,
-object-sized masks (two overlapping discs, about a quarter of the image each); the image-image statistics run on
-the real logits of these q/k. Each of 15 rounds (fewer, not under 8, once 6 minutes are spent) times every
-configuration of every family once, in an order that changes each round; the ratio over plain attention is taken
-per round, then its median and quartiles. --quick: FLUX.1 and HiDream, one cold call of each.
-Peak memory: one subprocess per family with glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_), so every
-tensor's pages go back to the system when freed; each configuration runs once to warm its caches, then once more
-between a reset of the resident high-water mark (/proc/self/clear_refs) and a read of VmHWM.
+Random q/k/v (fp32, CPU, every thread the machine has, seed 0) shaped as each family's attention call at 512x512 px
+(1024 image tokens) and, for FLUX.1, FLUX.2 and Qwen-Image, at 1024x1024 px (4096): its real head count and head
+size and its text rows. Two entities with planted, object-sized masks (two overlapping discs, about a quarter of
+the image each); the image-image statistics run on the real logits of these q/k. Each round times every
+configuration of every family once, in an order that changes each round (at least 8 rounds); the ratio over plain
+attention is taken per round, then its median and quartiles. --quick: FLUX.1 and HiDream at 512², one cold call
+of each. Peak memory: one subprocess per family and size with glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_),
+so every tensor's pages go back to the system when freed; each configuration runs once to warm its caches, then
+once more between a reset of the resident high-water mark (/proc/self/clear_refs) and a read of VmHWM.
 Writes bench/results/attention_calls.md.
 """
 
@@ -26,13 +27,11 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from common import REPO, peak_rss_during
+from pack import import_pack_as
 
-from conftest import import_pack_as  # noqa: E402 - on the path set up by common
-
-GRID = (32, 32)  # 512 px: a /8 latent patchified by 2 (FLUX.1, Qwen-Image, Z-Image, SD3.5, HiDream, Krea 2), or /16
+SIZES = {512: (32, 32), 1024: (64, 64)}  # px -> image token grid (a /8 latent patchified by 2, or /16)
 SEED = 0
-ROUNDS, BUDGET_S = 15, 360  # rounds, stopping early (not under MIN_ROUNDS) once the budget is spent
-MIN_ROUNDS = 8
+ROUNDS = {512: 8, 1024: 8}
 C = ".cache/comfyui-0.33.0/comfy/"
 
 
@@ -43,7 +42,7 @@ class Family:
     text: tuple[int, ...]  # text segments as the attention sees them, in order (each holds the prompt's words)
     source: str  # where ComfyUI 0.33.0 says so
     prompt_at_end: bool = False  # left padding: the prompt's tokens end its segment
-    image_first: bool = False  # the call's sequence is [image, text]: the glue permutes to text first and back
+    image_first: bool = False  # the call's sequence is [image, text]: the driver permutes to text first and back
 
     @property
     def txt_len(self) -> int:
@@ -68,29 +67,13 @@ FAMILIES = {
                      f"repeated to 48 before the call, :93-96); prompt after the stripped template: "
                      f"{C}text_encoders/krea2.py"),
 }
-CONFIGS = ("plain", "history", "history + all edits", "all edits", "no image-image", "image-image statistics",
-           "heatmap", "dense reference")
+AT_1024 = ("FLUX.1 dev", "FLUX.2 dev", "Qwen-Image")  # the families the GPU run names; 1024² costs ~12x per call
+CONFIGS = ("plain", "history", "heatmap", "no image-image", "all edits", "history + all edits",
+           "history, separate lse pass", "heatmap, separate lse pass", "all edits, another backend", "dense reference")
+CONFIGS_1024 = CONFIGS[:6]  # the dense reference needs 2-4 GB per call there; the fallbacks are measured at 512²
+TARGETS = {"history": 1.05, "heatmap": 1.05, "no image-image": 1.05, "all edits": 1.20}
 WORDS = ((2, 3), (6, 7))  # each entity's two tokens, counted from the start of the prompt in every text segment
 PROMPT_TOKENS = 24  # how long the prompt is inside a left-padded segment
-
-
-NOTES = """## Where the cost goes (CPU)
-
-From `torch.profiler` on FLUX.1's call (same machine, same noise):
-- *no image-image*: the attention arithmetic is the plain call's (the fused kernel's time summed over the row
-  groups equals one plain call); the rest is moving data: gathering the queries into plan order, the edited keys
-  and values (`index_select`, one copy per group), the output's `cat` and the scatter back (`index_copy_`). At
-  15-40 MB per [1, H, L, D] tensor and a shared memory bus this is the 1.4-1.7x.
-- *history*, *heatmap*: on the CPU `entity_scores` writes the image rows' fp32 logits chunk by chunk (`bmm`, then
-  one exp pass); that `bmm` costs about as much as the whole fused attention call, so these configurations are
-  2-3x. The GPU path reads the scores off one fused call instead (`fused=True`) and is not measured here.
-- *all edits*: the image-image statistics (logits of the rows in M_i or M_j, their head mean, the mean and std of
-  the block) plus the group calls with a boolean mask, which the fused CPU kernel runs slower than unmasked ones.
-- The dense reference is 3-7x: one L x L matmul, two softmaxes over [H, L, L] and the full P V.
-- Memory: per call, the memory-bounded edit adds 30-80 MB to the plain call (the edited keys per group, the image
-  blocks), and the scores pass one 128 MiB logits chunk (`CHUNK_ELEMENTS`) at most; the dense reference adds
-  0.3-1.3 GB. The process here holds only torch, q, k and v, so its ratios are a worst case: inside a sampling run
-  the model's weights and activations are the denominator (see deleaker.md for whole-sampling peaks)."""
 
 
 def entity_positions(family: Family) -> tuple[tuple[int, ...], ...]:
@@ -101,23 +84,24 @@ def entity_positions(family: Family) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(s + w for s in starts for w in words) for words in WORDS)
 
 
-def planted_masks(torch):
-    """[1, 2, N] bool: two discs of radius 9 (about 25% of the 32x32 grid each) that overlap a little."""
-    h, w = GRID
+def planted_masks(torch, grid):
+    """[1, 2, N] bool: two discs of radius 9/32 of the grid (about 25% of it each) that overlap a little."""
+    h, w = grid
     y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    discs = [((y - 16) ** 2 + (x - cx) ** 2 <= 81).flatten() for cx in (10, 23)]
+    r, cy = 9 * h / 32, h / 2
+    discs = [((y - cy) ** 2 + (x - cx * w / 32) ** 2 <= r * r).flatten() for cx in (10, 23)]
     return torch.stack(discs)[None]
 
 
 def sdpa(q, k, v, mask=None):
-    """Plain attention, as ComfyUI's optimized attention returns it: [b, H, Lq, D] -> [b, Lq, H*D]."""
+    """Plain attention, as ComfyUI's SDPA attention returns it: [b, H, Lq, D] -> [b, Lq, H*D]."""
     import torch.nn.functional as F
 
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return o.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
 
-def dense_edit(q, k, v, masks, layout, st):
+def dense_edit(q, k, v, masks, layout, st, dl):
     """The reference processor's edit (tokeron/DeLeaker) with full B x H x L x L fp32 logits, as the official code
     computes it: per entity pair, cross image->text blocked, self image->text logits x alpha (once per entity),
     image->image blocked above mean + beta2 * std of the head-mean probabilities on M_i x M_j, re-softmax."""
@@ -127,9 +111,9 @@ def dense_edit(q, k, v, masks, layout, st):
 
     s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
     p = s.softmax(-1)
-    img = layout.img
+    img = layout.image
     s_img = s[:, :, img]  # a view: edits on it edit s
-    text_cols = [torch.zeros(s.shape[-1], dtype=torch.bool).index_fill_(0, layout.entity_index(e, "cpu"), True)
+    text_cols = [torch.zeros(s.shape[-1], dtype=torch.bool).index_fill_(0, dl.entity_index(layout, e, "cpu"), True)
                  for e in range(len(layout.entities))]
     strengthened = set()
     for i, j in combinations(range(len(layout.entities)), 2):
@@ -141,7 +125,7 @@ def dense_edit(q, k, v, masks, layout, st):
             for e, rows in ((i, mi), (j, mj)):
                 if e not in strengthened or st.alpha_per_pair:
                     strengthened.add(e)
-                    cols = layout.entity_index(e, "cpu")
+                    cols = dl.entity_index(layout, e, "cpu")
                     sub = s_img[..., cols]
                     s_img[..., cols] = torch.where(rows[:, None, :, None], sub * st.alpha, sub)
         if st.image_image:
@@ -156,61 +140,88 @@ def dense_edit(q, k, v, masks, layout, st):
     return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
 
-def calls(name: str, dl, torch):
-    """{configuration: a function running one attention call} for one family, and a check value: the largest
-    difference between the memory-bounded edit and the dense reference."""
-    fam = FAMILIES[name]
-    n = GRID[0] * GRID[1]
+def calls(name: str, size: int, m, torch):
+    """{configuration: a function running one attention call as the driver and the patch do} for one family at one
+    size, and a check value: the largest difference between the edit and the dense reference (None at 1024²)."""
+    dl, heatmap = m.deleaker, m.heatmap
+    fam, grid = FAMILIES[name], SIZES[size]
+    n = grid[0] * grid[1]
     g = torch.Generator().manual_seed(SEED)
     q, k, v = (torch.randn(1, fam.heads, n + fam.txt_len, fam.head_dim, generator=g) for _ in range(3))
-    layout = dl.Layout(fam.txt_len, GRID, entity_positions(fam))
-    masks = planted_masks(torch)
+    layout = m.layout.text_then_image(fam.txt_len, grid, entity_positions(fam))
+    masks = planted_masks(torch, grid)
     every, no_ii = dl.Settings(), dl.Settings(image_image=False)
     plans = {st: [dl.MaskPlan(masks[0], st)] for st in (every, no_ii)}  # after the history: made once per run
-    history = dl.MaskHistory()
+    history, total = dl.MaskHistory(), heatmap.HeatmapSum(grid)
+    # the call as the model passes it (HiDream: image first) and the driver's canonical order (text first)
+    if fam.image_first:
+        own = [torch.cat([x[:, :, fam.txt_len:], x[:, :, :fam.txt_len]], dim=2) for x in (q, k, v)]
+        order = torch.tensor(list(range(n, n + fam.txt_len)) + list(range(n)))
+    else:
+        own, order = [q, k, v], None
 
-    def history_pass(q, k, v):
-        history.update(dl.scores_and_image_probs(q, k, layout, image_probs=False)[0])
-        return sdpa(q, k, v)
+    def view():  # the driver's AttentionCall (its verdict: the fused kernel is the model's SDPA)
+        return m.contract.AttentionCall(*own, None, "main", 0, attend=sdpa, order=order, verify=lambda: True)
 
-    def history_and_edits(q, k, v):  # inside the history window once intervening: masks and plan every call
-        scores, probs = dl.scores_and_image_probs(q, k, layout, image_probs=True)
-        history.update(scores)
+    def plain():
+        return sdpa(*own)
+
+    def read_only(add):  # the fused kernel being the model's: the call's output and its lse, from one call
+        a = view()
+        qm, km, _, _, lay = a.model_order(layout)
+        out, lse = a.fused_call(model_order=True)
+        add(dl.scores_from_lse(qm, km, lse, lay))
+        return out
+
+    def read_only_lse_pass(add):  # another backend (sub-quadratic, Sage, Flash): a separate exact pass
+        qm, km, _, _, lay = view().model_order(layout)
+        add(dl.entity_scores(qm, km, lay))
+        return plain()
+
+    def edit(st, plan):  # after the history window: the run's plan, made once
+        a = view()
+        qm, km, vm, _, lay = a.model_order(layout)
+        return dl.deleaker_attention(qm, km, vm, sdpa, plan, lay, st, [0], None, a.fused_call(model_order=True))
+
+    def history_and_edits():  # inside the history window once intervening: scores, masks and plan every call
+        a = view()
+        qm, km, vm, _, lay = a.model_order(layout)
+        whole = a.fused_call(model_order=True)
+        history.update(dl.scores_from_lse(qm, km, whole[1], lay))
         dl.entity_masks(history.mean, layout, every)  # its cost; the edit uses the planted masks
         plan = [dl.MaskPlan(masks[0], every)]
-        return dl.deleaker_attention(q, k, v, sdpa, plan, layout, every, [0], None, probs)
+        return dl.deleaker_attention(qm, km, vm, sdpa, plan, lay, every, [0], None, whole)
 
-    def heatmap(q, k, v):
-        dl.entity_scores(q, k, layout)
-        return sdpa(q, k, v)
+    def edit_other_backend(st, plan):  # the model's attention is another kernel: `attend` for the rows left alone
+        qm, km, vm, _, lay = view().model_order(layout)
+        return dl.deleaker_attention(qm, km, vm, sdpa, plan, lay, st, [0])
 
-    text_first = {
-        "history": history_pass,
+    def dense():
+        out = dense_edit(q, k, v, masks, layout, every, dl)  # text first
+        return out if order is None else torch.empty_like(out).index_copy_(1, order, out)
+
+    def add_map(scores):
+        total.add(scores, grid)
+
+    runs = {
+        "plain": plain,
+        "history": lambda: read_only(history.update),
+        "heatmap": lambda: read_only(add_map),
+        "no image-image": lambda: edit(no_ii, plans[no_ii]),
+        "all edits": lambda: edit(every, plans[every]),
         "history + all edits": history_and_edits,
-        "all edits": lambda q, k, v: dl.deleaker_attention(q, k, v, sdpa, plans[every], layout, every, [0]),
-        "no image-image": lambda q, k, v: dl.deleaker_attention(q, k, v, sdpa, plans[no_ii], layout, no_ii, [0]),
-        "image-image statistics": lambda q, k, v: dl.image_image_blocks(q[0], k[0], plans[every][0], layout, every),
-        "heatmap": heatmap,
-        "dense reference": lambda q, k, v: dense_edit(q, k, v, masks, layout, every),
+        "history, separate lse pass": lambda: read_only_lse_pass(history.update),
+        "heatmap, separate lse pass": lambda: read_only_lse_pass(add_map),
+        "all edits, another backend": lambda: edit_other_backend(every, plans[every]),
+        "dense reference": dense,
     }
-    if fam.image_first:  # the same tensors in the call's own order; the glue permutes them and the output
-        q, k, v = (torch.cat([x[:, :, fam.txt_len:], x[:, :, :fam.txt_len]], dim=2) for x in (q, k, v))
-
-        def permuted(fn):
-            def run():
-                to_text_first = (torch.cat([x[:, :, n:], x[:, :, :n]], dim=2) for x in (q, k, v))
-                out = fn(*to_text_first)
-                if not isinstance(out, torch.Tensor):  # the image-image statistics: no output to permute
-                    return out
-                return torch.cat([out[:, fam.txt_len:], out[:, :fam.txt_len]], dim=1)
-            return run
-
-        runs = {c: permuted(fn) for c, fn in text_first.items()}
-    else:
-        runs = {c: (lambda fn=fn: fn(q, k, v)) for c, fn in text_first.items()}
-    runs = {"plain": lambda: sdpa(q, k, v), **runs}
-    check = float((runs["all edits"]() - runs["dense reference"]()).abs().max())
-    return {c: runs[c] for c in CONFIGS}, check
+    check = None
+    if size == 512:
+        dense = runs["dense reference"]()
+        check = max(float((runs[c]() - dense).abs().max())
+                    for c in ("all edits", "history + all edits", "all edits, another backend"))
+        assert torch.equal(runs["history"](), plain()) and torch.equal(runs["heatmap"](), plain())  # read only
+    return {c: runs[c] for c in (CONFIGS if size == 512 else CONFIGS_1024)}, check
 
 
 def load(threads=None):
@@ -218,58 +229,61 @@ def load(threads=None):
 
     torch.set_num_threads(threads or os.cpu_count())
     import_pack_as("leakless")
-    import leakless.nodes.deleaker as dl
+    from types import SimpleNamespace
 
-    return dl, torch
+    from leakless.nodes.methods import contract, deleaker, heatmap, kernels
+    from leakless.nodes.registry import layout
+
+    return SimpleNamespace(contract=contract, deleaker=deleaker, heatmap=heatmap, kernels=kernels, layout=layout), torch
 
 
-def memory(name: str):
-    """One family's per-call peaks, printed as one JSON line (run in its own process by measure_memory)."""
-    dl, torch = load()
-    runs, _ = calls(name, dl, torch)
+def memory(name: str, size: int):
+    """One family's per-call peaks at one size, printed as one JSON line (run in its own process)."""
+    m, torch = load()
+    runs, _ = calls(name, size, m, torch)
     for fn in runs.values():
         fn()  # warm-up: caches of the layout and plans, as from the second call of a run on
     out = {}
-    for config in (*CONFIGS, "plain"):  # plain twice, first and last: the two should agree
+    for config in (*runs, "plain"):  # plain twice, first and last: the two should agree
         peak, added = peak_rss_during(runs[config])
         out[config if config not in out else "plain again"] = dict(peak=peak, added=added)
     print(json.dumps(out))
 
 
-def measure_memory(names) -> dict:
+def measure_memory(jobs) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     results = {}
-    for name in names:
-        r = subprocess.run([sys.executable, __file__, "--memory", name], capture_output=True, text=True, env=env)
+    for name, size in jobs:
+        r = subprocess.run([sys.executable, __file__, "--memory", name, str(size)], capture_output=True, text=True,
+                           env=env)
         lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
         if not lines:
             raise SystemExit(r.stderr[-3000:])
-        results[name] = json.loads(lines[-1])
-        print(name, "memory done", flush=True)
+        results[name, size] = json.loads(lines[-1])
+        print(name, size, "memory done", flush=True)
     return results
 
 
-def measure_time(rounds: int, budget_s: float, warm_up=True, names=tuple(FAMILIES)):
-    """{family: {configuration: [seconds per round]}}, {family: check}; stops after `rounds`, or earlier once
-    `budget_s` is spent (but not before MIN_ROUNDS)."""
-    dl, torch = load()
-    families = {name: calls(name, dl, torch) for name in names}
-    times = {name: {c: [] for c in CONFIGS} for name in names}
-    for runs, _ in families.values() if warm_up else ():
+def measure_time(jobs, rounds: int, warm_up=True):
+    """{(family, size): {configuration: [seconds per round]}}, {(family, size): check}, load averages seen."""
+    m, torch = load()
+    built = {job: calls(*job, m, torch) for job in jobs}
+    times = {job: {c: [] for c in runs} for job, (runs, _) in built.items()}
+    for runs, _ in built.values() if warm_up else ():
         for fn in runs.values():
             fn()
-    start = time.perf_counter()
+    loads = []
     for r in range(rounds):
-        if r >= MIN_ROUNDS and time.perf_counter() - start > budget_s:
-            break
-        for name, (runs, _) in families.items():
-            order = CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]
+        for job, (runs, _) in built.items():
+            configs = list(runs)
+            order = configs[r % len(configs):] + configs[:r % len(configs)]
             for config in order if r % 2 else reversed(order):
                 t = time.perf_counter()
                 runs[config]()
-                times[name][config].append(time.perf_counter() - t)
-        print(f"round {r + 1}/{rounds} done", flush=True)
-    return times, {name: check for name, (_, check) in families.items()}
+                times[job][config].append(time.perf_counter() - t)
+        loads.append(os.getloadavg()[0])
+        print(f"round {r + 1}/{rounds} done (load {loads[-1]:.2f})", flush=True)
+    return times, {job: check for job, (_, check) in built.items()}, loads
 
 
 def quartiles(xs):
@@ -279,95 +293,122 @@ def quartiles(xs):
     return lo, mid, hi
 
 
-def report(times, checks, mem, write=True):
+def report(times, checks, mem, loads, write=True):
     import torch
 
-    ratio = {name: {c: quartiles([t / p for t, p in zip(ts[c], ts["plain"], strict=True)]) for c in CONFIGS}
-             for name, ts in times.items()}
-    shown = CONFIGS[1:]
-    masks = planted_masks(torch)[0]
-    sizes, overlap = " and ".join(str(int(m.sum())) for m in masks), int((masks[0] & masks[1]).sum())
+    m, _ = load()
+    ratio = {job: {c: quartiles([t / p for t, p in zip(ts[c], ts["plain"], strict=True)]) for c in ts}
+             for job, ts in times.items()}
     rounds = len(next(iter(times.values()))["plain"])
+    masks = planted_masks(torch, SIZES[512])[0]
+    sizes, overlap = " and ".join(str(int(x.sum())) for x in masks), int((masks[0] & masks[1]).sum())
+    q = torch.zeros(1, 24, 1280, 128)
+    kernel = m.kernels.kernel_name(q, q, q)
     lines = [
         "# DeLeaker and heatmap cost per attention call, at each family's real size",
         "",
         f"Machine: {platform.machine()} ({_cpu()}), {os.cpu_count()} cores shared with other work (timings are noisy),"
         f" Python {platform.python_version()}, torch {torch.__version__}, fp32 on the CPU, "
-        f"{torch.get_num_threads()} threads; load average (1/5/15 min) at the end: "
-        f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}. Reproduce: `python bench/bench_attention_calls.py` "
-        "(also `make bench`).",
+        f"{torch.get_num_threads()} threads; load average (1 min) during the rounds: median "
+        f"{statistics.median(loads):.2f}, {min(loads):.2f}–{max(loads):.2f}. Reproduce: "
+        "`python bench/bench_attention_calls.py` (also `make bench`).",
         "",
-        "One attention call with random q/k/v (seed 0) at 512x512 px: 1024 image tokens (32x32) and the family's "
-        f"text rows, two entities of two tokens in every text segment, planted masks (two discs of {sizes} image "
-        f"tokens, about 25% of the image each, overlapping on {overlap}). Configurations:",
+        "One attention call with random q/k/v (seed 0) at 512x512 px (1024 image tokens, 32x32) for every family and "
+        f"at 1024x1024 px (4096, 64x64) for {', '.join(AT_1024)}, with the family's text rows; two entities of two "
+        f"tokens in every text segment; planted masks (two discs, at 512² of {sizes} image tokens, about 25% of the "
+        f"image each, overlapping on {overlap}). The edited rows run `kernels.attention`: on this CPU {kernel} "
+        "(`aten._scaled_dot_product_flash_attention_for_cpu`, SDPA's own kernel, which returns the row log-sum-exp). "
+        "Configurations:",
         "",
-        "- **plain**: `scaled_dot_product_attention` on [1, H, L, D] and the reshape to [1, L, H*D] (the model's "
-        "own attention; every ratio is over it);",
-        "- **history**: a block in the mask-history window before DeLeaker intervenes: `scores_and_image_probs` "
-        "(entity scores only) and the history's running mean, plus plain attention;",
-        "- **history + all edits**: a block in the history window once DeLeaker intervenes (the first 60% of the "
-        "steps): scores and the first pair's image probabilities, masks from the history (`entity_masks`), a new "
-        "`MaskPlan` (the masks change every call there), and `deleaker_attention` with every edit;",
-        "- **all edits**: after the history window: `deleaker_attention` (cross text, self text, image-image) with "
-        "the run's `MaskPlan`, made once;",
-        "- **no image-image**: the same with `image_image=False`;",
-        "- **image-image statistics**: `image_image_blocks` alone (the part of *all edits* that finds the "
-        "image-image blocks; no attention output);",
-        "- **heatmap**: what the heatmap patch adds to a call: `entity_scores` on the image rows, plus plain "
-        "attention;",
+        "- **plain**: `scaled_dot_product_attention` on [1, H, L, D] and the reshape to [1, L, H*D] (ComfyUI's SDPA "
+        "attention; every ratio is over it);",
+        "- **history**: a block in the mask-history window before DeLeaker edits, where the driver found the fused "
+        "kernel to be the model's attention (ComfyUI's SDPA: its default on NVIDIA): the call's output and row "
+        "log-sum-exp from one fused call (`AttentionCall.fused_call`), the entity scores off the lse "
+        "(`scores_from_lse`: the image rows' logits on the entity tokens only), the history's running mean;",
+        "- **heatmap**: the same for the attention heatmap (its running sum of maps);",
+        "- **no image-image**: after the history window: `deleaker_attention` with text edits only (the run's "
+        "`MaskPlan`, made once), where the fused kernel is the model's attention: from the whole call's fused output "
+        "and lse, the edited rows corrected on their explicit columns;",
+        "- **all edits**: the same with every edit (cross text, self text, image-image);",
+        "- **history + all edits**: a block in the history window once DeLeaker edits (the first 60% of the steps): "
+        "the scores off the whole call's lse, masks from the history (`entity_masks`), a new `MaskPlan` (the masks "
+        "change every call there), and `deleaker_attention` with every edit;",
+        "- **history / heatmap, separate lse pass**: where the model's attention is another kernel (ComfyUI's CPU "
+        "default, sub-quadratic attention; Sage; FlashAttention): the model's output and `entity_scores`, an exact "
+        "pass of its own over the image rows' logits;",
+        "- **all edits, another backend**: *all edits* where the model's attention is another kernel: the rows "
+        "left alone run it (`attend`, here SDPA), the edited rows one fused call without their explicit columns;",
         "- **dense reference**: the edit of *all edits* with full 1 x H x L x L fp32 logits, as the official code "
-        "computes it (`dense_edit` in this file).",
+        "computes it (`dense_edit` in this file; 512² only).",
         "",
-        "HiDream's call is image first: its non-plain configurations include permuting q, k, v to text first and "
-        "the output back, as the glue will. Timing: after a warm-up call of each, "
-        f"{rounds} rounds, each running every configuration of every family once (order rotated and reversed "
-        "round to round); x plain = median of the per-round ratios to that round's plain call, with the "
-        "quartiles (IQR). Memory: 'added' = the resident high-water mark during the call minus the memory resident "
-        "before it (q, k, v, torch itself), in a process of its own per family with glibc's mmap threshold "
-        "fixed at 64 KiB (freed tensors leave the resident set at once), after one warm-up call of each "
-        "configuration; 'process' = the whole process's peak, torch's runtime and the inputs included.",
-        "",
-        "## Time per call",
-        "",
-        "| family | H x D | L (text + image) | plain | " + " | ".join(shown) + " | max abs diff, all edits vs dense |",
-        "|---|---|---:|---:|" + "---:|" * len(shown) + "---:|",
+        "HiDream's call is image first: every configuration works in the call's own order, as the patches do "
+        "(`AttentionCall.model_order`: the layout moved, nothing reordered; the dense reference permutes). "
+        f"Timing: after a warm-up call of each, {rounds} rounds, each running every configuration of every family "
+        "once (order rotated and reversed round to round); x plain = median of the per-round ratios to that round's "
+        "plain call, with the quartiles (IQR). Memory: 'added' = the resident high-water mark during the call minus "
+        "the memory resident before it (q, k, v, torch itself), in a process of its own per family and size with "
+        "glibc's mmap threshold fixed at 64 KiB (freed tensors leave the resident set at once), after one warm-up "
+        "call of each configuration; 'process' = the whole process's peak, torch's runtime and the inputs included.",
     ]
-    for name, fam in ((n, FAMILIES[n]) for n in times):
-        plain_ms = statistics.median(times[name]["plain"]) * 1e3
-        cells = [f"{ratio[name][c][1]:.2f}x ({ratio[name][c][0]:.2f}–{ratio[name][c][2]:.2f})" for c in shown]
-        lines.append(f"| {name} | {fam.heads} x {fam.head_dim} | {fam.txt_len} + 1024 | {plain_ms:.0f} ms | "
-                     + " | ".join(cells) + f" | {checks[name]:.1e} |")
-    lines += ["", "## Peak memory per call", "",
-              "Added by the call, MB (x plain's added); then the whole process's peak (torch's runtime, q, k, v "
-              "and the call) over plain's, for the configurations the memory target is about.", "",
-              "| family | " + " | ".join(CONFIGS) + " | plain again | process peak x plain: all edits / no "
-              "image-image / history + all edits / heatmap / dense |", "|---|" + "---:|" * (len(CONFIGS) + 2)]
-    for name, m in mem.items():
-        base, peak = m["plain"]["added"], m["plain"]["peak"]
-        cells = [f"{base:.0f}"] + [f"{m[c]['added']:.0f} ({m[c]['added'] / base:.1f}x)" for c in CONFIGS[1:]]
-        peaks = " / ".join(f"{m[c]['peak'] / peak:.2f}" for c in
-                           ("all edits", "no image-image", "history + all edits", "heatmap", "dense reference"))
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['plain again']['added']:.0f} | {peaks} |")
-    lines += ["", "## Against issue 14's targets (per call)", "",
-              "| family | all edits <= 1.20x | no image-image <= 1.05x | process peak <= 1.05x (all edits) "
-              "| all edits / dense reference (time) |", "|---|---|---|---|---:|"]
-    for name in times:
+    for size in SIZES:
+        jobs = [job for job in times if job[1] == size]
+        if not jobs:
+            continue
+        shown = [c for c in times[jobs[0]] if c != "plain"]
+        lines += ["", f"## Time per call, {size}x{size} px", "",
+                  "| family | H x D | L (text + image) | plain | " + " | ".join(shown) +
+                  (" | max abs diff, edits vs dense |" if size == 512 else " |"),
+                  "|---|---|---:|---:|" + "---:|" * len(shown) + ("---:|" if size == 512 else "")]
+        for job in jobs:
+            name, fam = job[0], FAMILIES[job[0]]
+            plain_ms = statistics.median(times[job]["plain"]) * 1e3
+            cells = [f"{ratio[job][c][1]:.2f}x ({ratio[job][c][0]:.2f}–{ratio[job][c][2]:.2f})" for c in shown]
+            n = SIZES[size][0] * SIZES[size][1]
+            lines.append(f"| {name} | {fam.heads} x {fam.head_dim} | {fam.txt_len} + {n} | {plain_ms:.0f} ms | "
+                         + " | ".join(cells) + (f" | {checks[job]:.1e} |" if size == 512 else " |"))
+        mem_jobs = [job for job in mem if job[1] == size]
+        if mem_jobs:
+            configs = [c for c in mem[mem_jobs[0]] if c not in ("plain", "plain again")]
+            lines += ["", f"## Peak memory per call, {size}x{size} px", "",
+                      "Added by the call, MB (x plain's added); then the whole process's peak (torch's runtime, q, "
+                      "k, v and the call) over plain's.", "",
+                      "| family | plain | " + " | ".join(configs) + " | plain again | process peak x plain: "
+                      + " / ".join(configs) + " |", "|---|" + "---:|" * (len(configs) + 3)]
+            for job in mem_jobs:
+                mm = mem[job]
+                base, peak = mm["plain"]["added"], mm["plain"]["peak"]
+                cells = [f"{base:.0f}"] + [f"{mm[c]['added']:.0f} ({mm[c]['added'] / base:.1f}x)" for c in configs]
+                peaks = " / ".join(f"{mm[c]['peak'] / peak:.3f}" for c in configs)
+                lines.append(f"| {job[0]} | " + " | ".join(cells) + f" | {mm['plain again']['added']:.0f} | "
+                             f"{peaks} |")
+    lines += ["", "## Against issue 24's targets (per call, median x plain; process peak x plain)", "",
+              "| family | size | " + " | ".join(f"{c} <= {t:.2f}x" for c, t in TARGETS.items())
+              + " | process peak <= 1.05x (worst of history, heatmap, edits) |", "|---|---|" + "---|" * 5]
+    for job in times:
         def verdict(x, limit, digits=2):
             return f"{'met' if x <= limit else 'not met'} ({x:.{digits}f}x)"
 
-        over_dense = quartiles([a / d for a, d in zip(times[name]["all edits"], times[name]["dense reference"],
-                                                      strict=True)])[1]
-        mem_cell = verdict(mem[name]["all edits"]["peak"] / mem[name]["plain"]["peak"], 1.05, 3) if name in mem else ""
-        lines.append(f"| {name} | {verdict(ratio[name]['all edits'][1], 1.20)} | "
-                     f"{verdict(ratio[name]['no image-image'][1], 1.05)} | {mem_cell} | {over_dense:.2f} |")
-    lines += ["", NOTES]
-    lines += ["", "## Where the dimensions come from (ComfyUI 0.33.0)", ""]
+        cells = [verdict(ratio[job][c][1], t) for c, t in TARGETS.items()]
+        if job in mem:
+            worst = max(mem[job][c]["peak"] / mem[job]["plain"]["peak"] for c in
+                        ("history", "heatmap", "no image-image", "all edits", "history + all edits"))
+            cells.append(verdict(worst, 1.05, 3))
+        else:
+            cells.append("")
+        lines.append(f"| {job[0]} | {job[1]}² | " + " | ".join(cells) + " |")
+    lines += ["", NOTES, "", "## Where the dimensions come from (ComfyUI 0.33.0)", ""]
     lines += [f"- {name}: {fam.heads} heads x {fam.head_dim}, text {' + '.join(map(str, fam.text))} rows"
               f"{', image first' if fam.image_first else ''}{', left-padded' if fam.prompt_at_end else ''}: "
               f"{fam.source}." for name, fam in FAMILIES.items()]
     if write:
         (REPO / "bench" / "results" / "attention_calls.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+NOTES = """## Where the cost goes (CPU)
+
+See "Profile" in the README's DeLeaker section and the notes below, from `torch.profiler` on FLUX.1's call."""
 
 
 def _cpu() -> str:
@@ -379,15 +420,23 @@ def _cpu() -> str:
 
 
 def main():
-    if len(sys.argv) > 2 and sys.argv[1] == "--memory":
-        return memory(sys.argv[2])
+    if len(sys.argv) > 3 and sys.argv[1] == "--memory":
+        return memory(sys.argv[2], int(sys.argv[3]))
     if "--quick" in sys.argv:  # text first and image first, every configuration timed once, cold
-        mem = measure_memory(["FLUX.1 dev"])
-        times, checks = measure_time(1, 0, warm_up=False, names=("FLUX.1 dev", "HiDream I1"))
-        return report(times, checks, mem, write=False)
-    mem = measure_memory(FAMILIES)
-    times, checks = measure_time(ROUNDS, BUDGET_S)
-    report(times, checks, mem)
+        jobs = [("FLUX.1 dev", 512), ("HiDream I1", 512)]
+        mem = measure_memory(jobs[:1])
+        times, checks, loads = measure_time(jobs, 1, warm_up=False)
+        return report(times, checks, mem, loads, write=False)
+    sizes = [int(sys.argv[sys.argv.index("--size") + 1])] if "--size" in sys.argv else list(SIZES)
+    jobs = [(name, size) for size in sizes for name in (FAMILIES if size == 512 else AT_1024)]
+    mem = measure_memory(jobs)
+    times, checks, loads = {}, {}, []
+    for size in sizes:
+        t, c, ld = measure_time([job for job in jobs if job[1] == size], ROUNDS[size])
+        times.update(t)
+        checks.update(c)
+        loads += ld
+    report(times, checks, mem, loads)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ class ComfyAttention:
             q, k, v = (t.reshape(t.shape[0], t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
         self.q, self.k, self.v, self._rest = q, k, v, bound
         self.own = (q, k, v, self.mask)  # as the model passed them (a patch's view may reorder self.q, ...)
-        self._plain = self._fused = None
+        self._plain = self._fused = self._reordered = None
 
     @property
     def transformer_options(self) -> dict:
@@ -95,7 +95,16 @@ class ComfyAttention:
         out, lse = self._fused
         if index is None:
             return out, lse
-        return out.index_select(1, index), lse.index_select(2, index)
+        if self._reordered is None:
+            self._reordered = (out.index_select(1, index), lse.index_select(2, index))
+        return self._reordered
+
+    def fused_output(self, out):
+        """The fused output in the call's own order when `out` is fused(index)'s reordering of it (so that a patch
+        returning it costs no reordering back), else None."""
+        if self._reordered is not None and out is self._reordered[0]:
+            return self._fused[0]
+        return None
 
     def verdict_key(self) -> tuple:
         """What a verdict holds for: dtype, device, mask kind and the call's shape."""

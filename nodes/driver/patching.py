@@ -121,22 +121,16 @@ class _Call:
     _index: dict = field(default_factory=dict)  # `order` as an index tensor per (device, length)
 
     def text_first(self, a: ComfyAttention) -> torch.Tensor | None:
-        """Reorders a main call's q, k, v and mask to text first (tokens after the layout's stay last); returns the
-        index that `back` undoes."""
+        """A main call's canonical (text-first) order as the model's position of each canonical position (tokens
+        after the layout's stay last), or None where the model's order is already that; the AttentionCall reorders
+        q, k, v and mask by it only when a patch reads them."""
         if self.order is None:
             return None
         length, dev = a.q.shape[2], a.q.device
         key = (str(dev), length)
         if key not in self._index:
             self._index[key] = torch.tensor(self.order + list(range(len(self.order), length)), device=dev)
-        index = self._index[key]
-        a.q, a.k, a.v = (t.index_select(2, index) for t in (a.q, a.k, a.v))
-        if a.mask is not None:
-            m = a.mask
-            if m.shape[-2] > 1:
-                m = m.index_select(-2, index)
-            a.mask = m.index_select(-1, index) if m.shape[-1] > 1 else m
-        return index
+        return self._index[key]
 
 
 class Installed:
@@ -275,13 +269,17 @@ class Installed:
         if kind not in ("main", "cross"):
             return a.plain()
         index = call.text_first(a) if kind == "main" else None
-        view = AttentionCall(a.q, a.k, a.v, a.mask, kind, block, grid, a.attend,
-                             verify=lambda: call.run.fused_is_model(a), whole=lambda: a.fused(index))
+        view = AttentionCall(a.q, a.k, a.v, a.mask, kind, block, grid, a.attend, order=index,
+                             verify=lambda: call.run.fused_is_model(a),
+                             whole=lambda model_order: a.fused(None if model_order else index))
         with self.restated():
             out = self.patch.attention(call.run.state, call.state, view)
         if out is None:
             return a.plain()
-        return out if index is None else torch.empty_like(out).index_copy_(1, index, out)
+        if index is None or view.output_in_model_order:
+            return out
+        own = a.fused_output(out)  # the fused kernel's output on the call, as the model's order has it
+        return own if own is not None else torch.empty_like(out).index_copy_(1, index, out)
 
     def _classify(self, call: _Call, a: ComfyAttention, to):
         """(kind, main block index, grid) of an attention call (see AttentionCall.kind)."""

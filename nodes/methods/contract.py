@@ -19,7 +19,7 @@ Bad input found while sampling is a `MethodError` (problem and fix); the driver 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -68,34 +68,71 @@ class ModelCall:
         return self.step, self.steps
 
 
-@dataclass
 class AttentionCall:
-    """One attention call as the patch sees it. `block`: the index of this main block in the model call (None:
-    not a main block); `kind`: "main", "other" (a refiner, text fusion, image-only attention, a UNet's
-    self-attention), "cross" (a UNet's cross-attention; `grid` is its level's image grid) or "part" (a piece of
-    an outer Leakless patch's edited call: leave it alone). `attend(q, k, v, mask)` runs the attention that was
-    there before on [b, H, rows, D] tensors (any rows, edited keys), returning [b, rows, H*D].
+    """One attention call as the patch sees it. q, k, v ([B, H, L, D]) and mask are in the methods' canonical
+    token order (text first, the layout's); `block`: the index of this main block in the model call (None: not a
+    main block); `kind`: "main", "other" (a refiner, text fusion, image-only attention, a UNet's self-attention),
+    "cross" (a UNet's cross-attention; `grid` is its level's image grid) or "part" (a piece of an outer Leakless
+    patch's edited call: leave it alone). `attend(q, k, v, mask)` runs the attention that was there before on
+    [b, H, rows, D] tensors (any rows, edited keys), returning [b, rows, H*D].
+
+    Where the model's own order differs (HiDream: image first), `order` (the driver's) holds the model's position of
+    each canonical position, and q, k, v, mask are reordered from the model's tensors only when first read;
+    `model_order(layout)` gives the model's tensors and `layout` in that order instead (nothing copied), and a
+    patch that returns its output in that order sets `output_in_model_order`.
 
     `fused(q, k, v, mask)` -> (out [b, rows, H*D], lse [b, H, rows] fp32) runs kernels.attention: the fused kernel
     SDPA would pick, with the row log-sum-exp. `fused_is_model`: whether that kernel's output on this call is the
     model's own, bit for bit; the driver finds out once per sampling run (per dtype, device, mask kind and call
     shape) by running both on the first call that asks and comparing (False where no driver says). `fused_call()`:
     (out [B, L, H*D], lse [B, H, L]) of `fused` on the whole call, computed once, on the call's tensors in the
-    model's own token order (so where fused_is_model, out is exactly what the model returns); a read-only patch
-    may return that out and read the lse for free."""
+    model's own token order (so where fused_is_model, out is exactly what the model returns), rows in canonical
+    order (`model_order=True`: in the model's); a read-only patch may return that out and read the lse for free."""
 
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    mask: torch.Tensor | None
-    kind: str
-    block: int | None = None
-    grid: tuple[int, int] | None = None
-    attend: object = field(default=None, repr=False)
-    fused: object = field(default=kernels.fused_attention, repr=False)
-    verify: object = field(default=None, repr=False)  # the driver's: () -> bool, the fused_is_model verdict
-    whole: object = field(default=None, repr=False)  # the driver's: () -> fused_call()'s value
-    _memo: dict = field(default_factory=dict, init=False, repr=False)
+    def __init__(self, q, k, v, mask, kind: str, block: int | None = None, grid: tuple[int, int] | None = None,
+                 attend=None, fused=kernels.fused_attention, verify=None, whole=None, order=None):
+        self._model = (q, k, v, mask)  # as the model passed them
+        self.kind, self.block, self.grid, self.attend = kind, block, grid, attend
+        self.fused = fused
+        self.verify = verify  # the driver's: () -> bool, the fused_is_model verdict
+        self.whole = whole  # the driver's: (model_order: bool) -> fused_call()'s value
+        self.order = order  # [L] long: the model's position of each canonical position (None: the same order)
+        self.output_in_model_order = False  # set by a patch whose output is in the model's order
+        self._memo = {}
+
+    def __repr__(self):
+        return f"AttentionCall(kind={self.kind!r}, block={self.block}, shape={tuple(self._model[0].shape)})"
+
+    def _canonical(self, i: int):
+        if i not in self._memo:
+            t = self._model[i]
+            if self.order is not None and t is not None:
+                if i == 3:  # the mask: its query rows (when it has one per query) and its keys
+                    t = t.index_select(-2, self.order) if t.shape[-2] > 1 else t
+                    t = t.index_select(-1, self.order) if t.shape[-1] > 1 else t
+                else:
+                    t = t.index_select(2, self.order)
+            self._memo[i] = t
+        return self._memo[i]
+
+    q = property(lambda self: self._canonical(0))
+    k = property(lambda self: self._canonical(1))
+    v = property(lambda self: self._canonical(2))
+    mask = property(lambda self: self._canonical(3))
+
+    def model_order(self, layout: Layout):
+        """(q, k, v, mask, layout) in the model's own token order: the call's tensors as the model passed them and a
+        canonical-order `layout` with its segments and phrases moved to where the model has them."""
+        q, k, v, mask = self._model
+        if self.order is None:
+            return q, k, v, mask, layout
+        key = ("model order", tuple(int(self.order[s.start]) for s in layout.segments))
+        if key not in layout._memo:
+            where = self.order.tolist()
+            segments = tuple(replace(s, start=where[s.start]) for s in layout.segments)
+            entities = tuple(tuple(where[p] for p in e) for e in layout.entities)
+            layout._memo[key] = replace(layout, segments=segments, entities=entities)
+        return q, k, v, mask, layout._memo[key]
 
     @property
     def fused_is_model(self) -> bool:
@@ -103,11 +140,15 @@ class AttentionCall:
             self._memo["is_model"] = bool(self.verify()) if self.verify is not None else False
         return self._memo["is_model"]
 
-    def fused_call(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if "whole" not in self._memo:
-            self._memo["whole"] = self.whole() if self.whole is not None else \
-                self.fused(self.q, self.k, self.v, kernels.comfy_mask(self.mask))
-        return self._memo["whole"]
+    def fused_call(self, model_order: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        key = ("whole", model_order or self.order is None)
+        if key not in self._memo:
+            if self.whole is not None:
+                self._memo[key] = self.whole(model_order)
+            else:
+                q, k, v, mask = self._model if model_order else (self.q, self.k, self.v, self.mask)
+                self._memo[key] = self.fused(q, k, v, kernels.comfy_mask(mask))
+        return self._memo[key]
 
 
 class ModelRunner(Protocol):

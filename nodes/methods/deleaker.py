@@ -118,6 +118,15 @@ def entity_columns(layout: Layout, device) -> tuple[torch.Tensor, list[torch.Ten
     return layout._memo[key]
 
 
+def batch_rows(t: torch.Tensor | None, rows: list[int]):
+    """t's batch rows `rows`: t itself when they are all of them, a view when they are a run, else a copy."""
+    if t is None or rows == list(range(t.shape[0])):
+        return t
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return t[rows[0]:rows[0] + len(rows)]
+    return t[rows]
+
+
 def _mask_rows(mask, rows):
     """A [B or 1, H or 1, L or 1, Lk] mask's rows `rows` (a slice); a mask with one row for all queries as it is."""
     if mask is None or mask.shape[-2] == 1:
@@ -196,28 +205,6 @@ def _chunked_scores(q, k, layout: Layout, mask):
         for e, c in enumerate(cols):
             out[:, e, start:end] = (weights[..., c] * norm).mean(dim=(-1, 1))
     return out
-
-
-@dataclass
-class ImageRows:
-    """What one fused call over a call's image rows gives in the mask-history window (`image_rows_pass`)."""
-
-    out: torch.Tensor  # [b, H, N, D]: attention of the image rows over every key but the entity tokens
-    lse: torch.Tensor  # [b, H, N] fp32: its log-sum-exp
-    scores: torch.Tensor  # [b, K, N]: entity_scores of these rows
-
-
-def image_rows_pass(q, k, v, layout: Layout, mask=None) -> ImageRows:
-    """One fused call over the image rows of q ([b, H, L, D]) with the entity tokens masked off: its output and lse
-    (the "bulk" the edits merge with) and, with those tokens' logits, the rows' entity scores. mask: the model's
-    ([b or 1, H or 1, L, L]) or None."""
-    img = layout.image
-    cols, _ = entity_columns(layout, q.device)
-    mask_img = _mask_rows(mask, img)
-    out, lse = _bulk(q[:, :, img], k, v, cols, mask_img, _budget(q))
-    logits = _entity_logits(q[:, :, img], k, layout, mask_img)
-    total = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
-    return ImageRows(out, lse, _entity_probs(logits, total, layout))
 
 
 class MaskHistory:
@@ -324,8 +311,13 @@ def _chunks(count: int, step: int):
 
 
 def _budget(q: torch.Tensor) -> int:
-    """Elements of one explicit-column temporary: a quarter of q's, at least 64 Ki, at most CHUNK_ELEMENTS."""
-    return max(1, min(CHUNK_ELEMENTS, max(1 << 16, q.numel() // 4)))
+    """Elements of one explicit-column temporary: half of q's, at least 256 Ki, at most CHUNK_ELEMENTS."""
+    return max(1, min(CHUNK_ELEMENTS, max(1 << 18, q.numel() // 2)))
+
+
+def _off_columns(length: int, cols: torch.Tensor, dtype, device) -> torch.Tensor:
+    """[length] additive: -inf on `cols`, 0 elsewhere."""
+    return torch.zeros(length, dtype=dtype, device=device).index_fill_(0, cols, float("-inf"))
 
 
 def _bulk(q_rows, k, v, cols, mask_rows, budget):
@@ -333,7 +325,7 @@ def _bulk(q_rows, k, v, cols, mask_rows, budget):
     when the model has none, so nothing of size rows x keys exists) and the model's mask rows ([b or 1, H or 1, r, L]
     or None), in row chunks of at most `budget` mask elements."""
     length = k.shape[-2]
-    off = torch.zeros(length, dtype=q_rows.dtype, device=q_rows.device).index_fill_(0, cols, float("-inf"))
+    off = _off_columns(length, cols, q_rows.dtype, q_rows.device)
     if mask_rows is None:
         return kernels.attention(q_rows, k, v, off.view(1, 1, 1, length))
     rows = q_rows.shape[-2]
@@ -385,7 +377,7 @@ class MaskPlan:
         self.n_plain = self.groups[0].start if self.groups else start
         self.nonempty = [m.numel() > 0 for m in self.members]
         self.masks, self.in_mask = masks, masks.float()  # [K, N] bool, and 1.0 inside each mask
-        self._query_order, self._text_edits, self._cut_keys = {}, {}, {}
+        self._query_order, self._text_edits, self._cache = {}, {}, {}
 
     def cut_pairs(self) -> list[tuple[int, int, int]]:
         """(pair index, i, j) of the entity pairs whose image-image edit can cut anything (both masks non-empty)."""
@@ -415,21 +407,56 @@ class MaskPlan:
                         powers[src] = powers[src] + 1 if st.alpha_per_pair else 1
         return tuple(sorted(blocked)), tuple(powers)
 
-    def cut_keys(self, g: int) -> tuple[torch.Tensor, dict]:
-        """The image keys ([u] long, sorted) the image-image cut may block for group g's rows (the masks of every
-        entity its members pair with), and each such entity's mask as indices into them."""
-        if g not in self._cut_keys:
-            members = self.groups[g].members
-            partners = sorted({b if a == s else a for _, a, b in self.cut_pairs() for s in members if s in (a, b)})
-            if not partners:
-                keys, where = self.order[:0], {}
-            else:
-                keys = torch.unique(torch.cat([self.members[t] for t in partners]))
-                at = torch.full((self.masks.shape[1],), -1, dtype=torch.long, device=keys.device)
-                at[keys] = torch.arange(keys.numel(), device=keys.device)
-                where = {t: at[self.members[t]] for t in partners}
-            self._cut_keys[g] = (keys, where)
-        return self._cut_keys[g]
+    def row_sets(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The image rows in some mask, by the image keys their image-image cut may reach (the masks of every entity
+        their groups' members pair with: one set per such choice, at most K + 1): (rows [R] long, in plan order;
+        each row's group index [R] long; those keys [u] long, sorted)."""
+        if "row sets" not in self._cache:
+            dev = self.order.device
+            by_partners: dict[tuple, list[int]] = {}
+            for g, group in enumerate(self.groups):
+                partners = tuple(sorted({b if a == s else a for _, a, b in self.cut_pairs() for s in group.members
+                                         if s in (a, b)}))
+                by_partners.setdefault(partners, []).append(g)
+            sets = []
+            for partners, groups in by_partners.items():
+                rows = torch.cat([self.groups[g].rows for g in groups])
+                gid = torch.cat([torch.full((self.groups[g].rows.numel(),), g, device=dev) for g in groups])
+                keys = torch.unique(torch.cat([self.members[t] for t in partners])) if partners else self.order[:0]
+                sets.append((rows, gid, keys))
+            self._cache["row sets"] = sets
+        return self._cache["row sets"]
+
+    def inside(self, n: int, s: int, t: int) -> torch.Tensor | None:
+        """[R, u] bool: which of row set n's rows are in M_s and its cut keys in M_t (None: no row is)."""
+        key = ("inside", n, s, t)
+        if key not in self._cache:
+            rows, _, keys = self.row_sets()[n]
+            rows_in = self.masks[s].index_select(0, rows)
+            self._cache[key] = rows_in[:, None] & self.masks[t].index_select(0, keys)[None, :] \
+                if bool(rows_in.any()) else None
+        return self._cache[key]
+
+    def entity_edits(self, pairs: int | None, ent_idx, n_cols: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Each group's text edits after the first `pairs` entity pairs, on the entity-token columns: (logit
+        multipliers [G, n_cols] fp32, blocked [G, n_cols] bool); None when there are none."""
+        key = ("edits", pairs, n_cols)
+        if key not in self._cache:
+            dev = self.order.device
+            mult = torch.ones(len(self.groups), n_cols, device=dev)
+            blocked = torch.zeros(len(self.groups), n_cols, dtype=torch.bool, device=dev)
+            any_edit = False
+            for g, group in enumerate(self.groups):
+                gone, powers = self.text_edits(group, pairs)
+                for e, power in enumerate(powers):
+                    if power and e not in gone:  # a token of two entities: both multipliers, as the reference's
+                        mult[g].index_put_((ent_idx[e],), mult[g][ent_idx[e]] * self.settings.alpha ** power)
+                        any_edit = True
+                for e in gone:
+                    blocked[g, ent_idx[e]] = True
+                    any_edit = True
+            self._cache[key] = (mult, blocked) if any_edit else None
+        return self._cache[key]
 
     def query_order(self, image_start: int, length: int) -> tuple[torch.Tensor, int]:
         """The joint sequence's query rows as [every row outside the image (text, references), image rows in plan
@@ -453,220 +480,296 @@ def _nonzero_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, var.sqrt()
 
 
-class _Columns:
-    """The explicit key columns of one row group: every entity token, then the image keys its cut may reach."""
+class _RowSet:
+    """Image rows that share their explicit key columns (every entity token, then the image keys a cut may reach):
+    each row's group, the cut so far ([R, u] bool) and the bulk: an attention output and its lse over either every
+    key (`incl` rows: the whole call's, the explicit columns' original weights then taken out and their edited ones
+    put in, by signed weights) or every key but the explicit columns. The rows' queries, the bulk's rows of the
+    whole call and the cut keys' values are gathered a chunk or a set at a time, when needed."""
 
-    def __init__(self, k, v, cols: torch.Tensor, n_ent: int, where: dict):
-        self.cols, self.n_ent, self.where = cols, n_ent, where
-        self.k = k.index_select(1, cols).float().transpose(-1, -2)  # [H, D, C]
-        self.v = v.index_select(1, cols).float()  # [H, C, D]
+    def __init__(self, ed, rows: torch.Tensor, gid: torch.Tensor, cut_keys: torch.Tensor):
+        k, v, layout = ed.k, ed.v, ed.layout
+        self.ed, self.rows, self.gid, self.keys = ed, rows, gid, cut_keys
+        self.pos = layout.image.start + rows
+        self.cols = torch.cat([ed.ent_cols, layout.image.start + cut_keys])
+        self.n_ent = ed.ent_cols.numel()
+        self.k_ent = (k.index_select(1, ed.ent_cols).float() * ed.scale).transpose(1, 2)  # [H, D, E], scaled
+        self.v_ent = v.index_select(1, ed.ent_cols).float()  # [H, E, D]
+        self._k_cut = self._v_cut = None
+        self.cut = torch.zeros(rows.numel(), cut_keys.numel(), dtype=torch.bool, device=rows.device)
+        self.sign = None  # [R, u] fp32 once anything is cut or any row is recomputed (update_sign)
+        self.out = self.lse = self.incl = None  # bulk: [H, R, D] (None: the whole call's rows), [H, R] fp32; [R] bool
+        self.whole = None  # the whole call's output [L, H*D], where the bulk is its rows
+        self.kept = {}
 
+    def q_rows(self, c0, c1) -> torch.Tensor:
+        return self.ed.q.index_select(1, self.pos[c0:c1])
 
-class _Rows:
-    """A chunk of one group's image rows: their queries, the bulk (attention over every key but the explicit
-    columns, or, `incl` rows, every key but the entity tokens, cut keys then removed by signed weights), the cut
-    so far ([r, u] bool) and the explicit logits when they are kept between passes."""
+    @property
+    def k_cut(self) -> torch.Tensor:
+        """[H, D, u] fp32, scaled: the cut keys, gathered when first needed (dropped once every chunk's weights are
+        kept)."""
+        if self._k_cut is None:
+            self._k_cut = (self.ed.k.index_select(1, self.cols[self.n_ent:]).float() * self.ed.scale
+                           ).transpose(1, 2).contiguous()
+        return self._k_cut
 
-    def __init__(self, group, columns: _Columns, pos, q, out, lse, incl):
-        self.group, self.columns, self.pos, self.q = group, columns, pos, q
-        self.out, self.lse = out, lse  # [H, r, D] (q's dtype), [H, r] fp32
-        self.incl = incl  # [r] bool or None (no row's bulk holds the cut keys)
-        r, u = pos.numel(), columns.cols.numel() - columns.n_ent
-        self.cut = torch.zeros(r, u, dtype=torch.bool, device=pos.device)
-        self.kept = None
+    @property
+    def v_cut(self) -> torch.Tensor:
+        """[H, u, D] fp32: the cut keys' values, gathered while the set's output is made."""
+        if self._v_cut is None:
+            self._v_cut = self.ed.v.index_select(1, self.cols[self.n_ent:]).float()
+        return self._v_cut
+
+    def bulk(self, c0, c1) -> torch.Tensor:
+        """[H, r, D]: the bulk of rows c0..c1 (a copy of the whole call's rows, or a view of the set's own)."""
+        if self.out is not None:
+            return self.out[:, c0:c1]
+        heads, d = self.ed.q.shape[0], self.ed.q.shape[-1]
+        return self.whole.index_select(0, self.pos[c0:c1]).view(-1, heads, d).transpose(0, 1)
+
+    def update_sign(self) -> None:
+        """What each cut-key column adds to its row's normaliser, times its weight: 1 kept, 0 cut; `incl` rows:
+        -1 cut, 0 kept (their keys are in the bulk already)."""
+        cut = self.cut.float()
+        self.sign = 1.0 - cut if self.incl is None else torch.where(self.incl[:, None], -cut, 1.0 - cut)
 
 
 class _Edit:
-    """One sample's edit: the pieces every chunk shares."""
+    """One sample's edit (q, k, v: [H, L, D]; mask: its [H or 1, L, L] or None), its row sets in chunks of at most
+    `budget` explicit logits."""
 
     def __init__(self, q, k, v, plan: MaskPlan, layout: Layout, settings: Settings, mask):
         self.q, self.k, self.v, self.plan, self.layout, self.settings, self.mask = q, k, v, plan, layout, settings, mask
         self.scale = 1.0 / math.sqrt(q.shape[-1])
         self.budget = _budget(q)
-        self.kept_budget = self.budget  # explicit logits kept between passes, in all
+        self.kept_budget = 2 * self.budget  # cut-key weights kept between passes, in all (q's size)
         self.guard = GUARD.get(q.dtype, GUARD_LOW_PRECISION)
         self.ent_cols, self.ent_idx = entity_columns(layout, q.device)
 
-    def logits(self, ch: _Rows) -> torch.Tensor:
-        """[H, r, C] fp32 raw logits of the chunk's rows on its explicit columns (no edit, no mask): a fresh tensor."""
-        if ch.kept is not None:
-            return ch.kept.clone()
-        s = torch.matmul(ch.q.float(), ch.columns.k).mul_(self.scale)
-        if self.kept_budget >= s.numel():
-            self.kept_budget -= s.numel()
-            ch.kept = s.clone()
-        return s
+    def row_set(self, rows, gid, cut_keys, whole) -> _RowSet:
+        rs = _RowSet(self, rows, gid, cut_keys)
+        if whole is None:  # one fused call over every key but the explicit columns
+            mask_rows = None if self.mask is None else _sub_mask(self.mask, rs.pos, None)[None]
+            out, lse = _bulk(self.q.index_select(1, rs.pos)[None], self.k[None], self.v[None], rs.cols, mask_rows,
+                             self.budget)
+            rs.out, rs.lse = out[0], lse[0]
+        else:  # the whole call's output and lse: every key
+            rs.whole, rs.lse = whole[0], whole[1].index_select(1, rs.pos)
+            rs.incl = torch.ones(rows.numel(), dtype=torch.bool, device=rows.device)
+        return rs
 
-    def weights(self, ch: _Rows, blocked, powers):
-        """Every term of the chunk's rows' softmax as exp(. - m), after these text edits and the chunk's cut:
-        (w [H, r, C]: the explicit columns' exp, unsigned; sign [r, u] or None: what each cut-key column adds to
-        the normaliser (1 kept, 0 cut; `incl` rows: -1 cut, 0 kept, their keys being in the bulk already); the
-        bulk's weight [H, r]; the normaliser [H, r])."""
-        s = self.logits(ch)
-        n_ent, alpha = ch.columns.n_ent, self.settings.alpha
-        ent = s[..., :n_ent]
-        for e, power in enumerate(powers):
-            if power and e not in blocked:
-                idx = self.ent_idx[e]
-                ent[..., idx] = ent[..., idx] * alpha ** power
-        for e in blocked:
-            ent[..., self.ent_idx[e]] = float("-inf")
+    def chunks(self, rs: _RowSet):
+        step = max(1, self.budget // (self.q.shape[0] * rs.cols.numel()))
+        return [(rs, c0, c1) for c0, c1 in _chunks(rs.rows.numel(), step)]
+
+    def explicit(self, chunk):
+        """(ent [H, r, E]: the raw logits on the entity tokens, no edit, no mask; u0 [H, r, u]: the cut keys' weights
+        exp(logit + mask - m0); m0 [H, r]: the bulk's lse where every row's bulk holds those keys, else the larger of
+        it and their largest logit), kept between passes while they fit the budget: not to be written to."""
+        rs, c0, c1 = chunk
+        if c0 in rs.kept:
+            return rs.kept[c0]
+        q = rs.q_rows(c0, c1).float()
+        ent = torch.matmul(q, rs.k_ent)
+        cut = torch.matmul(q, rs.k_cut)
+        if self.mask is not None and cut.shape[-1]:
+            _add_mask(cut, _sub_mask(self.mask, rs.pos[c0:c1], rs.cols[rs.n_ent:]))
+        m0 = rs.lse[:, c0:c1]
+        if cut.shape[-1] and (rs.incl is None or not bool(rs.incl[c0:c1].all())):
+            m0 = torch.maximum(m0, cut.amax(dim=-1))
+        m0 = m0.nan_to_num(neginf=0.0)  # a row with no key: 0
+        found = (ent, cut.sub_(m0[..., None]).exp_(), m0)
+        if self.kept_budget >= cut.numel():
+            self.kept_budget -= cut.numel()
+            rs.kept[c0] = found
+            if len(rs.kept) == len(self.chunks(rs)):
+                rs._k_cut = None  # every chunk's weights are kept
+        return found
+
+    def weights(self, chunk, pairs: int | None):
+        """The chunk's rows' softmax terms as exp(. - m), with the text edits after `pairs` entity pairs and the cut
+        so far: (ent [H, r, E]: what each entity token adds to the normaliser, times its value: its edited weight,
+        minus (`incl` rows) its original one; u0 [H, r, u] (explicit()); f [H, r]: the cut keys' weights are u0 * f;
+        u_sum [H, r]: sum of u0 * sign (update_sign) or None; the bulk's weight [H, r]; the normaliser [H, r])."""
+        rs, c0, c1 = chunk
+        raw, u0, m0 = self.explicit(chunk)
+        n_ent = rs.n_ent
+        ent = raw.clone()
+        edits = self.plan.entity_edits(pairs, self.ent_idx, n_ent)
+        if edits is not None:
+            gid = rs.gid[c0:c1]
+            ent.mul_(edits[0].index_select(0, gid)).masked_fill_(edits[1].index_select(0, gid), float("-inf"))
+        incl = None if rs.incl is None else rs.incl[c0:c1]
         if self.mask is not None:
-            _add_mask(s, _sub_mask(self.mask, ch.pos, ch.columns.cols))
-        top = torch.maximum(s.amax(dim=-1), ch.lse)
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        w = s.sub_(top[..., None]).exp_()
-        base = (ch.lse - top).exp()
-        total = base + w[..., :n_ent].sum(dim=-1)
-        sign = None
-        if ch.cut.shape[1]:
-            cut = ch.cut.to(w.dtype)
-            sign = 1.0 - cut if ch.incl is None else torch.where(ch.incl[:, None], -cut, 1.0 - cut)
-            total += (w[..., n_ent:] * sign).sum(dim=-1)
-        return w, sign, base, total
+            bias = _sub_mask(self.mask, rs.pos[c0:c1], rs.cols[:n_ent])
+            _add_mask(ent, bias)
+            if incl is not None:
+                raw = _add_mask(raw.clone(), bias)
+        top = torch.maximum(ent.amax(dim=-1), m0)
+        ent = ent.sub_(top[..., None]).exp_()
+        if incl is not None:  # their bulk holds the original entity tokens: take them out
+            ent -= torch.sub(raw, top[..., None]).exp_().mul_(incl[:, None])
+        f = (m0 - top).exp()
+        base = (rs.lse[:, c0:c1] - top).exp()
+        total = base + ent.sum(dim=-1)
+        u_sum = None
+        if rs.sign is not None:
+            u_sum = (u0 * rs.sign[c0:c1]).sum(dim=-1)
+        elif rs.incl is None and u0.shape[-1]:
+            u_sum = u0.sum(dim=-1)
+        if u_sum is not None:
+            total += f * u_sum
+        return ent, u0, f, u_sum, base, total
 
-    def guard_rows(self, ch: _Rows, base, total) -> bool:
-        """Recomputes, without the cut keys, the bulk of `incl` rows whose normaliser kept less than `guard` of their
-        bulk's mass in some head (what a subtraction could lose precision on); True when any was."""
-        if ch.incl is None or not bool(ch.cut.any()):
+    def guard_rows(self, chunk, base, total) -> bool:
+        """Recomputes, without the explicit columns, the bulk of `incl` rows whose normaliser kept less than `guard`
+        of their bulk's mass in some head (what a subtraction could lose precision on); True when any was."""
+        rs, c0, c1 = chunk
+        if rs.incl is None:
             return False
-        bad = ch.incl & (total < self.guard * base).any(dim=0)
+        bad = rs.incl[c0:c1] & (total < self.guard * base).any(dim=0)
         if not bool(bad.any()):
             return False
-        rows = bad.nonzero().flatten()
-        pos = ch.pos.index_select(0, rows)
+        rows = c0 + bad.nonzero().flatten()
+        pos = rs.pos.index_select(0, rows)
         mask_rows = None if self.mask is None else _sub_mask(self.mask, pos, None)[None]
-        out, lse = _bulk(ch.q.index_select(1, rows)[None], self.k[None], self.v[None], ch.columns.cols, mask_rows,
+        out, lse = _bulk(self.q.index_select(1, pos)[None], self.k[None], self.v[None], rs.cols, mask_rows,
                          self.budget)
-        ch.out = ch.out.index_copy(1, rows, out[0].to(ch.out.dtype))
-        ch.lse = ch.lse.index_copy(1, rows, lse[0])
-        ch.incl = ch.incl & ~bad
+        if rs.out is None:  # the bulk so far: the whole call's rows
+            rs.out = rs.bulk(0, rs.rows.numel()).contiguous()
+        rs.out.index_copy_(1, rows, out[0].to(rs.out.dtype))
+        rs.lse.index_copy_(1, rows, lse[0])
+        rs.incl.index_fill_(0, rows, False)
+        rs.update_sign()
+        self.kept_budget += rs.kept.pop(c0, (None, torch.empty(0), None))[1].numel()  # m0 changes with the bulk
         return True
 
-    def settled_weights(self, ch: _Rows, blocked, powers):
-        w, sign, base, total = self.weights(ch, blocked, powers)
-        if self.guard_rows(ch, base, total):
-            w, sign, base, total = self.weights(ch, blocked, powers)
-        return w, sign, base, total
+    def settled_weights(self, chunk, pairs: int | None):
+        weights = self.weights(chunk, pairs)
+        if self.guard_rows(chunk, *weights[4:]):
+            weights = self.weights(chunk, pairs)
+        return weights
 
-    def image_probs(self, ch: _Rows, pair: int) -> torch.Tensor:
-        """[r, u]: the head-mean probability of the chunk's rows on its cut keys, with the edits of the pairs before
+    def image_probs(self, chunk, pair: int) -> torch.Tensor:
+        """[r, u]: the head-mean probability of a chunk's rows on its cut keys, with the edits of the pairs before
         `pair` (0 where cut)."""
-        w, _, _, total = self.settled_weights(ch, *self.plan.text_edits(ch.group, pair))
-        safe = torch.where(total > 0, total, torch.ones_like(total))
-        p = w[..., ch.columns.n_ent:].div_(safe[..., None])
-        return p.mean(dim=0).masked_fill_(ch.cut, 0.0)
+        rs, c0, c1 = chunk
+        _, u0, f, _, _, total = self.settled_weights(chunk, pair)
+        scale = f / torch.where(total > 0, total, torch.ones_like(total))
+        return (u0 * scale[..., None]).mean(dim=0).masked_fill_(rs.cut[c0:c1], 0.0)
 
-    def output(self, ch: _Rows) -> torch.Tensor:
-        """[H, r, D] fp32: the chunk's rows with every edit."""
-        w, sign, base, total = self.settled_weights(ch, *self.plan.text_edits(ch.group))
-        if sign is not None:
-            w[..., ch.columns.n_ent:] *= sign
-        out = torch.baddbmm(ch.out.float() * base[..., None], w, ch.columns.v)
-        safe = torch.where(total > 0, total, torch.ones_like(total))
-        out.div_(safe[..., None])
-        return out if bool((total > 0).all()) else out.masked_fill_((total <= 0)[..., None], 0.0)
-
-    def chunks(self, group, rows: torch.Tensor, columns: _Columns, bulk) -> list[_Rows]:
-        """The chunks of `rows` (image row indices) of one group: their bulk from one fused call (or from `bulk`, the
-        image rows' pass), sliced so each chunk's explicit logits stay under the budget."""
-        img0 = self.layout.image.start
-        pos = img0 + rows
-        q_rows = self.q.index_select(1, pos)
-        if bulk is None:
-            mask_rows = None if self.mask is None else _sub_mask(self.mask, pos, None)[None]
-            out, lse = _bulk(q_rows[None], self.k[None], self.v[None], columns.cols, mask_rows, self.budget)
-            out, lse, incl = out[0], lse[0], None
-        else:
-            out, lse = bulk[0].index_select(1, rows), bulk[1].index_select(1, rows)
-            incl = torch.ones(rows.numel(), dtype=torch.bool, device=rows.device)
-        step = max(1, self.budget // (q_rows.shape[0] * columns.cols.numel()))
-        return [_Rows(group, columns, pos[c0:c1], q_rows[:, c0:c1], out[:, c0:c1], lse[:, c0:c1],
-                      None if incl is None else incl[c0:c1]) for c0, c1 in _chunks(rows.numel(), step)]
+    def output(self, chunk) -> torch.Tensor:
+        """[H, r, D] fp32: a chunk's rows with every edit (in the bulk's buffer where that is fp32)."""
+        rs, c0, c1 = chunk
+        ent, u0, f, u_sum, base, total = self.settled_weights(chunk, None)
+        bulk = rs.bulk(c0, c1)
+        out = bulk.mul_(base[..., None]) if bulk.dtype == torch.float32 else bulk.float() * base[..., None]
+        out.baddbmm_(ent, rs.v_ent)  # the bulk's own buffer (a copy of the whole call's rows): its last use
+        if u_sum is not None:
+            signed = u0 if rs.sign is None else u0 * rs.sign[c0:c1]
+            out.add_(torch.bmm(signed, rs.v_cut).mul_(f[..., None]))
+        return out.mul_(torch.where(total > 0, total, torch.ones_like(total)).reciprocal_()[..., None])
 
 
-def _prepared(q, k, v, plan: MaskPlan, layout: Layout, settings: Settings, mask, bulk):
-    """The chunks of one sample's edited image rows (and, with `bulk`, of its rows in no mask) with their bulk and,
-    pair by pair in the reference's order, their image-image cut."""
-    ed = _Edit(q, k, v, plan, layout, settings, mask)
-    entity_only = _Columns(k, v, ed.ent_cols, ed.ent_cols.numel(), {})
-    chunks = []
-    if bulk is not None and plan.n_plain:  # image rows in no mask: their bulk and the unedited entity tokens
-        chunks += ed.chunks(None, plan.order[:plan.n_plain], entity_only, bulk)
-    for g, group in enumerate(plan.groups):
-        keys, where = plan.cut_keys(g)
-        columns = entity_only if not keys.numel() else \
-            _Columns(k, v, torch.cat([ed.ent_cols, layout.image.start + keys]), ed.ent_cols.numel(), where)
-        chunks += ed.chunks(group, group.rows, columns, bulk)
+def _cut(ed: _Edit, sets: list[_RowSet]) -> None:
+    """The image-image edit, pair by pair in the reference's order: for rows of M_s and keys of M_t, the head-mean
+    probability (with the earlier pairs' edits) above mean + beta2 * std of the block's non-zero values is cut
+    (inside M_s x M_t only: see the module's description)."""
+    plan, settings = ed.plan, ed.settings
+    cutting = [(n, rs) for n, rs in enumerate(sets) if rs.keys.numel()]
     for p, i, j in plan.cut_pairs():
-        probs = {id(ch): ed.image_probs(ch, p) for ch in chunks
-                 if ch.group is not None and (i in ch.group.members or j in ch.group.members)}
+        chunks = [(n, c) for n, rs in cutting for c in ed.chunks(rs)]
+        probs = [ed.image_probs(c, p) for _, c in chunks]  # both directions from the probabilities before the cut
         cuts = []
-        for s, t in ((i, j), (j, i)):  # both directions from the probabilities before this pair's cut
-            parts = [(ch, probs[id(ch)][:, ch.columns.where[t]]) for ch in chunks
-                     if ch.group is not None and s in ch.group.members]
-            mean, std = _nonzero_mean_std(torch.cat([part.flatten() for _, part in parts]))
-            cuts += [(ch, t, part > mean + settings.beta_image * std) for ch, part in parts]
-        for ch, t, new in cuts:
-            idx = ch.columns.where[t]
-            ch.cut[:, idx] = ch.cut[:, idx] | new
-    return ed, chunks
+        for s, t in ((i, j), (j, i)):
+            blocks = []
+            for (n, (rs, c0, c1)), prob in zip(chunks, probs, strict=True):
+                inside = plan.inside(n, s, t)
+                if inside is not None:
+                    blocks.append((rs, c0, c1, inside[c0:c1], prob))
+            if not blocks:
+                continue
+            values = torch.cat([prob.masked_select(inside) for _, _, _, inside, prob in blocks])
+            values = values.masked_select(values != 0)
+            threshold = values.mean() + settings.beta_image * values.std()  # NaN (nothing cut) below 2 values
+            cuts += [(rs, c0, c1, prob.gt(threshold).logical_and_(inside)) for rs, c0, c1, inside, prob in blocks]
+        for rs, c0, c1, new in cuts:
+            rs.cut[c0:c1].logical_or_(new)
+        for _, rs in cutting:
+            rs.update_sign()
+
+
+def _prepared(q, k, v, plan: MaskPlan, layout: Layout, settings: Settings, mask, whole):
+    """One sample's edit with its row sets (the image rows in some mask) and their cut."""
+    ed = _Edit(q, k, v, plan, layout, settings, mask)
+    sets = [ed.row_set(rows, gid, keys, whole) for rows, gid, keys in plan.row_sets()]
+    _cut(ed, sets)
+    return ed, sets
 
 
 def image_image_cuts(q, k, v, plan: MaskPlan, layout: Layout, settings: Settings, mask=None) -> torch.Tensor:
     """[N, N] bool: the image keys the image-image edit blocks for each image row of one sample (q, k, v:
     [H, L, D]; mask: its [H or 1, L, L] or None), as deleaker_attention finds them (for tests and benchmarks)."""
-    _, chunks = _prepared(q, k, v, plan, layout, settings, mask, None)
+    _, sets = _prepared(q, k, v, plan, layout, settings, mask, None)
     cut = torch.zeros(layout.n_img, layout.n_img, dtype=torch.bool, device=q.device)
-    for ch in chunks:
-        if ch.cut.shape[1]:
-            keys = ch.columns.cols[ch.columns.n_ent:] - layout.image.start
-            rows = ch.pos - layout.image.start
-            cut[rows[:, None], keys[None, :]] = ch.cut
+    for rs in sets:
+        if rs.keys.numel():
+            cut[rs.rows[:, None], rs.keys[None, :]] = rs.cut
     return cut
 
 
-def _edited_sample(q, k, v, attend, plan: MaskPlan, layout: Layout, settings: Settings, mask, bulk=None):
-    """[L, H*D] attention of one sample (q, k, v: [H, L, D]; mask: its [H or 1, L, L] or None) with the edits in
-    its image-query rows. bulk: (out [H, N, D], lse [H, N]) of its image rows over every key but the entity tokens
-    (the mask-history window's image_rows_pass), or None: each group then makes its own, without its explicit
-    columns."""
-    heads, length, d = q.shape
-    out = torch.empty(length, heads, d, dtype=q.dtype, device=q.device)
-    perm, n_plain = plan.query_order(layout.image.start, length)
-    alone = perm[:length - layout.n_img] if bulk is not None else perm[:n_plain]
-    if alone.numel():  # rows DeLeaker leaves alone: the model's own attention
-        res = attend(q.index_select(1, alone)[None], k[None], v[None], _batch_of_one(_sub_mask(mask, alone, None)))
-        out.view(length, heads * d).index_copy_(0, alone, res[0].to(q.dtype))
-    ed, chunks = _prepared(q, k, v, plan, layout, settings, mask, bulk)
-    for ch in chunks:
-        out.index_copy_(0, ch.pos, ed.output(ch).transpose(0, 1).to(q.dtype))
-    return out.view(length, heads * d)
+def _edited_sample(q, k, v, attend, plan: MaskPlan, layout: Layout, settings: Settings, mask, out, whole=None):
+    """Writes into out ([L, H, D]) the attention of one sample (q, k, v: [H, L, D]; mask: its [H or 1, L, L] or
+    None) with the edits in its image-query rows. whole: (out [L, H*D], lse [H, L]) of the fused kernel on the
+    sample's whole call where that is the model's attention (`out` then is that very buffer: only the edited rows
+    are written), or None: the rows left alone then run `attend`, the edited ones one fused call without their
+    explicit columns."""
+    length, heads, d = out.shape
+    if whole is None:
+        perm, n_plain = plan.query_order(layout.image.start, length)
+        alone = perm[:n_plain]
+        if alone.numel():  # rows DeLeaker leaves alone: the model's own attention
+            res = attend(q.index_select(1, alone)[None], k[None], v[None],
+                         _batch_of_one(_sub_mask(mask, alone, None)))
+            out.view(length, heads * d).index_copy_(0, alone, res[0].to(out.dtype))
+    ed, sets = _prepared(q, k, v, plan, layout, settings, mask, whole)
+    for rs in sets:
+        for chunk in ed.chunks(rs):
+            out.index_copy_(0, rs.pos[chunk[1]:chunk[2]], ed.output(chunk).transpose(0, 1).to(out.dtype))
+            rs.kept.pop(chunk[1], None)
+        rs._v_cut = rs._k_cut = rs.out = None
 
 
 def deleaker_attention(q, k, v, attend, plans: list[MaskPlan], layout: Layout, settings: Settings, batch_rows,
-                       mask=None, image_rows: ImageRows | None = None) -> torch.Tensor:
+                       mask=None, whole=None) -> torch.Tensor:
     """Attention output [B, L, H*D] with DeLeaker's edits in the image-query rows of `batch_rows`.
 
     q, k, v: [B, H, L, D]; plans: one MaskPlan per batch row in `batch_rows`; mask: the model's attention mask, if
-    any; image_rows: image_rows_pass of the `batch_rows` in this call (the mask-history window), if made.
-    ``attend(q, k, v, mask)`` is the model's own attention (whatever backend or chained override it uses) on
-    [b, H, *, D] tensors, returning [b, rows, H*D]: it runs every row DeLeaker leaves alone. The edited rows run
-    kernels.attention over the keys they keep as they are, merged with their edited columns."""
-    edited = {}
+    any. ``attend(q, k, v, mask)`` is the model's own attention (whatever backend or chained override it uses) on
+    [b, H, *, D] tensors, returning [b, rows, H*D]. whole: (out [B, L, H*D], lse [B, H, L]) of kernels.attention on
+    the whole call, where the driver found that kernel to be the model's attention (AttentionCall.fused_call): the
+    rows DeLeaker leaves alone are then that output as it is, and the edited rows correct it (it is edited in place
+    and returned). Otherwise every row DeLeaker leaves alone runs `attend`, and the edited rows kernels.attention
+    over the keys they keep as they are, merged with their edited columns."""
     given, mask = mask, attention_mask_4d(mask)
+    edited = []
     if settings.edits_anything and len(layout.entities) >= 2:
-        for m, (plan, b) in enumerate(zip(plans, batch_rows, strict=True)):
-            if plan.groups:
-                sample_mask = None if mask is None else mask[b if mask.shape[0] > 1 else 0]
-                bulk = None if image_rows is None else (image_rows.out[m], image_rows.lse[m])
-                edited[b] = _edited_sample(q[b], k[b], v[b], attend, plan, layout, settings, sample_mask, bulk)
+        edited = [(m, b) for m, (plan, b) in enumerate(zip(plans, batch_rows, strict=True)) if plan.groups]
     if not edited:
-        return attend(q, k, v, given)
-    plain = [b for b in range(q.shape[0]) if b not in edited]
-    parts = dict(edited)
+        return whole[0] if whole is not None else attend(q, k, v, given)
+    batch, heads, length, d = q.shape
+    if whole is not None:
+        out = whole[0].view(batch, length, heads, d)
+    else:
+        out = torch.empty(batch, length, heads, d, dtype=q.dtype, device=q.device)
+    for m, b in edited:
+        sample_mask = None if mask is None else mask[b if mask.shape[0] > 1 else 0]
+        sample_whole = None if whole is None else (whole[0][b], whole[1][b])
+        _edited_sample(q[b], k[b], v[b], attend, plans[m], layout, settings, sample_mask, out[b], sample_whole)
+    out = out.view(batch, length, heads * d)
+    plain = [] if whole is not None else [b for b in range(batch) if b not in {b for _, b in edited}]
     if plain:
-        out = attend(q[plain], k[plain], v[plain], attention_mask_4d(mask, plain))
-        parts.update(zip(plain, out, strict=True))
-    dtype = next(iter(parts.values())).dtype
-    return torch.stack([parts[b].to(dtype) for b in range(q.shape[0])])
+        res = attend(q[plain], k[plain], v[plain], attention_mask_4d(mask, plain))
+        out.index_copy_(0, torch.tensor(plain, device=q.device), res.to(out.dtype))
+    return out

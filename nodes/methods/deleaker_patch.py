@@ -4,11 +4,12 @@ In each main attention call of the mask-history window it scores the image rows'
 rows of its prompt and keeps their running mean; from the first step's intervention block on it makes masks (from
 the history, frozen after its window) and edits those rows (deleaker.deleaker_attention). The scores come from
 the row log-sum-exp of the call's fused attention where the driver found that kernel to be the model's own
-(AttentionCall.fused_is_model: the read-only blocks return its output; the edited ones get the scores and the
-image rows' bulk from one call, deleaker.image_rows_pass); elsewhere from a separate exact pass
-(deleaker.entity_scores), the output then staying the model's. Steps come from the sigma schedule; blocks are
-counted per model call. Each set of positive entries (by conditioning uuid) has its own history, so model calls on
-other rows (0.33.0's multi-GPU CFG split runs cond and uncond in threads at once) never share one.
+(AttentionCall.fused_is_model: one fused call on the whole call gives the model's output, returned as it is in
+the read-only blocks and corrected in the edited rows only, and every row's lse); elsewhere from a separate exact
+pass (deleaker.entity_scores), the rows left alone then running the model's attention. Steps come from the sigma
+schedule; blocks are counted per model call. Each set of positive entries (by conditioning uuid) has its own
+history, so model calls on other rows (0.33.0's multi-GPU CFG split runs cond and uncond in threads at once) never
+share one.
 """
 
 from __future__ import annotations
@@ -165,36 +166,35 @@ class DeLeakerPatch:
         in_history, intervene = schedule.in_history(b), schedule.intervenes(b)
         if not (in_history or intervene):
             return None
-        q, k, v, mask = a.q, a.k, a.v, a.mask
+        q, k, v, mask, call_layout = a.model_order(layout)  # the call's own order: nothing reordered
         history = track.history
         if b == schedule.history_start:
             history.reset()
         if history.mean is not None and history.mean.device != q.device:  # the multi-GPU split moved these rows
             history.mean, track.masks_key = history.mean.to(q.device), None
         prompt_mask = deleaker.attention_mask_4d(mask, rows)
-        if not intervene:  # the history window before the edits: read only
-            if a.fused_is_model:  # the call's own fused attention: its output is the model's, its lse free
-                out, lse = a.fused_call()
-                history.update(deleaker.scores_from_lse(q[rows], k[rows], lse[rows], layout, prompt_mask))
-                return out
-            history.update(deleaker.entity_scores(q[rows], k[rows], layout, prompt_mask))
-            return None
-        scores = image_rows = None
-        if in_history or history.mean is None or b <= schedule.history_start:
-            if a.fused_is_model:  # one fused call over the image rows: their scores and the edits' bulk
-                image_rows = deleaker.image_rows_pass(q[rows], k[rows], v[rows], layout, prompt_mask)
-                scores = image_rows.scores
-            else:
-                scores = deleaker.entity_scores(q[rows], k[rows], layout, prompt_mask)
+        qp, kp = deleaker.batch_rows(q, rows), deleaker.batch_rows(k, rows)
+        need_scores = in_history or history.mean is None or b <= schedule.history_start
+        whole = scores = None
+        if a.fused_is_model:  # the call's own fused attention: its output is the model's, its lse free
+            whole = a.fused_call(model_order=True)
+            if need_scores:
+                scores = deleaker.scores_from_lse(qp, kp, deleaker.batch_rows(whole[1], rows), call_layout, prompt_mask)
+        elif need_scores:  # another backend: the model's output (or the edit's), and a pass of its own
+            scores = deleaker.entity_scores(qp, kp, call_layout, prompt_mask)
         if in_history:
             history.update(scores)
+        if not intervene:  # the history window before the edits: read only
+            a.output_in_model_order = whole is not None
+            return None if whole is None else whole[0]
         from_history = history.mean is not None and b > schedule.history_start
         masks_key = (history.epoch, history.count, layout) if from_history else None
         if masks_key is None or masks_key != track.masks_key:  # a frozen history gives the same masks: plan once
             use = history.mean if from_history else scores
             track.masks, track.layout, track.masks_key = deleaker.entity_masks(use, layout, settings), layout, masks_key
             track.plans = [deleaker.MaskPlan(m, settings) for m in track.masks]
-        return deleaker.deleaker_attention(q, k, v, a.attend, track.plans, layout, settings, rows, mask, image_rows)
+        a.output_in_model_order = True
+        return deleaker.deleaker_attention(q, k, v, a.attend, track.plans, call_layout, settings, rows, mask, whole)
 
     def finish(self, run: Run, output) -> MaskResult | None:
         track = next((t for t in run.tracks.values() if t.masks is not None), None)  # the first positive entries

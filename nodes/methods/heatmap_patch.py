@@ -85,18 +85,23 @@ class HeatmapPatch:
             raise MethodError("entities", f"the positive prompt the sampler sees is not the one the words came from "
                               f"({self.words.length} rows).", ENCODE_FIX)
         rows = list(state.call.rows)
-        if a.kind == "main":
-            layout, mask = state.layout, deleaker.attention_mask_4d(a.mask, rows)
+        if a.kind == "main":  # in the call's own order: nothing reordered
+            q, k, _, given, layout = a.model_order(state.layout)
+            mask = deleaker.attention_mask_4d(given, rows)
         else:  # a UNet's cross-attention: the keys are the context's rows
+            q, k, given = a.q, a.k, a.mask
             layout = cross_layout(a.grid, state.layout.entities)
-            mask = heatmap.cross_attention_mask(a.mask, a.q.shape[2])
+            mask = heatmap.cross_attention_mask(given, q.shape[2])
             if mask is not None and mask.shape[0] > 1:
                 mask = mask[rows]
+        qp, kp = deleaker.batch_rows(q, rows), deleaker.batch_rows(k, rows)
         if a.fused_is_model:  # the model's own output, bit for bit, and its lse with it
-            out, lse = a.fused_call()
-            state.total.add(deleaker.scores_from_lse(a.q[rows], a.k[rows], lse[rows], layout, mask), layout.grid)
+            out, lse = a.fused_call(model_order=True)
+            state.total.add(deleaker.scores_from_lse(qp, kp, deleaker.batch_rows(lse, rows), layout, mask),
+                            layout.grid)
+            a.output_in_model_order = True
             return out
-        state.total.add(deleaker.entity_scores(a.q[rows], a.k[rows], layout, mask), layout.grid)
+        state.total.add(deleaker.entity_scores(qp, kp, layout, mask), layout.grid)
         return None  # the heatmap only reads: the call is the model's own
 
     def finish(self, run: Run, output) -> HeatmapResult | None:

@@ -138,8 +138,11 @@ def sdpa(q, k, v, mask=None):
     return o.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
 
-def run_ours(dl, q, k, v, layout, masks, st, batch_rows, mask=None, history=False):
-    """deleaker_attention; history: inside the mask-history window (image_rows_pass first, as the patch does)."""
+def run_ours(dl, q, k, v, layout, masks, st, batch_rows, mask=None, whole=False):
+    """deleaker_attention; whole: where the fused kernel is the model's attention (the driver's verdict), from its
+    output and lse on the whole call, as the patch does then."""
+    from leakless.nodes.methods import kernels
+
     asked = []
 
     def attend(qx, kx, vx, m):  # records how many query rows each call to the model's attention gets
@@ -147,13 +150,9 @@ def run_ours(dl, q, k, v, layout, masks, st, batch_rows, mask=None, history=Fals
         return sdpa(qx, kx, vx, m)
 
     plans = [dl.MaskPlan(m, st) for m in masks]
-    rows = None
-    if history:
-        rows = dl.image_rows_pass(q[batch_rows], k[batch_rows], v[batch_rows], layout,
-                                  dl.attention_mask_4d(mask, batch_rows))
-    out = dl.deleaker_attention(q, k, v, attend, plans, layout, st, batch_rows, mask, rows)
+    call = kernels.fused_attention(q, k, v, kernels.comfy_mask(mask)) if whole else None
+    out = dl.deleaker_attention(q, k, v, attend, plans, layout, st, batch_rows, mask, call)
     run_ours.asked = asked
-    run_ours.image_rows = rows
     return out
 
 
@@ -171,7 +170,7 @@ SWITCHES = {
 # ------------------------------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("way", ["chunked", "fused", "lse", "image-rows"])
+@pytest.mark.parametrize("way", ["chunked", "fused", "lse"])
 @pytest.mark.parametrize("grid", [(6, 5), (4, 9), (7, 7)])
 def test_entity_scores_and_masks_match_dense(dl, grid, way, monkeypatch):
     from leakless.nodes.methods import kernels
@@ -181,8 +180,6 @@ def test_entity_scores_and_masks_match_dense(dl, grid, way, monkeypatch):
     monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 50 * 7)  # force several query chunks
     if way == "lse":  # off the row log-sum-exp of the call's own fused attention
         ours = dl.scores_from_lse(q, k, kernels.attention(q, k, v)[1], layout)
-    elif way == "image-rows":  # off one fused call over the image rows without the entity tokens
-        ours = dl.image_rows_pass(q, k, v, layout).scores
     else:
         ours = dl.entity_scores(q, k, layout, fused=way == "fused")
     for b in range(q.shape[0]):
@@ -195,10 +192,10 @@ def test_entity_scores_and_masks_match_dense(dl, grid, way, monkeypatch):
             assert torch.equal(masks[b], dense_masks(ours[b].double(), grid, 1.0, smoothing))
 
 
-@pytest.mark.parametrize("history", [False, True], ids=["after-history", "in-history"])
+@pytest.mark.parametrize("whole", [False, True], ids=["another-backend", "fused-is-model"])
 @pytest.mark.parametrize("n_entities", [2, 3])
 @pytest.mark.parametrize("switch", sorted(SWITCHES))
-def test_edited_attention_matches_dense(dl, n_entities, switch, history, monkeypatch):
+def test_edited_attention_matches_dense(dl, n_entities, switch, whole, monkeypatch):
     grid = (6, 5)
     q, k, v = make(1 + n_entities, grid=grid)
     ents = ((2, 3), (5,), (8, 9, 10))[:n_entities]
@@ -210,7 +207,7 @@ def test_edited_attention_matches_dense(dl, n_entities, switch, history, monkeyp
         cut = dl.image_image_cuts(q[1], k[1], v[1], dl.MaskPlan(masks[0], st), layout, st)
         assert bool(cut.any()), "image-image must block something"
     monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 45 * 5)  # several row chunks per group
-    out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], history=history)
+    out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], whole=whole)
     ref = dense_attention(q[1], k[1], v[1], 12, layout.n_img, ents, masks[0], st)
     ref = ref.transpose(0, 1).reshape(q.shape[2], -1)
     assert torch.allclose(out[1].double(), ref, atol=1e-5), (out[1].double() - ref).abs().max()
@@ -221,19 +218,19 @@ def test_edited_attention_matches_dense(dl, n_entities, switch, history, monkeyp
     assert torch.equal(out[1, :12], base[1, :12])  # text queries are the model's own
     assert torch.equal(out[1, 12 + layout.n_img:], base[1, 12 + layout.n_img:])  # reference tokens too
     assert torch.isfinite(out).all()
-    if history:  # the same pass gives the entity scores
-        assert torch.allclose(run_ours.image_rows.scores, dl.entity_scores(q[1:], k[1:], layout), atol=1e-6)
-    else:  # image rows in no mask are the model's own too
-        alone = 12 + (~masks[0].any(0)).nonzero().flatten()
-        assert torch.equal(out[1, alone], base[1, alone])
+    alone = 12 + (~masks[0].any(0)).nonzero().flatten()
+    assert torch.equal(out[1, alone], base[1, alone])  # image rows in no mask are the model's own too
+    if whole:
+        assert run_ours.asked == []  # every row left alone is the whole call's fused output, the model's
 
 
-@pytest.mark.parametrize("guard", [None, 2.0], ids=["default", "recompute-every-cut-row"])
-def test_history_window_cut_guard(dl, guard, monkeypatch):
-    """Inside the mask-history window a cut removes its keys from the image rows' bulk by signed weights; rows whose
-    normaliser would keep less than GUARD of their bulk are recomputed without those keys (without the guard this
-    planted case, a low image threshold cutting most of some rows' mass, is 2.5e-4 off). The default guard and one
-    that recomputes every row with a cut both match the dense reference."""
+@pytest.mark.parametrize("guard", [None, 2.0], ids=["default", "recompute-every-edited-row"])
+def test_whole_call_edit_guard(dl, guard, monkeypatch):
+    """From the whole call's fused output, the edited rows take their explicit columns' original weights out and
+    put the edited ones in (signed weights); rows whose normaliser would keep less than GUARD of their bulk are
+    recomputed without those columns (without the guard this planted case, a low image threshold cutting most of
+    some rows' mass, loses precision). The default guard and one that recomputes every edited row both match the
+    dense reference."""
     grid = (6, 5)
     q, k, v = make(6, grid=grid)
     ents = ((2, 3), (5,), (8, 9, 10))
@@ -245,10 +242,10 @@ def test_history_window_cut_guard(dl, guard, monkeypatch):
     recomputed = []
     original = dl._bulk
     monkeypatch.setattr(dl, "_bulk", lambda *a: recomputed.append(a[0].shape[-2]) or original(*a))
-    out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], history=True)
+    out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], whole=True)
     ref = dense_attention(q[1], k[1], v[1], 12, layout.n_img, ents, masks[0], st).transpose(0, 1).reshape(45, -1)
     assert torch.allclose(out[1].double(), ref, atol=1e-5), (out[1].double() - ref).abs().max()
-    assert len(recomputed) > 1  # the image rows' pass, then the recomputed rows
+    assert recomputed  # some rows were
 
 
 def test_overlapping_masks_reference_and_exclusive(dl):
@@ -320,8 +317,7 @@ def test_model_attention_mask_is_kept(dl, kind, monkeypatch):
         sub = dl.attention_mask_4d(m, [1])
         return {"chunked": dl.entity_scores(q[1:], k[1:], layout, sub, fused=False),
                 "fused": dl.entity_scores(q[1:], k[1:], layout, sub, fused=True),
-                "lse": dl.scores_from_lse(q[1:], k[1:], kernels.attention(q[1:], k[1:], v[1:], sub)[1], layout, sub),
-                "image-rows": dl.image_rows_pass(q[1:], k[1:], v[1:], layout, sub).scores}
+                "lse": dl.scores_from_lse(q[1:], k[1:], kernels.attention(q[1:], k[1:], v[1:], sub)[1], layout, sub)}
 
     for way, other in every_way(mask).items():
         assert torch.allclose(other, scores, atol=1e-6), way
@@ -335,8 +331,8 @@ def test_model_attention_mask_is_kept(dl, kind, monkeypatch):
     masks = dl.entity_masks(scores, layout, st)
     monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 45 * 5)
     ref = dense_attention(q[1], k[1], v[1], 12, 30, layout.entities, masks[0], st, bias)
-    for history in (False, True):
-        out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], mask=mask, history=history)
+    for whole in (False, True):
+        out = run_ours(dl, q, k, v, layout, masks, st, batch_rows=[1], mask=mask, whole=whole)
         assert torch.allclose(out[1].double(), ref.transpose(0, 1).reshape(length, -1), atol=1e-5)
         assert torch.equal(out[0], sdpa(q, k, v, full)[0])
 
@@ -413,11 +409,11 @@ def test_low_precision_model_dtype(dl, dtype):
     spread = float((dense_in(dtype, q[1], k[1], v[1], 12, 30, layout.entities, masks[0], st).double() - exact)
                    .abs().max())
     ql, kl, vl = q.to(dtype), k.to(dtype), v.to(dtype)
-    for history in (False, True):
-        out = run_ours(dl, ql, kl, vl, layout, masks, st, batch_rows=[1], history=history)
+    for whole in (False, True):
+        out = run_ours(dl, ql, kl, vl, layout, masks, st, batch_rows=[1], whole=whole)
         assert out.dtype == dtype and torch.isfinite(out).all()
         err = float((out[1].double() - exact).abs().max())
-        assert err <= spread, (history, err, spread)
+        assert err <= spread, (whole, err, spread)
     for fused in (False, True):  # low-precision q, k: the scores are the fp32 scores of the rounded values
         scores = dl.entity_scores(ql, kl, layout, fused=fused)
         assert scores.dtype == torch.float32
