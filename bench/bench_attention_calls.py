@@ -174,8 +174,8 @@ def calls(name: str, size: int, m, torch):
         return out
 
     def read_only_lse_pass(add):  # another backend (sub-quadratic, Sage, Flash): a separate exact pass
-        qm, km, _, _, lay = view().model_order(layout)
-        add(dl.entity_scores(qm, km, lay))
+        qm, km, vm, _, lay = view().model_order(layout)
+        add(dl.entity_scores(qm, km, lay, v=vm))
         return plain()
 
     def edit(st, plan):  # after the history window: the run's plan, made once

@@ -158,15 +158,21 @@ def scores_from_lse(q, k, lse, layout: Layout, mask=None) -> torch.Tensor:
     return _entity_probs(_entity_logits(q[:, :, img], k, layout, _mask_rows(mask, img)), lse[:, :, img], layout)
 
 
-def entity_scores(q: torch.Tensor, k: torch.Tensor, layout: Layout, mask=None, fused: bool | None = None):
+def entity_scores(q: torch.Tensor, k: torch.Tensor, layout: Layout, mask=None, fused: bool | None = None, v=None):
     """mean over heads and each entity's tokens of softmax(q k^T / sqrt(d)) on the image rows: [B, K, N], in a pass
     of its own (where the call's lse is at hand, `scores_from_lse` costs nothing next to the call).
 
     q, k: [B, H, L, D] after RoPE; mask: the model's attention mask for these rows ([B or 1, H or 1, L, L]) or None.
-    fused (None: on every device but the CPU) reads the scores off one fused fp32 attention call per query chunk
-    whose values are the entity indicators, so no logits are written to memory; otherwise [B, H, chunk, L] logits
-    exist one chunk at a time (faster on a CPU, where the fused kernel's value product costs more than it saves).
+    With the call's values `v`, one kernels.attention call over the image rows gives their lse (a fused kernel's
+    blocks: no logits in memory). Without: fused (None: on every device but the CPU) reads the scores off one fused
+    fp32 attention call per query chunk whose values are the entity indicators; otherwise [B, H, chunk, L] logits
+    exist one chunk at a time.
     """
+    if v is not None:
+        img = layout.image
+        mask_img = _mask_rows(mask, img)
+        lse = kernels.attention(q[:, :, img], k, v, mask_img)[1]
+        return _entity_probs(_entity_logits(q[:, :, img], k, layout, mask_img), lse, layout)
     if fused is None:
         fused = q.device.type != "cpu"
     return _fused_scores(q, k, layout, mask) if fused else _chunked_scores(q, k, layout, mask)

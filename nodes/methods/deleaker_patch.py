@@ -181,7 +181,7 @@ class DeLeakerPatch:
             if need_scores:
                 scores = deleaker.scores_from_lse(qp, kp, deleaker.batch_rows(whole[1], rows), call_layout, prompt_mask)
         elif need_scores:  # another backend: the model's output (or the edit's), and a pass of its own
-            scores = deleaker.entity_scores(qp, kp, call_layout, prompt_mask)
+            scores = deleaker.entity_scores(qp, kp, call_layout, prompt_mask, v=deleaker.batch_rows(v, rows))
         if in_history:
             history.update(scores)
         if not intervene:  # the history window before the edits: read only

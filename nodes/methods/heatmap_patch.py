@@ -86,10 +86,10 @@ class HeatmapPatch:
                               f"({self.words.length} rows).", ENCODE_FIX)
         rows = list(state.call.rows)
         if a.kind == "main":  # in the call's own order: nothing reordered
-            q, k, _, given, layout = a.model_order(state.layout)
+            q, k, v, given, layout = a.model_order(state.layout)
             mask = deleaker.attention_mask_4d(given, rows)
         else:  # a UNet's cross-attention: the keys are the context's rows
-            q, k, given = a.q, a.k, a.mask
+            q, k, v, given = a.q, a.k, a.v, a.mask
             layout = cross_layout(a.grid, state.layout.entities)
             mask = heatmap.cross_attention_mask(given, q.shape[2])
             if mask is not None and mask.shape[0] > 1:
@@ -101,7 +101,7 @@ class HeatmapPatch:
                             layout.grid)
             a.output_in_model_order = True
             return out
-        state.total.add(deleaker.entity_scores(qp, kp, layout, mask), layout.grid)
+        state.total.add(deleaker.entity_scores(qp, kp, layout, mask, v=deleaker.batch_rows(v, rows)), layout.grid)
         return None  # the heatmap only reads: the call is the model's own
 
     def finish(self, run: Run, output) -> HeatmapResult | None:

@@ -1,7 +1,10 @@
 """Leakless Attention Heatmap on tiny models loaded by the standard loaders (FLUX.1, SDXL, SD1.5, Qwen-Image,
 Z-Image): the image is bit-identical with the patch on, the maps are finite, per image and word, and not constant,
-with cfg 1 and > 1 (a negative of another length), batch 2, non-square latents and SamplerCustomAdvanced; Heatmap
-Show's outputs; bad input. The pure part is proved against a dense reference in tests/unit/test_heatmap_pure.py."""
+with cfg 1 and > 1 (a negative of another length), batch 2, non-square latents and SamplerCustomAdvanced; over
+ComfyUI's own SDPA attention (a chained override, and 0.33.0's ModelAttentionBackend) the patch returns the fused
+kernel's output, found bit-identical to the model's, and reads the scores off its lse: the image is still
+bit-identical; Heatmap Show's outputs; bad input. The pure part is proved against a dense reference in
+tests/unit/test_heatmap_pure.py."""
 
 import pytest
 import torch
@@ -89,6 +92,66 @@ def test_bit_identical_and_maps_per_word(parts):
     check_maps(results.last.value.maps, 1, parts["family"])
     assert results.last.value.names == ("red cat", "blue dog")
     assert "optimized_attention_override" not in parts["model"].model_options.get("transformer_options", {})
+
+
+def sdpa_attention(func, *args, **kwargs):
+    """A chained attention override that runs ComfyUI's own PyTorch (SDPA) attention, as a user's backend node
+    does (ComfyUI's default on NVIDIA; its CPU default is the sub-quadratic attention)."""
+    import comfy.ldm.modules.attention as attention
+
+    return attention.attention_pytorch(*args, **kwargs)
+
+
+def read_paths(monkeypatch, patched):
+    """Counts the heatmap's calls of its two ways to score: off the fused call's lse, or in a pass of its own."""
+    import sys
+
+    override = patched.model_options["transformer_options"]["optimized_attention_override"]
+    deleaker = sys.modules[type(override.installed.patch).__module__].deleaker
+    seen = {"fused": 0, "own pass": 0}
+    for name, key in (("scores_from_lse", "fused"), ("entity_scores", "own pass")):
+        original = getattr(deleaker, name)
+
+        def counted(*args, _original=original, _key=key, **kwargs):
+            seen[_key] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(deleaker, name, counted)
+    return seen
+
+
+@pytest.mark.parametrize("family", ["flux", "sdxl", "qwen_image", "hidream"])
+def test_bit_identical_on_the_fused_path(loaded, family, monkeypatch):
+    """Over ComfyUI's SDPA attention the driver finds the fused kernel bit-identical to the model's attention, so
+    the patch returns its output and reads the scores off its lse: the latents stay bit-identical (joint, UNet
+    cross-attention, image-first HiDream), the maps are the ones the separate pass gives."""
+    parts = loaded(family)
+    over_sdpa = parts["model"].clone()
+    over_sdpa.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = sdpa_attention
+    patched, results = heat(parts, model=over_sdpa)
+    seen = read_paths(monkeypatch, patched)
+    out = sample(parts, patched, cfg=2.0, negative=parts["negative"])
+    assert torch.equal(out, sample(parts, over_sdpa, cfg=2.0, negative=parts["negative"]))
+    assert seen["fused"] > 0 and seen["own pass"] == 0
+    fast = results.last.value.maps
+    slow_model, slow = heat(parts)  # the CPU default (sub-quadratic attention): the separate pass
+    seen = read_paths(monkeypatch, slow_model)
+    assert torch.equal(sample(parts, slow_model, cfg=2.0, negative=parts["negative"]),
+                       sample(parts, parts["model"], cfg=2.0, negative=parts["negative"]))
+    assert seen["own pass"] > 0 and seen["fused"] == 0
+    assert torch.allclose(fast, slow.last.value.maps, atol=1e-4)  # two attentions' float rounding apart
+
+
+def test_bit_identical_over_model_attention_backend(loaded, monkeypatch):
+    """ComfyUI 0.33.0's ModelAttentionBackend (PyTorch attention) before the heatmap: the fused path, bit-identical."""
+    parts = loaded("flux")
+    if "ModelAttentionBackend" not in parts["m"]:
+        pytest.skip("ModelAttentionBackend is new in ComfyUI 0.33.0")
+    chosen = parts["m"]["ModelAttentionBackend"]().patch(parts["model"], "pytorch attention")[0]
+    patched, _ = heat(parts, model=chosen)
+    seen = read_paths(monkeypatch, patched)
+    assert torch.equal(sample(parts, patched), sample(parts, chosen))
+    assert seen["fused"] > 0 and seen["own pass"] == 0
 
 
 @pytest.mark.parametrize("family", OTHER_JOINT)

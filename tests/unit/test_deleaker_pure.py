@@ -170,7 +170,7 @@ SWITCHES = {
 # ------------------------------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("way", ["chunked", "fused", "lse"])
+@pytest.mark.parametrize("way", ["chunked", "fused", "lse", "own-pass"])
 @pytest.mark.parametrize("grid", [(6, 5), (4, 9), (7, 7)])
 def test_entity_scores_and_masks_match_dense(dl, grid, way, monkeypatch):
     from leakless.nodes.methods import kernels
@@ -180,6 +180,8 @@ def test_entity_scores_and_masks_match_dense(dl, grid, way, monkeypatch):
     monkeypatch.setattr(dl, "CHUNK_ELEMENTS", 4 * 50 * 7)  # force several query chunks
     if way == "lse":  # off the row log-sum-exp of the call's own fused attention
         ours = dl.scores_from_lse(q, k, kernels.attention(q, k, v)[1], layout)
+    elif way == "own-pass":  # a pass of their own: one fused call over the image rows
+        ours = dl.entity_scores(q, k, layout, v=v)
     else:
         ours = dl.entity_scores(q, k, layout, fused=way == "fused")
     for b in range(q.shape[0]):
@@ -317,7 +319,8 @@ def test_model_attention_mask_is_kept(dl, kind, monkeypatch):
         sub = dl.attention_mask_4d(m, [1])
         return {"chunked": dl.entity_scores(q[1:], k[1:], layout, sub, fused=False),
                 "fused": dl.entity_scores(q[1:], k[1:], layout, sub, fused=True),
-                "lse": dl.scores_from_lse(q[1:], k[1:], kernels.attention(q[1:], k[1:], v[1:], sub)[1], layout, sub)}
+                "lse": dl.scores_from_lse(q[1:], k[1:], kernels.attention(q[1:], k[1:], v[1:], sub)[1], layout, sub),
+                "own-pass": dl.entity_scores(q[1:], k[1:], layout, sub, v=v[1:])}
 
     for way, other in every_way(mask).items():
         assert torch.allclose(other, scores, atol=1e-6), way
