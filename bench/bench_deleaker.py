@@ -1,13 +1,20 @@
-"""DeLeaker cost: sampling time and peak memory, patched / unpatched, and the dense reference / unpatched.
+"""DeLeaker and the attention heatmap over a whole sampling: time and peak memory, patched / unpatched.
 
-    .cache/venv/bin/python bench/bench_deleaker.py        (also part of `make bench`)
+    .cache/venv/bin/python bench/bench_deleaker.py              (also part of `make bench`; ~50 min on 2 cores)
+    .cache/venv/bin/python bench/bench_deleaker.py --quick      (one round, one backend: a smoke run, writes nothing)
 
-CPU: a mid-size random-weight FLUX-shaped model built in memory with ComfyUI's classes (hidden 512, 4 heads of 128,
-2 double + 4 single blocks), 512x512 px (1024 image + 256 text tokens), 4 Euler steps, batch 1, cfg 1. Each
-configuration runs in its own process; peak memory is the resident high-water mark during its first sampling.
-"dense" is the reference algorithm written with full B x H x L x L matrices and a full-matrix history, as the
-paper's code does it.
-Writes bench/results/deleaker.md.
+CPU: a random-weight FLUX-shaped model built in memory with ComfyUI's classes at FLUX.1's width (hidden 3072, 24
+heads of 128: its attention share at 512² is FLUX.1's), 1 double + 2 single blocks, 512x512 px (1024 image + 256
+text tokens), 4 Euler steps, batch 1, cfg 1, fp32, 2 threads. Two attention backends, each in a process of its own
+(glibc's mmap threshold fixed, so freed tensors leave the resident set): ComfyUI's PyTorch (SDPA) attention as a
+chained override (ComfyUI's default on NVIDIA: the driver finds the fused kernel to be the model's attention, the
+fast path) and ComfyUI's CPU default (sub-quadratic attention: the patches' separate passes). Configurations:
+unpatched; DeLeaker's mask-history window alone (mask_history 1.0 and the edits held off: what reading the scores
+costs); the heatmap over every step and block; DeLeaker without the image-image edit; DeLeaker with every edit
+(mask threshold -0.5: about a quarter of the image per entity on this random model). Each round samples every
+configuration once (order rotated round to round); x unpatched = median of the per-round ratios to that round's
+unpatched sampling, with the quartiles; peak memory = the resident high-water mark during each configuration's
+first sampling (weights included). Writes bench/results/deleaker.md.
 
     python bench/bench_deleaker.py --gpu           (a CUDA GPU; --gpu --smoke checks the code on a CPU)
 
@@ -16,101 +23,76 @@ GPU: FLUX.1's transformer dimensions (19 + 38 blocks, hidden 3072, 24 heads), ra
 """
 
 import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
-from functools import partial
+from dataclasses import replace
 
-from common import REPO, flux_setup, peak_rss_during, run_each_in_own_process
+from common import REPO, flux_setup, peak_rss_during
 
-# name -> (mask threshold beta1, image-image edit on). A random-weight model attends without spatial coherence:
-# beta1 = 1 (the paper's) leaves only speckle that the 3x3 opening removes, so lower thresholds stand in for the
-# object-sized masks of a trained FLUX: -1 covers about 80% of the image per entity (heavy overlap, the worst case
-# for cost), -0.5 about a quarter.
-CONFIGS = {
-    "unpatched": (-1.0, True),
-    "all edits": (-1.0, True),
-    "no image-image": (-1.0, False),
-    "all edits, smaller masks": (-0.5, True),
-    "no image-image, smaller masks": (-0.5, False),
-    "dense reference": (-1.0, True),
-}
-SIZE, STEPS, ROUNDS = 512, 4, 15
+PROMPT = "A **cow** and a **horse** in a farm"
+SIZE, STEPS, ROUNDS = 512, 4, 8
+REALISTIC = dict(hidden=3072, heads=24, depth=1, single=2)
+BACKENDS = {"sdpa": "ComfyUI's PyTorch (SDPA) attention (its NVIDIA default)",
+            "comfy-cpu-default": "ComfyUI's CPU default (sub-quadratic attention)"}
+MASK_THRESHOLD = -0.5
+CONFIGS = ("unpatched", "mask-history window", "heatmap", "no image-image", "all edits")
+TARGETS = {"mask-history window": 1.05, "heatmap": 1.05, "no image-image": 1.05, "all edits": 1.10}
 # --gpu: FLUX.1's transformer (random weights), the history over 6 of 10 steps as in the reference's 12 of 20
 FLUX1_DIMS = dict(hidden=3072, heads=24, depth=19, single=38)
 GPU_SIZES, GPU_STEPS, GPU_ROUNDS = (512, 1024), 10, 3
-GPU_EXTRA = {"no image-image, chunked scores": (-1.0, False)}  # the mask-history scores as the CPU computes them
+GPU_EXTRA = {"all edits, another backend": (MASK_THRESHOLD, True)}  # the fused kernel not the model's
 
 
-def dense_override(nodes_module, settings):
-    """The reference processor's algorithm with full matrices (history = running mean of the full P). It replaces
-    DeLeaker's override, reading the model call DeLeaker's wrapper describes."""
-    import math
+def sdpa_attention(func, *args, **kwargs):
+    """A chained attention override that runs ComfyUI's own PyTorch (SDPA) attention."""
+    import comfy.ldm.modules.attention as attention
 
-    import torch
-
-    state = {"hist": None, "n": 0}
-
-    def override(func, q, k, v, heads, **kwargs):
-        to = kwargs["transformer_options"]
-        call = next(c for c in to.values() if isinstance(c, nodes_module._Call))
-        call.model_call.ran = True
-        layout, n_layers = call.layout, call.model_call.n_blocks
-        layer = to["block_index"] + (0 if to["block_type"] == "double" else call.model_call.n_first)
-        sig = float(to["sigmas"][0])
-        sched = to["sample_sigmas"].float()
-        step = int((sched >= sig * (1 - 1e-4)).nonzero().max())
-        b = step * n_layers + layer
-        s = torch.matmul(q.float(), k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
-        p = s.softmax(-1)
-        if b == 0:
-            state["hist"], state["n"] = p.clone(), 1
-        elif b < round(0.6 * (len(sched) - 1)) * n_layers:
-            n = state["n"]
-            state["hist"] = state["hist"] * (n / (n + 1)) + p / (n + 1)
-            state["n"] = n + 1
-        img = layout.img
-        scores = torch.stack([state["hist"][:, :, img][..., list(t)].mean(-1).mean(1) for t in layout.entities], 1)
-        masks = nodes_module.deleaker.entity_masks(scores, layout, settings)
-        for i, j in [(0, 1)]:
-            for rows, cols in ((masks[:, i], layout.entities[j]), (masks[:, j], layout.entities[i])):
-                blk = s[:, :, img][..., list(cols)]
-                blk[rows[:, None].expand_as(blk[..., 0])] = float("-inf")
-                sub = s[:, :, img]
-                sub[..., list(cols)] = blk
-                s[:, :, img] = sub
-            im_im = p[:, :, img, img].mean(1)
-            for rows, cols in ((masks[:, i], masks[:, j]), (masks[:, j], masks[:, i])):
-                w = im_im * (rows[:, :, None] & cols[:, None, :])
-                nz = w[w != 0]
-                if nz.numel():
-                    thr = nz.mean() + nz.std()
-                    sub = s[:, :, img, img]
-                    sub[(w > thr)[:, None].expand_as(sub)] = float("-inf")
-                    s[:, :, img, img] = sub
-        out = s.softmax(-1) @ v.float()
-        return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1).to(q.dtype)
-
-    return override
+    return attention.attention_pytorch(*args, **kwargs)
 
 
-PROMPT = "A **cow** and a **horse** in a farm"
-
-
-def patched(m, patcher, spec, config):
-    """(the model one configuration samples with, its DeLeaker masks output or None)."""
-    if config == "unpatched":
-        return patcher, None
-    beta1, image_image = CONFIGS.get(config, GPU_EXTRA.get(config))
-    settings = dict(mask_threshold=beta1, image_threshold=1.0, alpha=1.2, mask_history=0.6, cross_text=True,
+def deleaker_model(m, patcher, spec, beta1, image_image, history=0.6):
+    settings = dict(mask_threshold=beta1, image_threshold=1.0, alpha=1.2, mask_history=history, cross_text=True,
                     self_text=True, image_image=image_image, alpha_per_pair=False, overlap="reference")
-    used, results = m["LeaklessDeLeaker"].execute(model=patcher, entities=spec, **settings).args
-    if config == "dense reference":
-        module = sys.modules[type(results).__module__]
-        dense = dense_override(module, module.deleaker.Settings(beta_text=beta1, image_image=image_image))
-        used.model_options["transformer_options"]["optimized_attention_override"] = dense
-    return used, results
+    return m["LeaklessDeLeaker"].execute(model=patcher, entities=spec, **settings).args
+
+
+def installed_patch(model):
+    return model.model_options["transformer_options"]["optimized_attention_override"].installed.patch
+
+
+def history_only(model):
+    """The DeLeaker on `model` with its edits held off: it reads the mask history over its window, nothing else."""
+    patch = installed_patch(model)
+    begin = patch.begin
+
+    def held_off(run, call):
+        state = begin(run, call)
+        if state is not None and state.schedule is not None:
+            state.schedule = replace(state.schedule, intervene_start=1 << 30)
+        return state
+
+    patch.begin = held_off
+    return model
+
+
+def configurations(nodes, base, clip):
+    """{configuration: (model, its results store)} over `base`."""
+    m = nodes.NODE_CLASS_MAPPINGS
+    cond, spec = m["LeaklessDeLeakerEncode"].execute(clip=clip, text=PROMPT, entities="").args
+    words_cond, words = m["LeaklessHeatmapEncode"].execute(clip=clip, text=PROMPT, words="").args
+    window = dict(start_percent=0.0, end_percent=1.0, first_block=0.0, last_block=1.0)
+    history_model, history_results = deleaker_model(m, base, spec, MASK_THRESHOLD, True, history=1.0)
+    return cond, words_cond, {
+        "unpatched": (base, None),
+        "mask-history window": (history_only(history_model), history_results),
+        "heatmap": m["LeaklessAttentionHeatmap"].execute(model=base, entities=words, **window).args,
+        "no image-image": deleaker_model(m, base, spec, MASK_THRESHOLD, False),
+        "all edits": deleaker_model(m, base, spec, MASK_THRESHOLD, True),
+    }
 
 
 def sampler(cond, size, steps):
@@ -128,41 +110,125 @@ def sampler(cond, size, steps):
     return go
 
 
-def coverage(config, results) -> float | None:
-    """The share of image tokens in each entity's mask in the last run (none for the unpatched model and the dense
-    reference)."""
-    if results is None or results.last is None or config == "dense reference":
-        return None
-    return float(results.last.value.masks.float().mean())
+def attention_share(go, model):
+    """The share of one sampling's time spent in its attention calls (timed inside the attention function)."""
+    import comfy.ldm.modules.attention as attention
 
+    spent = [0.0]
+    own = attention.attention_pytorch
 
-def run_config(config):
-    nodes, patcher, clip = flux_setup(hidden=512, heads=4, depth=2, single=4)
-    m = nodes.NODE_CLASS_MAPPINGS
-    cond, spec = m["LeaklessDeLeakerEncode"].execute(clip=clip, text=PROMPT, entities="").args
-    used, run = patched(m, patcher, spec, config)
-    go = sampler(cond, SIZE, STEPS)
-    peak_mb, working_mb = peak_rss_during(lambda: go(used))  # also the warm-up
-    go(patcher)
-
-    def timed(model):
+    def timed(func, *args, **kwargs):
         t = time.perf_counter()
-        go(model)
-        return time.perf_counter() - t
+        out = (own if model is not None else func)(*args, **kwargs)
+        spent[0] += time.perf_counter() - t
+        return out
 
-    ratios, times, plains = [], [], []
-    for r in range(ROUNDS):  # each round times both models back to back, in alternating order
-        if r % 2:
-            times.append(timed(used))
-            plains.append(timed(patcher))
-        else:
-            plains.append(timed(patcher))
-            times.append(timed(used))
-        ratios.append(times[-1] / plains[-1])
-    print(json.dumps({"config": config, "seconds": statistics.median(times), "ratio": statistics.median(ratios),
-                      "spread": [min(ratios), max(ratios)], "best_ratio": min(times) / min(plains),
-                      "peak_mb": peak_mb, "working_mb": working_mb,
-                      "coverage": coverage(config, run)}))
+    clone = model.clone()
+    clone.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = timed
+    t = time.perf_counter()
+    go(clone)
+    return spent[0] / (time.perf_counter() - t)
+
+
+def run_backend(backend: str, rounds: int):
+    """Every configuration on one backend, in this process; prints one JSON line."""
+    import torch
+
+    nodes, patcher, clip = flux_setup(**REALISTIC)
+    base = patcher
+    if backend == "sdpa":
+        base = patcher.clone()
+        base.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = sdpa_attention
+    cond, words_cond, configs = configurations(nodes, base, clip)
+    go = {name: sampler(words_cond if name == "heatmap" else cond, SIZE, STEPS) for name in configs}
+    outputs, peaks = {}, {}
+    for name, (model, _) in configs.items():  # the first sampling of each: warm-up and peak memory
+        peak, added = peak_rss_during(lambda name=name, model=model: outputs.__setitem__(name, go[name](model)))
+        peaks[name] = dict(peak=peak, added=added)
+        print(backend, name, "first sampling done", flush=True)
+    share = attention_share(go["unpatched"], base if backend == "sdpa" else None)
+    times = {name: [] for name in configs}
+    names = list(configs)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order if r % 2 else reversed(order):
+            t = time.perf_counter()
+            go[name](configs[name][0])
+            times[name].append(time.perf_counter() - t)
+        print(backend, f"round {r + 1}/{rounds} done (load {os.getloadavg()[0]:.2f})", flush=True)
+    identical = {name: bool(torch.equal(outputs[name], outputs["unpatched"]))
+                 for name in ("mask-history window", "heatmap")}
+    coverage = configs["all edits"][1].last.value.masks.float().mean().item()
+    print(json.dumps({"backend": backend, "times": times, "peaks": peaks, "share": share, "identical": identical,
+                      "coverage": coverage, "load": os.getloadavg()}))
+
+
+def quartiles(xs):
+    if len(xs) < 2:
+        return xs[0], xs[0], xs[0]
+    lo, mid, hi = statistics.quantiles(xs, n=4, method="inclusive")
+    return lo, mid, hi
+
+
+def report(results: dict, rounds: int, write=True):
+    import torch
+
+    lines = [
+        "# DeLeaker and the attention heatmap over a whole sampling (FLUX.1's width)",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other work (timings are noisy), Python "
+        f"{platform.python_version()}, torch {torch.__version__}, CPU, fp32, 2 threads. Model: FLUX-shaped, random "
+        f"weights, hidden {REALISTIC['hidden']}, {REALISTIC['heads']} heads x 128 (FLUX.1's), {REALISTIC['depth']} "
+        f"double + {REALISTIC['single']} single blocks; {SIZE}x{SIZE} px (1024 image + 256 text tokens), {STEPS} "
+        f"Euler steps, cfg 1, batch 1, entities cow and horse. {rounds} rounds, each sampling every configuration "
+        "once (order rotated and reversed round to round); x unpatched = median of the per-round ratios to that "
+        "round's unpatched sampling, (quartiles); peak memory = the process's resident high-water mark during the "
+        "configuration's first sampling (weights and encoders included). Reproduce: "
+        "`python bench/bench_deleaker.py` (also `make bench`).",
+        "",
+        "Configurations: *mask-history window*: DeLeaker reading the mask history in every block from its start "
+        "(mask_history 1.0) with its edits held off; *heatmap*: every step and block; *no image-image* / *all "
+        f"edits*: DeLeaker at mask_threshold {MASK_THRESHOLD} (the reference's 60% history window; edits from the "
+        "first step's last double block).",
+    ]
+    for backend, r in results.items():
+        times, peaks = r["times"], r["peaks"]
+        base = times["unpatched"]
+        lines += ["", f"## {BACKENDS[backend]}", "",
+                  f"Attention: {r['share'] * 100:.0f}% of the unpatched sampling's time. Images with the read-only "
+                  "configurations bit-identical to the unpatched ones: "
+                  + ", ".join(f"{n}: {'yes' if ok else 'NO'}" for n, ok in r["identical"].items())
+                  + f". Image tokens in each entity's mask (all edits): {r['coverage'] * 100:.0f}%. Load average at "
+                  f"the end: {' / '.join(f'{x:.2f}' for x in r['load'])}.", "",
+                  "| configuration | sampling time | x unpatched (quartiles) | target | peak memory | x unpatched |",
+                  "|---|---:|---:|---|---:|---:|"]
+        for name in CONFIGS:
+            lo, mid, hi = quartiles([t / b for t, b in zip(times[name], base, strict=True)])
+            target = TARGETS.get(name)
+            verdict = "" if target is None else f"<= {target:.2f}x: {'met' if mid <= target else 'not met'}"
+            pk = peaks[name]["peak"] / peaks["unpatched"]["peak"]
+            lines.append(f"| {name} | {statistics.median(times[name]):.1f} s | {mid:.3f} ({lo:.3f}–{hi:.3f}) | "
+                         f"{verdict} | {peaks[name]['peak']:.0f} MB | {pk:.3f} |")
+    lines += ["", "GPU at FLUX.1 dimensions (19+38 blocks, 3072 hidden, 24 heads, 1024² and 512²): "
+              "`python bench/bench_deleaker.py --gpu` writes `deleaker_gpu.md`; not run yet, no GPU machine was lent "
+              "to this task."]
+    if write:
+        (REPO / "bench" / "results" / "deleaker.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def run_all(backends, rounds, write=True):
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    results = {}
+    for backend in backends:
+        r = subprocess.run([sys.executable, __file__, "--backend", backend, str(rounds)], capture_output=True,
+                           text=True, env=env)
+        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+        if not lines:
+            raise SystemExit(r.stdout[-2000:] + r.stderr[-3000:])
+        results[backend] = json.loads(lines[-1])
+        print(backend, "done", flush=True)
+    report(results, rounds, write)
 
 
 def run_gpu(smoke: bool):
@@ -177,7 +243,7 @@ def run_gpu(smoke: bool):
     sizes, steps, rounds = ((256,), 2, 1) if smoke else (GPU_SIZES, GPU_STEPS, GPU_ROUNDS)
     nodes, patcher, clip = flux_setup(**dims, device=device)
     m = nodes.NODE_CLASS_MAPPINGS
-    cond, spec = m["LeaklessDeLeakerEncode"].execute(clip=clip, text=PROMPT, entities="").args
+    _, spec = m["LeaklessDeLeakerEncode"].execute(clip=clip, text=PROMPT, entities="").args
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def measure(go, model):
@@ -197,20 +263,27 @@ def run_gpu(smoke: bool):
         return statistics.median(times), peak / 2 ** 20, (peak - before) / 2 ** 20 if device == "cuda" else 0
 
     results = {}
+    cond, words_cond, configs = configurations(nodes, patcher, clip)
+    configs = {name: configs[name] for name in CONFIGS}
+    for name, (beta1, image_image) in GPU_EXTRA.items():
+        configs[name] = deleaker_model(m, patcher, spec, beta1, image_image)
     for size in sizes:
-        go = sampler(cond, size, steps)
-        for config in (*CONFIGS, *GPU_EXTRA):
-            used, run = patched(m, patcher, spec, config)
-            dl = sys.modules[type(run).__module__].deleaker if run is not None else None
-            own_scores = dl and dl.entity_scores
-            if config in GPU_EXTRA:  # the CPU's way of computing the mask-history scores
-                dl.entity_scores = partial(own_scores, fused=False)
+        for config, (used, run) in configs.items():
+            go = sampler(words_cond if config == "heatmap" else cond, size, steps)
+            contract = sys.modules[type(installed_patch(used)).__module__.rsplit(".", 1)[0] + ".contract"] \
+                if config in GPU_EXTRA else None
+            if contract is not None:  # the scores as another backend gets them: the fused kernel not the model's
+                verdict = contract.AttentionCall.fused_is_model
+                contract.AttentionCall.fused_is_model = property(lambda self: False)
             try:
                 seconds, peak, added = measure(go, used)
             finally:
-                if dl:
-                    dl.entity_scores = own_scores
-            results[size, config] = dict(seconds=seconds, peak=peak, added=added, coverage=coverage(config, run))
+                if contract is not None:
+                    contract.AttentionCall.fused_is_model = verdict
+            coverage = None
+            if config in ("no image-image", "all edits") and run is not None and run.last is not None:
+                coverage = float(run.last.value.masks.float().mean())
+            results[size, config] = dict(seconds=seconds, peak=peak, added=added, coverage=coverage)
             print(size, config, results[size, config], flush=True)
     if smoke:
         return
@@ -243,46 +316,13 @@ def _coverage(result) -> str:
 
 
 def main():
-    if len(sys.argv) > 2 and sys.argv[1] == "--config":
-        return run_config(sys.argv[2])
+    if len(sys.argv) > 3 and sys.argv[1] == "--backend":
+        return run_backend(sys.argv[2], int(sys.argv[3]))
     if "--gpu" in sys.argv:
         return run_gpu(smoke="--smoke" in sys.argv)
-    import torch
-
-    results = run_each_in_own_process(__file__, CONFIGS)
-    base = results["unpatched"]
-    lines = [
-        "# DeLeaker (FLUX)",
-        "",
-        f"Machine: {platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, CPU, 2 "
-        f"threads. Each configuration's process times {ROUNDS} rounds after a warm-up, each round sampling with the "
-        "unpatched and the patched model back to back (alternating which goes first); sampling time = the median "
-        "patched run, 'x unpatched' = the median of the per-round ratios, with their range (this VM's timing noise "
-        "is large; the 'unpatched' row compares the model with itself); 'best' = the fastest patched run over the "
-        "fastest unpatched run (the least disturbed pair, as timeit reports it); peak "
-        "memory = the process's resident high-water mark during the configuration's first sampling (model and encoders "
-        "included; 'added by sampling' = that peak minus the memory resident before it). Reproduce: `make bench`.",
-        f"Model: FLUX-shaped, random weights, hidden 512, 4 heads x 128, 2 double + 4 single blocks; {SIZE}x{SIZE} "
-        f"px (1024 image + 256 text tokens), {STEPS} Euler steps, entities cow, horse.",
-        "",
-        "| configuration | mask threshold | sampling time | x unpatched | (range) | best | peak memory "
-        "| x unpatched | added by sampling | image tokens in a mask |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for config in CONFIGS:
-        r = results[config]
-        beta1 = "" if config == "unpatched" else f"{CONFIGS[config][0]:g}"
-        lo, hi = r["spread"]
-        lines.append(f"| {config} | {beta1} | {r['seconds']:.2f} s | {r['ratio']:.2f} | {lo:.2f}–{hi:.2f} | "
-                     f"{r['best_ratio']:.2f} | "
-                     f"{r['peak_mb']:.0f} MB | {r['peak_mb'] / base['peak_mb']:.2f} | {r['working_mb']:.0f} MB | "
-                     f"{_coverage(r)} |")
-    lines += ["", "GPU at FLUX.1 dimensions (19+38 blocks, 3072 hidden, 24 heads, 1024² and 512²): "
-              "`python bench/bench_deleaker.py --gpu` writes `deleaker_gpu.md`; not run yet, no GPU machine was lent "
-              "to this task."]
-    out = REPO / "bench" / "results" / "deleaker.md"
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if "--quick" in sys.argv:
+        return run_all(["sdpa"], 1, write=False)
+    run_all(list(BACKENDS), ROUNDS)
 
 
 if __name__ == "__main__":
