@@ -31,7 +31,7 @@ from pack import import_pack_as
 
 SIZES = {512: (32, 32), 1024: (64, 64)}  # px -> image token grid (a /8 latent patchified by 2, or /16)
 SEED = 0
-ROUNDS = {512: 8, 1024: 8}
+ROUNDS = {512: 12, 1024: 8}
 C = ".cache/comfyui-0.33.0/comfy/"
 
 

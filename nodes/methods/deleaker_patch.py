@@ -190,9 +190,12 @@ class DeLeakerPatch:
         from_history = history.mean is not None and b > schedule.history_start
         masks_key = (history.epoch, history.count, layout) if from_history else None
         if masks_key is None or masks_key != track.masks_key:  # a frozen history gives the same masks: plan once
-            use = history.mean if from_history else scores
-            track.masks, track.layout, track.masks_key = deleaker.entity_masks(use, layout, settings), layout, masks_key
-            track.plans = [deleaker.MaskPlan(m, settings) for m in track.masks]
+            masks = deleaker.entity_masks(history.mean if from_history else scores, layout, settings)
+            same = track.masks is not None and track.layout == layout and track.masks.shape == masks.shape and \
+                bool(torch.equal(track.masks, masks))
+            if not same:  # in the history window the masks settle: their plans are kept while they do not change
+                track.plans = [deleaker.MaskPlan(m, settings) for m in masks]
+            track.masks, track.layout, track.masks_key = masks, layout, masks_key
         a.output_in_model_order = True
         return deleaker.deleaker_attention(q, k, v, a.attend, track.plans, call_layout, settings, rows, mask, whole)
 

@@ -77,6 +77,49 @@ def test_deleaker_over_a_whole_sampling_matches_the_dense_reference(m, fused_is_
     assert patch.begin(run, model_call(m, 0, 3, layout, rows=())) is None  # an uncond-only call: nothing to do
 
 
+@pytest.mark.parametrize("fused_is_model", [False, True], ids=["separate-lse-pass", "fused-call"])
+def test_image_first_calls_are_worked_in_the_models_order(m, fused_is_model):
+    """An image-first call (HiDream): the driver hands the model's tensors with the canonical order; the patches
+    work in the model's order (nothing reordered) and say so, and give what they give on the canonical call."""
+    text, grid = 6, (4, 4)
+    n = 16
+    layout = m.layout.text_then_image(text, grid)
+    order = torch.tensor(list(range(n, n + text)) + list(range(n)))  # canonical position -> the model's
+    back = torch.argsort(order)
+    st = m.deleaker.Settings(beta_text=0.0, smoothing=False)
+    words = m.phrases.Phrases(("cat", "dog"), ((1,), (3, 4)), text)
+    for make in (lambda: m.deleaker_patch.DeLeakerPatch(words, st, 0.6),
+                 lambda: m.heatmap_patch.HeatmapPatch(words, (0.0, 1.0), (0.0, 1.0))):
+        outs, results = [], []
+        for image_first in (False, True):
+            patch, g = make(), torch.Generator().manual_seed(9)
+            run = patch.new_run({})
+            for step in range(3):
+                state = patch.begin(run, model_call(m, step, 3, layout))
+                for block in range(2):
+                    q, k, v = (torch.randn(1, 2, text + n, 8, generator=g) for _ in range(3))
+                    if image_first:  # the same call as the model passes it
+                        a = m.contract.AttentionCall(*(x.index_select(2, back) for x in (q, k, v)), None, "main",
+                                                     block, attend=sdpa, order=order, verify=lambda: fused_is_model)
+                    else:
+                        a = m.contract.AttentionCall(q, k, v, None, "main", block, attend=sdpa,
+                                                     verify=lambda: fused_is_model)
+                    out = patch.attention(run, state, a)
+                    assert not (image_first and 0 in a._memo)  # the patch never reordered q
+                    if out is None:
+                        out = sdpa(a.q, a.k, a.v, None)
+                    elif image_first:
+                        assert a.output_in_model_order
+                        out = out.index_select(1, order)  # back to canonical, to compare
+                    outs.append(out)
+            results.append(patch.finish(run, None))
+        half = len(outs) // 2
+        for plain, reordered in zip(outs[:half], outs[half:], strict=True):
+            assert torch.allclose(plain, reordered, atol=1e-5)
+        first, second = (r.masks if hasattr(r, "masks") else r.maps for r in results)
+        assert torch.allclose(first.float(), second.float(), atol=1e-6)
+
+
 def test_deleaker_refuses_another_prompt_and_a_call_without_a_schedule(m):
     layout = m.layout.text_then_image(8, (4, 4))
     patch = m.deleaker_patch.DeLeakerPatch(m.phrases.Phrases(("cat", "dog"), ((1,), (3,)), 6), m.deleaker.Settings(),
