@@ -111,15 +111,14 @@ def sampler(cond, size, steps):
 
 
 def attention_share(go, model):
-    """The share of one sampling's time spent in its attention calls (timed inside the attention function)."""
-    import comfy.ldm.modules.attention as attention
-
+    """The share of one sampling's time spent in its attention calls (timed inside the attention override: the
+    backend it chains, or ComfyUI's own attention)."""
+    previous = (model.model_options.get("transformer_options") or {}).get("optimized_attention_override")
     spent = [0.0]
-    own = attention.attention_pytorch
 
     def timed(func, *args, **kwargs):
         t = time.perf_counter()
-        out = (own if model is not None else func)(*args, **kwargs)
+        out = previous(func, *args, **kwargs) if previous is not None else func(*args, **kwargs)
         spent[0] += time.perf_counter() - t
         return out
 
@@ -146,7 +145,7 @@ def run_backend(backend: str, rounds: int):
         peak, added = peak_rss_during(lambda name=name, model=model: outputs.__setitem__(name, go[name](model)))
         peaks[name] = dict(peak=peak, added=added)
         print(backend, name, "first sampling done", flush=True)
-    share = attention_share(go["unpatched"], base if backend == "sdpa" else None)
+    share = attention_share(go["unpatched"], base)
     times = {name: [] for name in configs}
     names = list(configs)
     for r in range(rounds):
@@ -219,16 +218,21 @@ def report(results: dict, rounds: int, write=True):
 
 def run_all(backends, rounds, write=True):
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    results = {}
+    results, failed = {}, None
     for backend in backends:
         r = subprocess.run([sys.executable, __file__, "--backend", backend, str(rounds)], capture_output=True,
                            text=True, env=env)
         lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
         if not lines:
-            raise SystemExit(r.stdout[-2000:] + r.stderr[-3000:])
+            failed = r.stdout[-2000:] + r.stderr[-3000:]
+            print(failed, flush=True)
+            break
         results[backend] = json.loads(lines[-1])
-        print(backend, "done", flush=True)
-    report(results, rounds, write)
+        print(lines[-1], flush=True)  # kept in the log, whatever comes next
+    if results:
+        report(results, rounds, write and failed is None)
+    if failed is not None:
+        raise SystemExit(f"a backend failed:\n{failed}")
 
 
 def run_gpu(smoke: bool):

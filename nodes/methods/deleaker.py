@@ -7,26 +7,24 @@ on the row log-sum-exp (lse) that fused attention kernels return with their outp
 
 - entity scores (image query -> entity text tokens, averaged over the entity's tokens and the heads) are
   exp(q.k_entity * scale - lse) on the entity columns only (`scores_from_lse`); where no lse comes with the call
-  (the model's attention is not the fused kernel), one exact lse pass over the image rows (`entity_scores`);
+  (the model's attention is another kernel), one more fused call over the image rows gives it (`entity_scores`);
 - the mask history is the running mean of those scores ([B, K, N]), which equals the reference's running mean of
   the full probabilities read at the same columns (the mean is linear);
-- text edits (blocking entity j's tokens for rows of M_i, the self-entity logits x alpha) and the image-image cut
-  touch only a few key columns per row: the entity tokens, and for the cut the image keys of the other entities'
-  masks (M_j). Each group of image rows with the same entity membership (a MaskPlan, made once per mask state) runs
-  ONE fused call over every other key (the "bulk": those columns masked off, a broadcast mask, no key copy), the
-  few columns explicitly in fp32 with their edits, and merges the two by their log-sum-exp:
-  out = (e^lse_bulk out_bulk + sum_c e^s_c v_c) / (e^lse_bulk + sum_c e^s_c);
-- the image-image statistics need probabilities only on the M_i x M_j blocks: those explicit logits and each row's
-  edited normaliser (the bulk's lse with the explicit columns), pair by pair in the reference's order; the cut
-  reuses the same logits;
-- in the mask-history window, where the masks of a call come from its own scores, one fused call over the image
-  rows with the entity tokens masked off gives the scores and the bulk of every image row at once
-  (`image_rows_pass`); a cut then removes its keys' weights from that bulk (signed weights), a row whose bulk loses
-  most of its mass that way is recomputed without those keys (`GUARD`), so no cancellation costs precision.
-Rows DeLeaker leaves alone (text rows, image rows in no mask after the window, other batch rows) run the model's
-own attention (`attend`: whatever backend or chained override it uses). Softmax, merges and statistics run in
-fp32; a mask the model itself passes to attention is kept everywhere (added after the edits). Per-chunk
-temporaries of the explicit columns stay under a quarter of q's size and CHUNK_ELEMENTS.
+- the edits touch a few key columns per image row: the entity tokens (blocked for the other entities' rows, x alpha
+  for the entity's own) and, for the image-image cut, the image keys of the masks the row's entities pair with.
+  The rows in some mask are grouped once per mask state (a MaskPlan) into row sets by those keys, with per-row
+  tables of the text edits. Where the driver found the fused kernel to be the model's own attention, the whole
+  call's fused output and lse (`whole`) give every row DeLeaker leaves alone as it is, and each edited row takes
+  its explicit columns' original weights out and puts the edited ones in (signed weights, merged by the lse); a
+  row whose normaliser would keep less than GUARD of its mass that way is recomputed without those columns, so no
+  cancellation costs precision. Elsewhere the rows left alone run the model's attention (`attend`: whatever
+  backend or chained override it uses) and the edited rows one fused call over every key but their explicit
+  columns (a broadcast mask, no key copy), merged with those columns by log-sum-exp;
+- the image-image statistics need the probabilities only on the M_i x M_j blocks: those explicit logits and each
+  row's edited normaliser, pair by pair in the reference's order; the cut reuses the same weights.
+Softmax, merges and statistics run in fp32. A mask the model itself passes to attention is kept everywhere (added
+after the edits). Per-chunk temporaries of the explicit columns stay under half of q's size (and CHUNK_ELEMENTS);
+the explicit weights kept between passes under q's size.
 
 Reference semantics kept (tokeron/DeLeaker ``attention_processor.py``): masks threshold head-averaged
 post-softmax probabilities at mean + beta1 * std (unbiased), then 3x3 opening and 3x3 closing twice; per entity
@@ -382,7 +380,7 @@ class MaskPlan:
             start += count
         self.n_plain = self.groups[0].start if self.groups else start
         self.nonempty = [m.numel() > 0 for m in self.members]
-        self.masks, self.in_mask = masks, masks.float()  # [K, N] bool, and 1.0 inside each mask
+        self.masks = masks  # [K, N] bool
         self._query_order, self._text_edits, self._cache = {}, {}, {}
 
     def cut_pairs(self) -> list[tuple[int, int, int]]:
@@ -475,15 +473,6 @@ class MaskPlan:
             perm = torch.cat([*outside, image_start + self.order])
             self._query_order[key] = (perm, length - n_img + self.n_plain)
         return self._query_order[key]
-
-
-def _nonzero_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased std of the non-zero entries, without a host sync (NaN when there are too few)."""
-    nonzero = x != 0
-    count = nonzero.sum()
-    mean = x.sum() / count
-    var = (((x - mean) * nonzero) ** 2).sum() / (count - 1)
-    return mean, var.sqrt()
 
 
 class _RowSet:

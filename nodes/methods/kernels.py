@@ -170,22 +170,6 @@ def chunked(q, k, v, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
     return out, lse
 
 
-def lse_only(q, k, mask=None) -> torch.Tensor:
-    """[B, H, Lq] fp32: each query row's log-sum-exp over the keys, exactly, one query chunk at a time (the read-only
-    paths' separate pass where the model's attention is not this module's kernel)."""
-    b, h, lq, _ = q.shape
-    lk = k.shape[-2]
-    scale = scale_of(q)
-    kf = k.float()
-    lse = torch.empty(b, h, lq, device=q.device)
-    step = max(1, CHUNK_ELEMENTS // max(1, b * h * lk))
-    for s in range(0, lq, step):
-        e = min(lq, s + step)
-        logits = _add_mask_(torch.matmul(q[:, :, s:e].float() * scale, kf.transpose(-1, -2)), _rows_of(mask, s, e))
-        lse[:, :, s:e] = torch.logsumexp(logits, dim=-1)
-    return lse
-
-
 def merge(out1, lse1, out2, lse2) -> tuple[torch.Tensor, torch.Tensor]:
     """Two attention outputs over disjoint key sets ([..., L, D], lse [..., L]) as the output over their union, in fp32
     (out in out1's dtype), stably: each weighted by exp(lse - max); a row with no key on either side gives 0."""
