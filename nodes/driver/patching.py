@@ -16,7 +16,8 @@ the prompt checks. A patch (nodes/methods/contract.py) is pure; `install` puts i
 - the first time in a sampling run that a patch asks whether the fused kernel (methods/kernels.py) is the model's
   own attention (AttentionCall.fused_is_model) for a dtype, device, mask kind and call shape, the driver runs both
   on that call and compares them bit for bit; the verdict holds for the rest of the run (ComfyUI's SDPA attention:
-  yes, its default on NVIDIA; the sub-quadratic attention of its CPU default, Sage, Flash: no).
+  yes, its default on NVIDIA; the sub-quadratic attention of its CPU default, Sage, Flash: no; another Leakless
+  patch below: no, without running it).
 Errors a patch reports (MethodError) are restated naming the node; an override that a later node replaced without
 chaining it (ComfyUI's ModelAttentionBackend) stops the sampling with an error that says which order works.
 """
@@ -269,8 +270,9 @@ class Installed:
         if kind not in ("main", "cross"):
             return a.plain()
         index = call.text_first(a) if kind == "main" else None
+        below = isinstance(previous, _Override)  # another Leakless patch: it edits or reads, never the kernel
         view = AttentionCall(a.q, a.k, a.v, a.mask, kind, block, grid, a.attend, order=index,
-                             verify=lambda: call.run.fused_is_model(a),
+                             verify=lambda: not below and call.run.fused_is_model(a),
                              whole=lambda model_order: a.fused(None if model_order else index))
         with self.restated():
             out = self.patch.attention(call.run.state, call.state, view)

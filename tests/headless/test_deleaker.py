@@ -92,6 +92,33 @@ def test_chains_an_existing_override_and_a_weight_patched_model(parts):
     assert torch.isfinite(patched_lora).all()
 
 
+def sdpa_attention(func, *args, **kwargs):
+    """A chained override running ComfyUI's own PyTorch (SDPA) attention (its default on NVIDIA)."""
+    import comfy.ldm.modules.attention as attention
+
+    return attention.attention_pytorch(*args, **kwargs)
+
+
+def test_over_sdpa_attention_the_fused_path(parts):
+    """Over ComfyUI's SDPA attention the driver finds the fused kernel to be the model's: DeLeaker corrects the
+    whole call's fused output in its edited rows only. It finds every entity and changes the image; off, the model
+    is untouched; requeued, the same bits. Stacked on itself, each patch still counts every main block once (the
+    outer one never runs the inner one on a whole call to check the kernel: no layout note)."""
+    over_sdpa = parts["model"].clone()
+    over_sdpa.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = sdpa_attention
+    plain = sample(parts, over_sdpa)
+    patched, run = deleak(parts, model=over_sdpa)
+    out = sample(parts, patched)
+    assert not torch.equal(out, plain) and torch.equal(sample(parts, patched), out)
+    assert bool(run.last.value.masks.any(dim=-1).all()) and run.last.notes == ()
+    reference = sample(parts, deleak(parts)[0])  # the same edits over the sub-quadratic attention
+    assert (out - reference).abs().max() < 0.05 * reference.abs().max()  # two attentions' rounding apart
+    twice, outer = deleak(parts, model=patched, mask_threshold=0.0)
+    stacked = sample(parts, twice)
+    assert torch.isfinite(stacked).all() and not torch.equal(stacked, out)
+    assert outer.last.notes == () and run.last.notes == ()
+
+
 @pytest.mark.parametrize("sampler", ["KSampler", "KSamplerAdvanced"])
 def test_cfg_with_a_negative_of_another_length_batch_two(parts, sampler):
     long_negative = parts["nodes"].CLIPTextEncode().encode(parts["clip"], "blurry, " * 150)[0]
