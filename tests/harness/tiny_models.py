@@ -253,7 +253,41 @@ DIFFUSION_MODELS = {
                                 llama_layers=[0, 31]),
                 "hidream_i1_dev_fp8.safetensors", "EmptySD3LatentImage"),
     "flux2_klein": ("Flux2", None, "flux-2-klein-4b.safetensors", "EmptyFlux2LatentImage"),
+    # HunyuanImage 2.1: ComfyUI's HunyuanVideo DiT with 2-D patches [1, 1] on the 64-channel, 32x-downscaled latent,
+    # head dim 128 (RoPE axes 64/64; ComfyUI's detection reads heads as hidden // 128), ByT5 glyph rows on (its
+    # byt5_in mapper is fixed at 1472 -> 2048 -> 2048 -> hidden), no guidance embedding or MeanFlow (the base model,
+    # not the distilled one); the text refiner has ComfyUI's fixed 2 blocks. Fields this ComfyUI lacks are dropped.
+    "hunyuan_image": ("HunyuanImage21", dict(image_model="hunyuan_video", in_channels=64, out_channels=64,
+                                             vec_in_dim=None, context_in_dim=8, hidden_size=128, mlp_ratio=4.0,
+                                             num_heads=1, depth=1, depth_single_blocks=1, axes_dim=[64, 64],
+                                             theta=256, patch_size=[1, 1], qkv_bias=True, guidance_embed=False,
+                                             byt5=True, meanflow=False, use_cond_type_embedding=False,
+                                             vision_in_dim=None, meanflow_sum=False),
+                      "hunyuanimage2.1_bf16.safetensors", "EmptyHunyuanImageLatent"),
+    # Lumina 2: NextDiT as ComfyUI detects the original (head dim 96 = RoPE axes 32/32/32, grouped-query attention,
+    # theta 10000) without Z-Image's caption/image padding and modulation; 2 heads over 1 KV head, 2 layers, one
+    # refiner of each kind; the caption is the tiny Gemma's 8-wide rows.
+    "lumina2": ("Lumina2", dict(image_model="lumina2", patch_size=2, in_channels=16, dim=192, n_layers=2,
+                                n_refiner_layers=1, n_heads=2, n_kv_heads=1, multiple_of=16, ffn_dim_multiplier=1.0,
+                                norm_eps=1e-5, qk_norm=True, cap_feat_dim=8, axes_dims=[32, 32, 32],
+                                axes_lens=[300, 512, 512], rope_theta=10000.0),
+                "lumina_2_model_bf16.safetensors", "EmptySD3LatentImage"),
 }
+
+
+def unet_cfg(model, cfg):
+    """A DIFFUSION_MODELS config as this ComfyUI's model class takes it (FLUX.2's from flux2_cfg; HunyuanImage's
+    without the parameters this ComfyUI's HunyuanVideoParams lacks: 0.3.75 has no meanflow_sum)."""
+    if cfg is None:
+        return flux2_cfg()
+    if model == "HunyuanImage21":
+        import dataclasses
+
+        from comfy.ldm.hunyuan_video.model import HunyuanVideoParams
+
+        fields = {f.name for f in dataclasses.fields(HunyuanVideoParams)} | {"image_model"}
+        return {k: v for k, v in cfg.items() if k in fields}
+    return cfg
 
 
 def write_diffusion_models(models_dir):
@@ -262,7 +296,7 @@ def write_diffusion_models(models_dir):
 
     for model, cfg, name, _ in DIFFUSION_MODELS.values():
         if hasattr(comfy.supported_models, model):
-            cfg = cfg or flux2_cfg()
+            cfg = unet_cfg(model, cfg)
             sd = build_unet(getattr(comfy.supported_models, model), cfg).diffusion_model.state_dict()
             save({k: v.to(torch.bfloat16) for k, v in sd.items()}, os.path.join(models_dir, "diffusion_models", name),
                  tiny_meta(model, cfg))
