@@ -401,7 +401,7 @@ def _hf_tokens(sub, text: str) -> tuple[list[int], list[tuple[int, int] | None],
         return ids, offsets, True
     except (NotImplementedError, ValueError, TypeError, KeyError):
         ids = _hf_ids(sub, text)
-    offsets = _byte_level_offsets(sub, text, ids)
+    offsets = _byte_level_offsets(sub, text, ids) or _sentencepiece_offsets(sub, text, ids)
     if offsets is not None:
         return ids, offsets, True
     words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
@@ -436,6 +436,30 @@ def _byte_level_offsets(sub, text: str, ids: list) -> list[tuple[int, int]] | No
             return None
         end = pos + len(piece)
         out.append((char_of[pos], char_of[end - 1] + 1 if end > pos else char_of[pos]))
+        pos = end
+    return out if pos == len(data) else None
+
+
+def _sentencepiece_offsets(sub, text: str, ids: list) -> list[tuple[int, int]] | None:
+    """Character offsets of `ids` from their SentencePiece spellings ('\u2581' a space, '<0xAB>' one byte; ComfyUI's
+    SPieceTokenizer has no offsets: Gemma), each without its leading space; None when the spellings are not
+    SentencePiece's or do not spell `text` exactly (a normalizer changed it)."""
+    vocab = getattr(sub, "inv_vocab", None) or {}
+    data = text.encode("utf-8")
+    char_of = [i for i, ch in enumerate(text) for _ in ch.encode("utf-8")] + [len(text)]
+    out, pos = [], 0
+    for token in ids:
+        spelling = vocab.get(token)
+        if not isinstance(spelling, str):
+            return None
+        byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", spelling)
+        piece = bytes([int(byte[1], 16)]) if byte else spelling.replace("\u2581", " ").encode("utf-8")
+        if pos == 0 and piece[:1] == b" " and data[:1] != b" ":  # a dummy prefix the model adds
+            piece = piece[1:]
+        if data[pos:pos + len(piece)] != piece:
+            return None
+        start, end = pos + len(piece) - len(piece.lstrip(b" ")), pos + len(piece)
+        out.append((char_of[start], char_of[end - 1] + 1) if end > start else (char_of[start], char_of[start]))
         pos = end
     return out if pos == len(data) else None
 
@@ -619,6 +643,8 @@ def align(prompt: str, family_tokenizer, tokenized: dict | None = None, present=
     template = getattr(family_tokenizer, "llama_template", None) if family and family.chat_template else None
     encoders = {}
     for key, chunks in tokenized.items():
+        if family is not None and key in family.optional:
+            continue  # a text derived from the prompt (glyph rows of its quoted phrases): not aligned to it
         sub = sub_tokenizer(family_tokenizer, key)
         enc, prefix = _align_templated(key, sub, chunks, segments, plain, template)
         if family is not None and family.template_prefix_stripped and prefix:

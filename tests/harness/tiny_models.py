@@ -112,9 +112,8 @@ FAMILY_NEEDS = {"qwen_image": ("qwen_image", "te"), "z_image": ("z_image", "te")
                 "flux2_klein": ("flux", "klein_te"), "krea2": ("krea2", "te"), "sd3": ("sd3_clip", "sd3_clip"),
                 "sd3_t5": ("sd3_clip", "sd3_clip"), "hidream": ("hidream", "hidream_clip"),
                 "hunyuan_image": ("hunyuan_image", "te"), "lumina2": ("lumina2", "Gemma2_2BModel")}
-# Families with tiny models whose entries Leakless's registry (nodes/families.py, nodes/joint_models.py) does not
-# have yet: the pack's own tests skip them until it does (test_tiny_text_encoders.family_or_skip); their facts are
-# in tests/data/new_families.md.
+# The families added to Leakless through the registry alone (nodes/registry/); their facts are in
+# tests/data/new_families.md.
 NEW_FAMILIES = ("hunyuan_image", "lumina2")
 # HiDream's template names for the CLIPs: links to the tiny clip_l / clip_g.
 LINKS = {"text_encoders/clip_l_hidream.safetensors": "clip_l.safetensors",

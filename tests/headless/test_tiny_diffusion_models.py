@@ -23,7 +23,7 @@ def model_or_skip(family):
     model = tiny_models.DIFFUSION_MODELS[family][0]
     if not hasattr(comfy.supported_models, model):
         pytest.skip(f"ComfyUI {comfy_env.COMFY_NAME} has no {model} model")
-    return family_or_skip(family, pack=False)
+    return family_or_skip(family)
 
 
 def sample_graph(family):

@@ -85,30 +85,14 @@ def llama3_through_transformers():
     return comfy.text_encoders.hunyuan_video.LlamaTokenizerFast.__module__.startswith("transformers")
 
 
-def pack_has(family):
-    """Whether Leakless's registry has the text family `family` (nodes/families.py, the pack imported as `leakless`
-    by the tests that use it)."""
-    import importlib
-
-    try:
-        return family in importlib.import_module("leakless.nodes.families").BY_ID
-    except ImportError:
-        return False
-
-
-def family_or_skip(family, pack=True):
-    """The (loader, inputs) of a family's tiny text encoder, or a skip where this ComfyUI lacks it. With `pack` (the
-    pack's own tests: DeLeaker, heatmap), also a skip for the families whose tiny models exist before the pack's
-    registry has them (tiny_models.NEW_FAMILIES), until it does."""
+def family_or_skip(family):
+    """The (loader, inputs) of a family's tiny text encoder, or a skip where this ComfyUI lacks it."""
     available = tiny_models.text_encoders()
     if family not in available:
         if family == "flux2" and hasattr(tiny_models.te_module("flux"), "flux2_te"):
             pytest.fail(f"no tekken vocabulary at {tiny_models.tekken_path()}: run `make env` "
                         "(tests/harness/requirements-data.txt)")
         pytest.skip(f"ComfyUI {comfy_env.COMFY_NAME} has no {family} text encoder")
-    if pack and family in tiny_models.NEW_FAMILIES and not pack_has(family):
-        pytest.skip(f"Leakless's registry has no {family} family yet: add it to nodes/families.py and "
-                    "nodes/joint_models.py (facts: tests/data/new_families.md)")
     if family == "flux2" and reads_tekken_through_transformers():
         pytest.skip("FLUX.2 dev's tokenizer cannot be built on this ComfyUI with transformers 5: "
                     "test_flux2_dev_fails_to_load_where_comfyui_needs_old_transformers")
@@ -143,7 +127,7 @@ def run(comfy_nodes):
 
     def run_family(family):
         if family not in runs:
-            loader, inputs = family_or_skip(family, pack=False)
+            loader, inputs = family_or_skip(family)
             runs[family] = comfy_env.run_prompt(encode_graph(loader, inputs, [TEXT, ""], "a cat"))
         return runs[family]
 
@@ -213,7 +197,7 @@ def clip_of(comfy_nodes):
 
     def get(family):
         if family not in cache:
-            loader, inputs = family_or_skip(family, pack=False)
+            loader, inputs = family_or_skip(family)
             cls = nodes.NODE_CLASS_MAPPINGS[loader]
             cache[family] = getattr(cls(), cls.FUNCTION)(**inputs)[0]
         return cache[family]
@@ -244,7 +228,7 @@ def word_rows(clip, text, word):
 
 def test_hunyuan_image_glyph_rows_for_quoted_text(comfy_nodes):
     """A quoted phrase adds ByT5 rows (`conditioning_byt5small`), tokenized by the ByT5 tokenizer ComfyUI ships."""
-    loader, inputs = family_or_skip("hunyuan_image", pack=False)
+    loader, inputs = family_or_skip("hunyuan_image")
     outputs = comfy_env.run_prompt(encode_graph(loader, inputs, [QUOTED], QUOTED))
     (info,) = outputs["20"]["conditioning"]
     assert info == QUOTED_ROWS
