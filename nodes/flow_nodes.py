@@ -10,6 +10,7 @@ from comfy_api.latest import io
 from .driver.clip import EMPTY_PROMPT, align_clip, family_of, masked_clip
 from .driver.validation import check_inputs
 from .errors import LeaklessInputError, input_error
+from .registry import families
 from .methods import flow, redundancy
 from .methods.grid import labelled_grid, labels_for_batch
 from .text import grammar, provenance
@@ -154,9 +155,8 @@ def _pooled_input():
 
 
 def _clip_input():
-    return io.Clip.Input("clip", tooltip="The CLIP that encodes the prompt (DualCLIPLoader for FLUX, the "
-                         "checkpoint's CLIP for SDXL/SD1.5, CLIPLoader for Qwen-Image, Z-Image, FLUX.2, Krea 2...); "
-                         "LoRA-patched and clip-skip CLIPs work as usual.")
+    return io.Clip.Input("clip", tooltip=f"The CLIP that encodes the prompt: {families.loaders()}. LoRA-patched and "
+                         "clip-skip CLIPs work as usual.")
 
 
 def _text_input(what: str = "The prompt"):

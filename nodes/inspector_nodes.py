@@ -5,6 +5,7 @@ from comfy_api.latest import io
 from .driver.clip import align_clip
 from .driver.validation import check_inputs
 from .errors import LeaklessInputError
+from .registry import families
 from .text.alignment import MAX_CHARS, PromptAlignment
 
 NODE_NAME = "Leakless Token Inspector"
@@ -54,8 +55,7 @@ class TokenInspector(io.ComfyNode):
             ),
             inputs=[
                 io.Clip.Input("clip", tooltip=(
-                    "The CLIP from your loader (any family Leakless knows: FLUX, SDXL, SD1.5, SD3, Qwen-Image, "
-                    "Z-Image, FLUX.2, Krea 2, Chroma, HiDream). "
+                    f"The CLIP from your loader (any family Leakless knows: {families.NAMES}). "
                     "Only its tokenizers are used; nothing is encoded.")),
                 io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
                     "The prompt, written exactly as you give it to CLIPTextEncode (weights like (cat:1.2) and "

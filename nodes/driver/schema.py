@@ -16,3 +16,22 @@ def encode_outputs(phrases_tooltip: str) -> list:
     return [io.Conditioning.Output("conditioning", display_name="conditioning",
                                    tooltip="The prompt's conditioning (marks removed): the sampler's positive."),
             ENTITIES.Output("entity_spec", display_name="entities", tooltip=phrases_tooltip)]
+
+
+def inputs(settings) -> list:
+    """The V3 inputs of declared settings (methods/settings.py), in order: each one's default, range and tooltip
+    come from its declaration alone."""
+    made = []
+    for s in settings:
+        common = {"default": s.default, "tooltip": s.tooltip_text(), "optional": s.optional}
+        if s.kind == "float":
+            made.append(io.Float.Input(s.name, min=s.min, max=s.max, step=s.step, **common))
+        elif s.kind == "int":
+            made.append(io.Int.Input(s.name, min=s.min, max=s.max, **common))
+        elif s.kind == "bool":
+            made.append(io.Boolean.Input(s.name, **common))
+        elif s.kind == "choice":
+            made.append(io.Combo.Input(s.name, options=list(s.options), **common))
+        else:
+            raise ValueError(f"setting {s.name}: unknown kind {s.kind!r}")
+    return made

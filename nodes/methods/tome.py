@@ -14,6 +14,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..text.alignment import PromptAlignment
 from ..text.grammar import PhraseRef, SelectionError, find_ref
+from .settings import Setting
 
 REFERENCE_NOUN_WEIGHT = 1.1
 REFERENCE_ATTRIBUTE_WEIGHT = 1.2
@@ -22,6 +23,15 @@ REFERENCE_THRESHOLDS = (26.0, 25.0, 24.0, 23.0, 22.5, 22.0, 21.5, 21.0, 21.0, 21
 REFERENCE_STEPS = 50
 POSE_TARGETS = ((10.0, 16.0), (25.0, 16.0))  # reference pose prior, on a 32x32 grid (x, y)
 POSE_GRID = 32
+NOUN_WEIGHT = Setting("noun_weight", "float", REFERENCE_NOUN_WEIGHT, (
+    "Composite = noun_weight x noun rows + attribute_weight x attribute rows. {default} is the reference code's; 1.0 "
+    "with attribute_weight 1.0 is the paper's plain sum."), 0.0, 3.0, 0.05)
+ATTRIBUTE_WEIGHT = Setting("attribute_weight", "float", REFERENCE_ATTRIBUTE_WEIGHT, (
+    "{default} is the reference code's (see noun_weight)."), 0.0, 3.0, 0.05)
+END_TOKEN_SUBSTITUTION = Setting("end_token_substitution", "float", 0.0, (
+    "From this fraction of the sampling on, the end token and padding rows come from the clean prompt, so they stop "
+    "carrying the attributes. {default} = from the start (reference, object binding); 1 = off (reference, attribute "
+    "binding); in between uses ComfyUI's timestep ranges, like ConditioningSetTimestepRange."), 0.0, 1.0, 0.01)
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,15 @@ def names(which) -> str:
     return ", ".join(chosen[:-1]) + (" and " if len(chosen) > 1 else "") + chosen[-1]
 
 
+def loaders(which=lambda f: True) -> str:
+    """'FLUX.1 / Kontext / Krea (DualCLIPLoader type flux), SDXL (CheckpointLoaderSimple, DualCLIPLoader type
+    sdxl), ...': how the CLIP of each family for which `which(family)` holds is loaded, for tooltips."""
+    def how(f):
+        return ", ".join(f"{node} type {kind}" if kind else node for node, kind in f.loaders)
+
+    return "; ".join(f"{f.name} ({how(f)})" for f in FAMILIES if which(f))
+
+
 def family_of_tokenizer(tokenizer, keys) -> Family | None:
     """The family of a ComfyUI family tokenizer (``clip.tokenizer``) whose output has encoder `keys`: by the classes
     it is built from, the most derived first (a subclass made by a loader or another pack still matches), and only
