@@ -420,30 +420,33 @@ def _byte_alphabet() -> dict[str, int]:
 
 
 def _byte_level_offsets(sub, text: str, ids: list) -> list[tuple[int, int]] | None:
-    """Character offsets of `ids` from the bytes their vocabulary spellings stand for, or None when the spellings
-    are not byte-level or do not add up to `text` exactly."""
-    alphabet, vocab = _byte_alphabet(), getattr(sub, "inv_vocab", None) or {}
-    data = text.encode("utf-8")
-    char_of = [i for i, ch in enumerate(text) for _ in ch.encode("utf-8")] + [len(text)]
-    out, pos = [], 0
-    for token in ids:
-        spelling = vocab.get(token)
-        if not isinstance(spelling, str):
-            return None
-        piece = bytes(alphabet[c] for c in spelling) if all(c in alphabet for c in spelling) else \
+    """Character offsets of `ids` from the bytes their byte-level BPE spellings stand for (GPT-2's alphabet), or
+    None when the spellings are not byte-level or do not add up to `text` exactly."""
+    alphabet = _byte_alphabet()
+
+    def spell(spelling: str, first: bool) -> bytes:
+        return bytes(alphabet[c] for c in spelling) if all(c in alphabet for c in spelling) else \
             spelling.encode("utf-8")
-        if data[pos:pos + len(piece)] != piece:
-            return None
-        end = pos + len(piece)
-        out.append((char_of[pos], char_of[end - 1] + 1 if end > pos else char_of[pos]))
-        pos = end
-    return out if pos == len(data) else None
+
+    return _spelled_offsets(sub, text, ids, spell, strip_space=False)
 
 
 def _sentencepiece_offsets(sub, text: str, ids: list) -> list[tuple[int, int]] | None:
     """Character offsets of `ids` from their SentencePiece spellings ('\u2581' a space, '<0xAB>' one byte; ComfyUI's
-    SPieceTokenizer has no offsets: Gemma), each without its leading space; None when the spellings are not
-    SentencePiece's or do not spell `text` exactly (a normalizer changed it)."""
+    SPieceTokenizer has no offsets: Gemma), each without its leading space; None when they do not spell `text`
+    exactly (a normalizer changed it)."""
+    def spell(spelling: str, first: bool) -> bytes:
+        byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", spelling)
+        piece = bytes([int(byte[1], 16)]) if byte else spelling.replace("\u2581", " ").encode("utf-8")
+        return piece[1:] if first and piece[:1] == b" " and not text.startswith(" ") else piece  # a dummy prefix
+
+    return _spelled_offsets(sub, text, ids, spell, strip_space=True)
+
+
+def _spelled_offsets(sub, text: str, ids: list, spell, strip_space: bool) -> list[tuple[int, int]] | None:
+    """Character offsets of `ids` from the bytes `spell(vocabulary spelling, first token)` says each stands for;
+    None when a spelling is missing or they do not add up to `text` exactly. `strip_space`: a token's span leaves
+    out the spaces it starts with."""
     vocab = getattr(sub, "inv_vocab", None) or {}
     data = text.encode("utf-8")
     char_of = [i for i, ch in enumerate(text) for _ in ch.encode("utf-8")] + [len(text)]
@@ -452,13 +455,11 @@ def _sentencepiece_offsets(sub, text: str, ids: list) -> list[tuple[int, int]] |
         spelling = vocab.get(token)
         if not isinstance(spelling, str):
             return None
-        byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", spelling)
-        piece = bytes([int(byte[1], 16)]) if byte else spelling.replace("\u2581", " ").encode("utf-8")
-        if pos == 0 and piece[:1] == b" " and data[:1] != b" ":  # a dummy prefix the model adds
-            piece = piece[1:]
+        piece = spell(spelling, pos == 0)
         if data[pos:pos + len(piece)] != piece:
             return None
-        start, end = pos + len(piece) - len(piece.lstrip(b" ")), pos + len(piece)
+        end = pos + len(piece)
+        start = end - len(piece.lstrip(b" ")) if strip_space else pos
         out.append((char_of[start], char_of[end - 1] + 1) if end > start else (char_of[start], char_of[start]))
         pos = end
     return out if pos == len(data) else None
