@@ -142,6 +142,26 @@ def test_registry_archive_holds_the_pack_and_no_test_caches(tmp_path):
     assert archive.stat().st_size < 1_000_000
 
 
+def test_example_workflows_name_the_pack_their_nodes_need():
+    """Someone who opens a shared workflow without Leakless is told what to install from each node's
+    properties.cnr_id (the registry id) and properties.ver, as ComfyUI-Manager writes them on a known pack's nodes
+    (js/workflow-metadata.js) and the frontend reads them (workflowSchema.ts, useWorkflowPacks.ts): every Leakless
+    node of every example carries pyproject's name and version, in the frontend's formats."""
+    import re
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert re.fullmatch(r"[a-zA-Z0-9](?:[a-zA-Z0-9._-]*[a-zA-Z0-9])?", project["name"])  # the frontend's zCnrId
+    assert re.fullmatch(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)", project["version"])  # its zSemVer
+    for path in sorted((REPO / "examples_workflows").glob("*.json")):
+        nodes = json.loads(path.read_text())["nodes"]
+        ours = [n for n in nodes if n["type"] in EXPECTED_NODE_IDS]
+        assert ours, path.name
+        for node in ours:
+            source = {k: node.get("properties", {}).get(k) for k in ("cnr_id", "ver")}
+            assert source == {"cnr_id": project["name"], "ver": project["version"]}, (path.name, node["type"])
+        assert not [n for n in nodes if n not in ours and n.get("properties", {}).get("cnr_id") == project["name"]]
+
+
 def test_every_example_workflow_has_its_readme_screenshot():
     readme = (REPO / "README.md").read_text()
     for path in (REPO / "examples_workflows").glob("*.json"):
