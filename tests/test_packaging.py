@@ -32,7 +32,7 @@ def test_pyproject_is_registry_ready():
     assert project["license"] == {"file": "LICENSE"} and (REPO / "LICENSE").exists()
     assert project["requires-python"] == ">=3.10" and project["description"]
     assert project["urls"]["Repository"].startswith("https://")
-    assert {"Operating System :: OS Independent", "Environment :: GPU :: NVIDIA CUDA"} <= set(project["classifiers"])
+    assert project["classifiers"] == ["Operating System :: OS Independent"]  # every OS and accelerator, CPU included
     assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["Icon"]
     assert comfy["requires-comfyui"] == ">=0.3.75"
     assert "web" not in comfy  # WEB_DIRECTORY registers js/; both would list every script twice
@@ -51,7 +51,8 @@ def test_comfyuis_own_pyproject_parser_reads_every_registry_field(comfy):
     assert project.license.file == "LICENSE" and project.description and project.dependencies == []
     assert project.urls.repository.startswith("https://") and project.urls.issues.startswith("https://")
     assert project.supported_comfyui_version == ">=0.3.75"
-    assert project.supported_os == ["OS Independent"] and project.supported_accelerators == ["GPU :: NVIDIA CUDA"]
+    # supported_accelerators empty: the frontend's Manager reads that as every accelerator (systemCompatibility.ts)
+    assert project.supported_os == ["OS Independent"] and project.supported_accelerators == []
     assert comfy_meta.publisher_id == "leakless" and comfy_meta.display_name == "Leakless"
     assert comfy_meta.icon.startswith("https://") and comfy_meta.web is None and comfy_meta.includes == []
 
