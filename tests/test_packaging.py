@@ -5,6 +5,9 @@ import json
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
+
+import pytest
 
 from expected import EXPECTED_NODE_IDS
 
@@ -168,6 +171,50 @@ def test_every_example_workflow_has_its_readme_screenshot():
     for path in (REPO / "examples_workflows").glob("*.json"):
         shot = f"docs/screenshots/{path.stem}.jpg"
         assert (REPO / shot).is_file() and shot in readme, f"{shot}: run make screenshots and link it in README.md"
+
+
+def test_a_checkout_is_safe_under_comfy_import_guard(tmp_path):
+    """comfy-import-guard (PyPI) reads every comfy.* reference in a pack's .py files, tests included, and says
+    WILL BREAK when one is missing from a ComfyUI git ref. A git checkout of the pack is SAFE against every ComfyUI
+    of the matrix: checked offline, against a local repository holding the matrix's trees (one tagged commit per
+    version). Set LEAKLESS_IMPORT_GUARD to its command, or have comfy-import-guard on PATH."""
+    import os
+    import shutil
+
+    guard = os.environ.get("LEAKLESS_IMPORT_GUARD") or shutil.which("comfy-import-guard")
+    if not guard:
+        pytest.skip("comfy-import-guard not found (pip install comfy-import-guard in any venv, then "
+                    "LEAKLESS_IMPORT_GUARD=/that/venv/bin/comfy-import-guard)")
+    import comfy_env
+
+    clone = tmp_path / "cache" / "ComfyUI"
+    git = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t"]
+    clone.mkdir(parents=True)
+    subprocess.run([*git, "init", "-q"], check=True)
+    versions = [v for v, tree in comfy_env.MATRIX.items() if (tree / "main.py").is_file()]
+    for version in versions:
+        for old in clone.iterdir():
+            if old.name != ".git":
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        tree = comfy_env.MATRIX[version]
+        shutil.copytree(tree, clone, dirs_exist_ok=True, ignore=lambda folder, names, root=tree: [  # ComfyUI's own
+            n for n in names if n == "__pycache__" or (Path(folder) == root and n in (
+                "custom_nodes", "models", "input", "output", "user", "temp"))])
+        subprocess.run([*git, "add", "-A", "-f", "."], check=True)
+        subprocess.run([*git, "commit", "-q", "-m", version], check=True)
+        subprocess.run([*git, "tag", f"v{version}"], check=True)
+    checkout = tmp_path / "ComfyUI" / "custom_nodes" / "leakless"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
+    for name in filter(None, tracked.stdout.split("\0")):
+        if (REPO / name).is_file():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(REPO / name, checkout / name)
+    for version in versions:
+        r = subprocess.run([guard, "--json", "check", "--cache-dir", str(tmp_path / "cache"), "--offline",
+                            "--no-update", "--comfy-dir", str(tmp_path / "ComfyUI"), "--target", f"v{version}"],
+                           capture_output=True, text=True, timeout=300)
+        pack = json.loads(r.stdout)["packs"][0]
+        assert pack["verdict"] == "SAFE", (version, pack["breaking"], pack["soft"], pack["unresolvable"])
 
 
 def test_example_workflows_reach_the_templates_browser_from_any_checkout(tmp_path):
