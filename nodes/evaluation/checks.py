@@ -4,6 +4,7 @@ in the prompt each job gives them. A row that would fail every job is refused up
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from . import phrases, workflow
@@ -66,8 +67,15 @@ def problem(text: str, listed: str, spec: PhraseInput) -> str | None:
 
 def check_rows(rows: list[Row], variants: list[workflow.Variant], source: str) -> None:
     """Refuse, in one message, every row some variant's Leakless node would refuse."""
+    distinct = {}  # variants that give the nodes checked the same inputs are checked once
+    for v in variants:
+        checked = {k: n for k, n in v.graph.items() if n["class_type"] in PHRASE_INPUTS or
+                   n["class_type"] in workflow.PROMPT_SOURCES}
+        if any(n["class_type"] in PHRASE_INPUTS for n in checked.values()):
+            distinct.setdefault(json.dumps([checked, workflow.prompt_targets(v.graph)], sort_keys=True), v)
+    variants = list(distinct.values())
     problems = []
-    for row in rows:
+    for row in rows if variants else ():
         found = {}
         for variant in variants:
             graph = workflow.job_graph(variant.graph, row, "check")
