@@ -205,7 +205,7 @@ def test_a_checkout_is_safe_under_comfy_import_guard(tmp_path):
 
 def test_example_workflows_reach_the_templates_browser_from_any_checkout(tmp_path):
     """ComfyUI lists templates from example_workflows/; the pack mirrors examples_workflows/ there when it loads
-    (nodes/templates.py), with plain copies: nothing tracked is a symlink, so a Windows checkout
+    (nodes/driver/templates.py), with plain copies: nothing tracked is a symlink, so a Windows checkout
     (core.symlinks=false) gets the same files, and the mirror follows the source (new, changed, removed files)."""
     import importlib.util
     import shutil
