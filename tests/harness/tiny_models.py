@@ -308,7 +308,21 @@ def build_unet(model_cls, cfg, seed=0, dtype=torch.float32, device=None):
     if not rand_init_(m.diffusion_model, seed=seed) and cfg.get("image_model") in ("flux", "chroma"):
         raise RuntimeError("the tiny FLUX/Chroma has no RMSNorm to set to 1: its attention would be near-uniform "
                            "(did ComfyUI change its norm class?)")
+    set_pos_embed_(m.diffusion_model)
     return m
+
+
+def set_pos_embed_(dit):
+    """SD3's MMDiT keeps its position embedding in a buffer that ComfyUI leaves uninitialised (checkpoints carry it):
+    the sine-cosine table real checkpoints hold, so the tiny file is the same every time it is written."""
+    buffer = getattr(dit, "pos_embed", None)
+    if not torch.is_tensor(buffer) or getattr(dit, "pos_embed_max_size", None) is None:
+        return
+    from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
+
+    table = get_2d_sincos_pos_embed(buffer.shape[-1], dit.pos_embed_max_size)
+    with torch.no_grad():
+        buffer.copy_(torch.from_numpy(table).reshape(buffer.shape))
 
 
 def build_clip(tokenizer_cls, clip_model_cls, seed=1):
@@ -512,7 +526,7 @@ def write_all(models_dir):
     import comfy.text_encoders.flux
 
     paths = {k: os.path.join(models_dir, v) for k, v in FILES.items()}
-    stamp = os.path.join(models_dir, ".leakless-tiny-v7")
+    stamp = os.path.join(models_dir, ".leakless-tiny-v8")
     te_paths = [os.path.join(models_dir, rel) for rel in text_encoder_files()]
     te_paths += [os.path.join(models_dir, "diffusion_models", name) for model, _, name, _ in DIFFUSION_MODELS.values()
                  if hasattr(comfy.supported_models, model)]
