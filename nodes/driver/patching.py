@@ -106,7 +106,8 @@ class _Call:
 
     def text_first(self, a: ComfyAttention) -> torch.Tensor | None:
         """Reorders a main call's q, k, v and mask to text first (tokens after the layout's stay last); returns the
-        index that `back` undoes."""
+        index that puts a [B, L, H*D] output back in the call's own order (index_copy_ along L), None when the call
+        is text first already."""
         if self.order is None:
             return None
         length, dev = a.q.shape[2], a.q.device
