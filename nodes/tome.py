@@ -13,6 +13,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .alignment import PromptAlignment
+from .errors import listed, quoted
 from .flow import PhraseRef, find_ref, parse_phrases, split_outside_quotes
 
 REFERENCE_NOUN_WEIGHT = 1.1
@@ -190,13 +191,13 @@ def parse_groups(text: str) -> list[GroupSpec]:
             continue
         noun, *rest = split_outside_quotes(line, ":")
         if not rest or not noun.strip():
-            raise GroupError(f"'{line}' is not 'noun: attribute, attribute'")
+            raise GroupError(f"{quoted(line)} is not 'noun: attribute, attribute'")
         noun_refs = parse_phrases(noun, "nouns")
         if len(noun_refs) != 1:
-            raise GroupError(f"'{noun.strip()}': one noun per group (a multi-word noun is fine: 'teddy bear')")
+            raise GroupError(f"{quoted(noun.strip())}: one noun per group (a multi-word noun is fine: 'teddy bear')")
         attrs = tuple(parse_phrases(":".join(rest), "attributes"))
         if not attrs:
-            raise GroupError(f"'{line}' has no attributes after ':'")
+            raise GroupError(f"{quoted(line)} has no attributes after ':'")
         groups.append(GroupSpec(noun_refs[0], attrs))
     return groups
 
@@ -221,10 +222,10 @@ def attribute_span(alignment: PromptAlignment, ref: PhraseRef, noun: tuple[int, 
     high = min((n[0] for n in nouns if n[0] >= noun[1]), default=len(alignment.prompt))
     near = [s for s in found if low <= s[0] and s[1] <= high and (s[1] <= noun[0] or s[0] >= noun[1])]
     if not near:
-        listed = ", ".join(f"{ref.phrase}#{i} ('{_context(alignment, s)}')" for i, s in enumerate(found, 1))
-        raise GroupError(f"'{ref.phrase}' occurs {len(found)} times and none of them is next to its noun "
-                         f"'{alignment.prompt[noun[0]:noun[1]]}' (before another group's noun): write one of "
-                         f"{listed}")
+        choices = listed(f"{ref.phrase}#{i} ({quoted(_context(alignment, s))})" for i, s in enumerate(found, 1))
+        raise GroupError(f"{quoted(ref.phrase)} occurs {len(found)} times and none of them is next to its noun "
+                         f"{quoted(alignment.prompt[noun[0]:noun[1]])} (before another group's noun): write one of "
+                         f"{choices}")
     return min(near, key=lambda s: (_words_between(alignment, s, noun), s[0] > noun[0]))
 
 
@@ -248,15 +249,15 @@ def resolve_groups(alignment: PromptAlignment, key: str, specs) -> list[Group]:
             attributes += alignment.encoders[key].positions_in(*span)
         noun_rows = alignment.encoders[key].positions_in(*noun.span)
         if not noun_rows:
-            raise GroupError(f"'{spec.noun}' is not read by the {alignment.encoders[key].name} encoder")
+            raise GroupError(f"{quoted(spec.noun)} is not read by the {alignment.encoders[key].name} encoder")
         rows = noun_rows + [r for r in dict.fromkeys(attributes) if r not in noun_rows]
         if len(rows) == len(noun_rows):
-            raise GroupError(f"the attributes of '{spec.noun}' are the noun itself")
+            raise GroupError(f"the attributes of {quoted(spec.noun)} are the noun itself")
         for r in rows:
             if r in owner:
                 other, word = owner[r], alignment.encoders[key].tokens[r].word
-                raise GroupError(f"'{spec.noun}' and '{specs[other].noun}' share the word '{word}'; a word can "
-                                 f"belong to one group: name another occurrence with '#n' ('{word}#2')")
+                raise GroupError(f"{quoted(spec.noun)} and {quoted(specs[other].noun)} share the word {quoted(word)};"
+                                 f" a word can belong to one group: name another occurrence with '#n' ('{word}#2')")
             owner[r] = index
         start, end = min(s[0] for s in spans), max(s[1] for s in spans)
         before = alignment.prompt[:start].split()

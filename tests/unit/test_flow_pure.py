@@ -235,3 +235,34 @@ def test_words_never_span_two_segments(flow, tokenizers):
     assert a.find("cat").positions["l"] == [2] and a.find("dog").positions["l"] == [5]
     assert flow.resolve_refs(a, "l", flow.parse_refs("red, dog")[0]) == [1, 5]
     assert a.find_spans("redcat") == [] and a.find_spans("bigdog") == []
+
+
+def test_a_number_with_a_thousands_comma_says_to_quote_it(flow):
+    """Everywhere nothing is a position, '1,000' would read as the phrases '1' and '000': an error that says how to
+    write it; quoted, it is one phrase. Selections keep '3,5' as two positions."""
+    for text in ("1,000", "1,000 cows, horse", "horse; 2,5"):
+        with pytest.raises(flow.SelectionError, match=r'write "[0-9]+,[0-9]+( cows)?" in double quotes'):
+            flow.parse_phrases(text, "entities")
+    assert [str(r) for r in flow.parse_phrases('"1,000", horse', "entities")] == ['"1,000"', "horse"]
+    assert [str(r) for r in flow.parse_phrases("2, 3", "entities")] == ["2", "3"]
+    assert flow.parse_refs("3,5") == [[flow.PositionRef(3, 3), flow.PositionRef(5, 5)]]
+
+
+def test_parts_count_what_the_parsers_read(flow):
+    assert flow.parts("cow; horse\n\n ;cat, dog", ";\n") == ["cow", "horse", "cat, dog"]
+    assert flow.parts('"a;b"; c', ";\n") == ['"a;b"', "c"]
+    assert flow.parts('"a;b', ";\n") == ['"a', "b"]  # an unclosed quote: counted as plain text
+    assert flow.parts("", ";\n") == []
+
+
+def test_a_batch_of_edits_equals_each_edit(flow):
+    g = torch.Generator().manual_seed(0)
+    steps = []
+    for shape in ((2, 77, 48), (1, 3, 20, 8)):  # CLIP rows; HiDream's Llama rows [B, layers, L, D]
+        cond, empty = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+        c0 = cond.clone()
+        variants = [[], [0, 5], list(range(shape[-2]))]
+        out = flow.replace_rows_batch(cond, empty, variants, on_variant=lambda: steps.append(1))
+        assert torch.equal(out, torch.cat([flow.replace_rows(cond, empty, v) for v in variants]))
+        assert torch.equal(cond, c0)
+    assert len(steps) == 6
