@@ -14,6 +14,14 @@ from .errors import LeaklessInputError
 from .families import NAMES, Family
 
 
+def check_interrupt() -> None:
+    """Stop here when the user cancelled the run (ComfyUI's Cancel, POST /interrupt): the long loops of the prompt
+    nodes call it once per step (a subset, an item, an image)."""
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
 def check_clip(node: str, clip, input_name: str = "clip"):
     if clip is None:
         raise LeaklessInputError(node, input_name, "no CLIP was given (the checkpoint has no text encoder).",
