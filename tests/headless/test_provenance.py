@@ -199,8 +199,9 @@ def test_the_same_text_from_another_text_encoder_names_both(m, entities_family, 
     patched, _ = node(m, "LeaklessDeLeaker", model=model, entities=spec, **SETTINGS)
     names = {"flux2": r"FLUX\.2 dev's text encoder \(Mistral-3-24B\)",
              "flux2_klein": r"FLUX\.2 Klein's text encoder \(Qwen3-4B\)"}
-    with pytest.raises(ValueError, match=rf"the same text .*{names[positive_family]}.*{names[entities_family]}"
-                       r".* Fix: .*a FLUX\.2 dev model"):
+    with pytest.raises(ValueError, match=rf"same text, encoded by another text encoder: the positive prompt by "
+                       rf"{names[positive_family]}, the one from Leakless DeLeaker Encode by {names[entities_family]}"
+                       r"; .* Fix: .*a FLUX\.2 dev model reads"):
         node(m, "KSampler", model=patched, seed=7, steps=1, cfg=1.0, sampler_name="euler", scheduler="simple",
              positive=positive, negative=positive, latent_image={"samples": torch.zeros(1, *LATENTS["flux2"])})
 
