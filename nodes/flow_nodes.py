@@ -7,12 +7,12 @@ import os
 import torch
 from comfy_api.latest import io
 
-from .driver.clip import EMPTY_PROMPT, align_clip, family_of, masked_clip
-from .driver.validation import check_inputs
+from .driver.clip import EMPTY_PROMPT, align_clip, check_interrupt, family_of, masked_clip
+from .driver.validation import MAX_SUBSETS, check_inputs
 from .errors import LeaklessInputError, input_error
-from .registry import families
 from .methods import flow, redundancy
-from .methods.grid import labelled_grid, labels_for_batch
+from .methods.grid import grid_size, labelled_grid, labels_for_batch
+from .registry import families
 from .text import grammar, provenance
 from .text.alignment import ROWS, PhraseNotFoundError
 
@@ -26,9 +26,14 @@ EMPTY_PROMPT_OPTIONS = ["as encoded", "attention-masked"]
 EMPTY_PROMPT_TOOLTIP = (
     "How the empty prompt whose rows replace removed tokens is encoded. 'as encoded': as CLIPTextEncode encodes \"\" "
     "(the reference code's, read at tokeron/diffusers' lens branch). 'attention-masked': its padding masked out of "
-    "the encoder's attention, so from the 3rd row on its rows differ (the reading of an independent check).")
+    "the encoder's attention, so from the 3rd row on its rows differ (the reading of an independent check). The LLM "
+    "encoders (Qwen-Image, Z-Image, FLUX.2, Krea 2) already mask their padding: there both give the same rows.")
 FOLLOWED_ROWS = ("conditioning_llama3",)  # extra token rows the edits carry along (flow.following_rows)
 TRACE_MODES = ["each word", "each token", "selection", "all but selection"]
+SELECTION_MODES = ("selection", "all but selection")
+MAX_TRACE_BYTES = 4 * 2**30  # Token Trace's batched conditioning: 256 subsets of FLUX's T5 rows at 1,024 tokens
+MAX_GRID_IMAGES = 4 * MAX_SUBSETS  # Trace Grid: images (a batch of count, or up to 4 times it)
+MAX_GRID_PIXELS = 2**29  # Trace Grid's output: 256 images of 1024 x 1024 with their labels fit
 REDUNDANCY_MODES = ["causal rule", "manual", "classifier"]
 
 
@@ -50,9 +55,9 @@ def classifier_files() -> list[str]:
 
 
 class _Encoded:
-    """A prompt's alignment, its conditioning, and the empty prompt's conditioning at the same length."""
+    """A prompt's alignment, its conditioning (encode()), and the empty prompt's conditioning at the same length."""
 
-    def __init__(self, node: str, clip, text: str, conditioning=None, empty_prompt: str = EMPTY_PROMPT_OPTIONS[0]):
+    def __init__(self, node: str, clip, text: str, empty_prompt: str = EMPTY_PROMPT_OPTIONS[0]):
         self.alignment = align_clip(node, clip, text)
         self.masked = empty_prompt == "attention-masked"
         if self.masked and masked_clip(clip) is None:
@@ -69,7 +74,11 @@ class _Encoded:
         self.extra = {k: self.alignment.encoders[e] for k, e in self.family.extra_rows}  # conditioning key: tokens
         self.key = ROWS
         self.encoder = self.alignment.rows
-        tokens = self.alignment.tokens
+        self._clip, self._text = clip, text
+
+    def encode(self, conditioning=None) -> _Encoded:
+        """The prompt's CONDITIONING (`self.conds`): encoded here, or `conditioning`, checked to be its encoding."""
+        node, clip, text, tokens = self.node, self._clip, self._text, self.alignment.tokens
         if conditioning is None:  # tagged like every Leakless encoding: the tag is kept through its edits
             self.conds, _ = provenance.tag_conditioning(node, clip, tokens, text,
                                                         clip.encode_from_tokens_scheduled(tokens))
@@ -93,7 +102,7 @@ class _Encoded:
             for _, meta in conditioning:
                 self.extra_rows(meta, "conditioning", "it", fix)
             self.conds = conditioning
-        self._clip, self._tokens = clip, tokens
+        return self
 
     def extra_rows(self, meta: dict, input_name: str, what: str, fix: str = "") -> dict:
         """`meta`'s extra token rows (HiDream's Llama rows), each checked to have one row per token of its encoder."""
@@ -112,7 +121,7 @@ class _Encoded:
     @property
     def empties(self):
         """The empty prompt's CONDITIONING at the prompt's token layout, one entry per prompt entry (cached)."""
-        empties = EMPTY_PROMPT.get(self._clip, self._tokens, self.encoder.length, self.masked)
+        empties = EMPTY_PROMPT.get(self._clip, self.alignment.tokens, self.encoder.length, self.masked)
         return empties if len(empties) == len(self.conds) else [empties[0]] * len(self.conds)
 
     def pooled(self, mode: str, own: dict, empty: dict, replaced_any: bool):
@@ -135,14 +144,15 @@ class _Encoded:
             rows, empty_rows = self.extra_rows(own, "clip", "the prompt's encoding"), self.extra_rows(
                 empty, "clip", "the empty prompt's encoding")
             for key, positions in followed.items():
-                meta[key] = torch.cat([flow.replace_rows(rows[key], empty_rows[key], p) for p in positions])
-            edited = []
-            for replaced in variants:
-                edited.append(flow.replace_rows(cond, empty_cond, replaced))
-                if on_variant is not None:
-                    on_variant()
-            out.append([torch.cat(edited), meta])
+                meta[key] = flow.replace_rows_batch(rows[key], empty_rows[key], positions)
+            out.append([flow.replace_rows_batch(cond, empty_cond, variants, on_variant), meta])
         return out
+
+    def batch_bytes(self, variants: int) -> int:
+        """The memory of `variants` edited copies of the prompt's CONDITIONING (its rows, extra rows, pooled)."""
+        tensors = [t for cond, meta in self.conds for t in (cond, meta.get("pooled_output"),
+                                                           *(meta.get(k) for k in self.extra)) if torch.is_tensor(t)]
+        return variants * sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _empty_prompt_input():
@@ -210,45 +220,84 @@ class TokenTrace(io.ComfyNode):
     @classmethod
     def execute(cls, clip, text, mode, selection, include_full_prompt, pooled_output,
                 empty_prompt=EMPTY_PROMPT_OPTIONS[0]) -> io.NodeOutput:
-        check_inputs(cls, locals())
+        check_inputs(cls, locals())  # a selection: at most MAX_SUBSETS lines
         enc = _Encoded(cls.NAME, clip, text, empty_prompt=empty_prompt)
-        a, key = enc.alignment, enc.key
+        subsets = cls._subsets(enc, mode, selection)
         everything = list(range(enc.encoder.length))
-        subsets: list[tuple[str, list[int]]] = []
-        try:
-            if mode == "each word":
-                subsets = [(f"{it.label}: {grammar.token_label(a, key, it.positions)}", list(it.positions))
-                           for it in flow.lexical_items(a, key)]
-            elif mode == "each token":
-                subsets = [(f"{t.position}: {grammar.token_label(a, key, [t.position])}", [t.position])
-                           for t in enc.encoder.tokens if not t.is_special]
-            else:
-                for refs in grammar.parse_refs(selection):
-                    keep = grammar.resolve_refs(a, key, refs)
-                    label = grammar.selection_label(a, key, refs)
-                    if mode == "all but selection":
-                        removed = set(keep)
-                        keep = [p for p in everything if p not in removed]
-                        label = f"without {label}"
-                    subsets.append((label, keep))
-        except (PhraseNotFoundError, grammar.SelectionError) as e:
-            raise input_error(cls.NAME, "selection", e, "use words of the prompt or positions shown by Leakless "
-                              "Token Inspector.") from None
-        if not subsets and mode in ("selection", "all but selection"):
-            raise LeaklessInputError(cls.NAME, "selection", "it is empty.", "write the phrases or token positions "
-                                     "to trace, one subset per line.")
-        if not subsets:
-            raise LeaklessInputError(cls.NAME, "text", "the prompt has no tokens to trace.", "write a prompt.")
         if include_full_prompt:
             subsets.insert(0, ("full prompt", everything))
+        variants = [sorted(set(everything) - set(keep)) for _, keep in subsets]
+        budget = enc.encode().batch_bytes(len(variants))
+        if budget > MAX_TRACE_BYTES:
+            raise LeaklessInputError(
+                cls.NAME, "selection" if mode in SELECTION_MODES else "mode", f"its {len(variants)} subsets make a "
+                f"conditioning batch of {_size(budget)} ({_size(budget // len(variants))} each: a copy of the prompt's "
+                f"{enc.encoder.length} token rows), and Token Trace builds at most {_size(MAX_TRACE_BYTES)}.",
+                "trace fewer subsets in one run (mode 'selection', split over several runs), or a shorter prompt.")
 
         import comfy.utils
 
         bar = comfy.utils.ProgressBar(len(subsets) * len(enc.conds))  # ComfyUI's progress bar, one tick per subset
-        out = enc.conditioning([sorted(set(everything) - set(keep)) for _, keep in subsets], pooled_output,
-                               on_variant=lambda: bar.update(1))
+
+        def step():
+            check_interrupt()
+            bar.update(1)
+
+        out = enc.conditioning(variants, pooled_output, on_variant=step)
         labels = "\n".join(label for label, _ in subsets)
         return io.NodeOutput(out, labels, len(subsets))
+
+    @classmethod
+    def _subsets(cls, enc: _Encoded, mode: str, selection: str) -> list[tuple[str, list[int]]]:
+        """(label, token rows kept) of every subset `mode` traces; at most MAX_SUBSETS, counted before any is
+        made."""
+        a, key = enc.alignment, enc.key
+        if mode == "each word":
+            items = flow.lexical_items(a, key)
+            cls._check_count(mode, len(items), "word")
+            return [(f"{it.label}: {grammar.token_label(a, key, it.positions)}", list(it.positions)) for it in items]
+        if mode == "each token":
+            tokens = [t for t in enc.encoder.tokens if not t.is_special]
+            cls._check_count(mode, len(tokens), "token")
+            return [(f"{t.position}: {grammar.token_label(a, key, [t.position])}", [t.position]) for t in tokens]
+        subsets = []
+        try:
+            for refs in grammar.parse_refs(selection):  # at most MAX_SUBSETS lines (check_inputs)
+                check_interrupt()
+                keep = grammar.resolve_refs(a, key, refs)
+                label = grammar.selection_label(a, key, refs)
+                if mode == "all but selection":
+                    removed = set(keep)
+                    keep = [p for p in range(enc.encoder.length) if p not in removed]
+                    label = f"without {label}"
+                subsets.append((label, keep))
+        except (PhraseNotFoundError, grammar.SelectionError) as e:
+            raise input_error(cls.NAME, "selection", e, "use words of the prompt or positions shown by Leakless "
+                              "Token Inspector.") from None
+        if not subsets:
+            raise LeaklessInputError(cls.NAME, "selection", "it is empty.", "write the phrases or token positions "
+                                     "to trace, one subset per line.")
+        return subsets
+
+    @classmethod
+    def _check_count(cls, mode: str, count: int, unit: str) -> None:
+        if not count:
+            raise LeaklessInputError(cls.NAME, "text", "the prompt has no tokens to trace.", "write a prompt.")
+        if count > MAX_SUBSETS:
+            raise LeaklessInputError(
+                cls.NAME, "mode", f"'{mode}' makes {count:,} subsets of this prompt (one per {unit}); Token Trace "
+                f"traces at most {MAX_SUBSETS} in one run, each one image of the sampler's batch.", "trace the prompt "
+                f"in parts: mode 'selection' with one {unit} per line, at most {MAX_SUBSETS} lines a run, each run "
+                "with its own Leakless Trace Grid.")
+
+
+def _size(n: int) -> str:
+    """Bytes for a message: '4.0 GiB', '19.2 KiB'."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 class TraceGrid(io.ComfyNode):
@@ -278,16 +327,34 @@ class TraceGrid(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, labels, columns, font_size) -> io.NodeOutput:
-        check_inputs(cls, locals())
+        check_inputs(cls, locals())  # at most MAX_SUBSETS labels
         lines = [ln for ln in (labels or "").splitlines() if ln.strip()]
         if not lines:
             raise LeaklessInputError(cls.NAME, "labels", "no labels were given.", "connect Token Trace's 'labels'.")
+        n, h, w = images.shape[:3]
+        if n > MAX_GRID_IMAGES:
+            raise LeaklessInputError(cls.NAME, "images", f"{n:,} images; a grid takes at most {MAX_GRID_IMAGES:,}.",
+                                     "set the latent batch size to Token Trace's 'count' (or a small multiple).")
+        width, height = grid_size(n, h, w, columns, font_size)
+        if width * height > MAX_GRID_PIXELS:
+            raise LeaklessInputError(cls.NAME, "images", f"the grid of {n:,} images of {w} x {h} would be {width:,} x "
+                                     f"{height:,} pixels; a grid has at most {MAX_GRID_PIXELS:,}.", "scale the "
+                                     "images down (e.g. ImageScaleBy) before the grid, or lay out fewer of them.")
         try:
-            expanded = labels_for_batch(lines, images.shape[0])
+            expanded = labels_for_batch(lines, n)
         except ValueError as e:
             raise input_error(cls.NAME, "images", e, "set the latent batch size to Token Trace's 'count' (or a "
                               "multiple of it).") from None
-        return io.NodeOutput(labelled_grid(images, expanded, columns, font_size))
+
+        import comfy.utils
+
+        bar = comfy.utils.ProgressBar(n)  # one tick per image laid out
+
+        def step():
+            check_interrupt()
+            bar.update(1)
+
+        return io.NodeOutput(labelled_grid(images, expanded, columns, font_size, on_image=step))
 
 
 class RedundantTokenMask(io.ComfyNode):
@@ -335,7 +402,7 @@ class RedundantTokenMask(io.ComfyNode):
     def execute(cls, clip, text, mode, items, classifier, threshold, pooled_output,
                 empty_prompt=EMPTY_PROMPT_OPTIONS[0]) -> io.NodeOutput:
         check_inputs(cls, locals())
-        enc = _Encoded(cls.NAME, clip, text, empty_prompt=empty_prompt)
+        enc = _Encoded(cls.NAME, clip, text, empty_prompt=empty_prompt).encode()
         a, key, rows = enc.alignment, enc.key, enc.encoder
         try:
             if mode == "manual":
@@ -344,6 +411,7 @@ class RedundantTokenMask(io.ComfyNode):
                     raise redundancy.RedundancyError("manual mode needs 'item: tokens to keep' entries")
                 decisions = []
                 for phrase, keeps in spec:
+                    check_interrupt()
                     found = flow.named_items(a, key, phrase)
                     if len(found) != 1:
                         raise redundancy.RedundancyError(f"'{phrase}' names {len(found)} items; give one per entry")
@@ -432,14 +500,17 @@ class LeakPatch(io.ComfyNode):
     @classmethod
     def execute(cls, clip, text, items, conditioning=None) -> io.NodeOutput:
         check_inputs(cls, locals())
-        enc = _Encoded(cls.NAME, clip, text, conditioning)
+        enc = _Encoded(cls.NAME, clip, text).encode(conditioning)
         a = enc.alignment
         encoders = {enc.key: enc.key, **{k: tokens.key for k, tokens in enc.extra.items()}}  # where: encoder key
         try:
             refs = grammar.parse_phrases(items, "items")
             if not refs:
                 raise grammar.SelectionError("no item was given")
-            patches = [_isolated(cls.NAME, clip, a, encoders, ref) for ref in refs]
+            patches = []
+            for ref in refs:  # one encoder pass each: at most 64 (check_inputs)
+                check_interrupt()
+                patches.append(_isolated(cls.NAME, clip, a, encoders, ref))
         except (PhraseNotFoundError, grammar.SelectionError) as e:
             raise input_error(cls.NAME, "items", e, "name words of the prompt, one item per line.") from None
         conds = []

@@ -31,6 +31,26 @@ def replace_rows(cond: torch.Tensor, empty: torch.Tensor, positions) -> torch.Te
     return out
 
 
+def replace_rows_batch(cond: torch.Tensor, empty: torch.Tensor, variants, on_variant=None) -> torch.Tensor:
+    """``torch.cat([replace_rows(cond, empty, v) for v in variants])``, written into one tensor as it is built (no
+    list of copies beside the batch). ``on_variant()`` is called after each variant (progress, interrupt)."""
+    if cond.shape != empty.shape:
+        raise ValueError(f"prompt and empty-prompt encodings differ in shape: {tuple(cond.shape)} vs "
+                         f"{tuple(empty.shape)}")
+    b = cond.shape[0]
+    out = cond.new_empty((b * len(variants), *cond.shape[1:]))
+    for i, positions in enumerate(variants):
+        block = out[i * b:(i + 1) * b]
+        block.copy_(cond)
+        rows = sorted(set(positions))
+        if rows:
+            index = torch.tensor(rows, device=cond.device)
+            block[..., index, :] = empty[..., index, :].to(device=out.device, dtype=out.dtype)
+        if on_variant is not None:
+            on_variant()
+    return out
+
+
 def keep_rows(cond: torch.Tensor, empty: torch.Tensor, keep) -> torch.Tensor:
     """Token tracing: every row not in `keep` (EOS and padding included) becomes the empty prompt's row."""
     keep = set(keep)

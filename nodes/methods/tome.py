@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch.overrides import TorchFunctionMode
 
+from ..errors import listed, quoted
 from ..text.alignment import PromptAlignment
 from ..text.grammar import PhraseRef, SelectionError, find_ref
 from .settings import Setting
@@ -200,10 +201,10 @@ def attribute_span(alignment: PromptAlignment, ref: PhraseRef, noun: tuple[int, 
     high = min((n[0] for n in nouns if n[0] >= noun[1]), default=len(alignment.prompt))
     near = [s for s in found if low <= s[0] and s[1] <= high and (s[1] <= noun[0] or s[0] >= noun[1])]
     if not near:
-        listed = ", ".join(f"{ref.phrase}#{i} ('{_context(alignment, s)}')" for i, s in enumerate(found, 1))
-        raise SelectionError(f"'{ref.phrase}' occurs {len(found)} times and none of them is next to its noun "
-                         f"'{alignment.prompt[noun[0]:noun[1]]}' (before another group's noun): write one of "
-                         f"{listed}")
+        choices = listed(f"{ref.phrase}#{i} ({quoted(_context(alignment, s))})" for i, s in enumerate(found, 1))
+        raise SelectionError(f"{quoted(ref.phrase)} occurs {len(found)} times and none of them is next to its noun "
+                             f"{quoted(alignment.prompt[noun[0]:noun[1]])} (before another group's noun): write one "
+                             f"of {choices}")
     return min(near, key=lambda s: (_words_between(alignment, s, noun), s[0] > noun[0]))
 
 
@@ -227,15 +228,16 @@ def resolve_groups(alignment: PromptAlignment, key: str, specs) -> list[Group]:
             attributes += alignment.encoders[key].positions_in(*span)
         noun_rows = alignment.encoders[key].positions_in(*noun.span)
         if not noun_rows:
-            raise SelectionError(f"'{spec.noun}' is not read by the {alignment.encoders[key].name} encoder")
+            raise SelectionError(f"{quoted(spec.noun)} is not read by the {alignment.encoders[key].name} encoder")
         rows = noun_rows + [r for r in dict.fromkeys(attributes) if r not in noun_rows]
         if len(rows) == len(noun_rows):
-            raise SelectionError(f"the attributes of '{spec.noun}' are the noun itself")
+            raise SelectionError(f"the attributes of {quoted(spec.noun)} are the noun itself")
         for r in rows:
             if r in owner:
                 other, word = owner[r], alignment.encoders[key].tokens[r].word
-                raise SelectionError(f"'{spec.noun}' and '{specs[other].noun}' share the word '{word}'; a word can "
-                                 f"belong to one group: name another occurrence with '#n' ('{word}#2')")
+                raise SelectionError(f"{quoted(spec.noun)} and {quoted(specs[other].noun)} share the word "
+                                     f"{quoted(word)}; a word can belong to one group: name another occurrence with "
+                                     f"'#n' ('{word}#2')")
             owner[r] = index
         start, end = min(s[0] for s in spans), max(s[1] for s in spans)
         before = alignment.prompt[:start].split()

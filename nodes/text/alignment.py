@@ -29,6 +29,7 @@ import itertools
 import re
 from dataclasses import dataclass
 
+from ..errors import listed, quoted
 from ..registry.families import ENCODER_NAMES, NAMES, Family, family_of_tokenizer
 
 EMBEDDING_PREFIX = "embedding:"
@@ -140,14 +141,13 @@ class PromptAlignment:
         spans = self.find_spans(phrase)
         if occurrence < 1 or occurrence > len(spans):
             where = "is not in the prompt" if not spans else f"occurs {len(spans)} time(s), not {occurrence}"
-            raise PhraseNotFoundError(
-                f"'{phrase}' {where}. The prompt's words are: {', '.join(repr(w) for w in self.words()) or '(none)'}"
-            )
+            words = listed(quoted(w) for w in self.words()) or "(none)"
+            raise PhraseNotFoundError(f"{quoted(phrase)} {where}. The prompt's words are: {words}")
         start, end = spans[occurrence - 1]
         positions = {k: enc.positions_in(start, end) for k, enc in self.encoders.items()}
         if not any(positions.values()):
-            raise PhraseNotFoundError(f"'{phrase}' is in the prompt but no text encoder reads it (ComfyUI drops the "
-                                      "name of an embedding it cannot find); choose another word")
+            raise PhraseNotFoundError(f"{quoted(phrase)} is in the prompt but no text encoder reads it (ComfyUI drops "
+                                      "the name of an embedding it cannot find); choose another word")
         rows = self.rows.positions_in(start, end) if self.rows is not None else None
         return PhraseMatch(phrase, occurrence, (start, end), positions, rows)
 
