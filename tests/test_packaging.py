@@ -213,7 +213,7 @@ def test_example_workflows_reach_the_templates_browser_from_any_checkout(tmp_pat
     tracked = subprocess.run(["git", "ls-files", "-s"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert not [line for line in tracked.splitlines() if line.startswith("120000")], "a tracked symlink"
     assert "example_workflows/x.json" in _ignored(["example_workflows/x.json"])  # generated: not in git or the archive
-    spec = importlib.util.spec_from_file_location("leakless_templates", REPO / "nodes" / "templates.py")
+    spec = importlib.util.spec_from_file_location("leakless_templates", REPO / "nodes" / "driver" / "templates.py")
     templates = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(templates)
     pack = tmp_path / "pack"

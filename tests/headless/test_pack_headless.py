@@ -190,7 +190,7 @@ def test_loading_the_pack_keeps_the_users_files_in_example_workflows(tmp_path):
     pack = tmp_path / "custom_nodes" / "leakless"
     shutil.copytree(REPO, pack, ignore=shutil.ignore_patterns(".git", "tests", "bench", "docs", "example_workflows",
                                                               "test-output", "__pycache__", ".cache"))
-    spec = importlib.util.spec_from_file_location("leakless_templates", pack / "nodes" / "templates.py")
+    spec = importlib.util.spec_from_file_location("leakless_templates", pack / "nodes" / "driver" / "templates.py")
     templates = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(templates)
     target = pack / "example_workflows"

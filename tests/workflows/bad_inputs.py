@@ -408,7 +408,7 @@ ROWS = [
     Row("clean prompt over the ToMe cap", TE, {"clean_prompt": "cat " * 600}, "clean_prompt",
         ("2,400 characters", "at most 2,000")),
     # ToMe Semantic Binding
-    Row("not an SDXL model", TS, {"model": ["flux", 0]}, "model", ("ToMe Semantic Binding reads SDXL",)),
+    Row("not an SDXL model", TS, {"model": ["flux", 0]}, "model", ("it reads SDXL's cross-attention",)),
     Row("pose prior with one group", TS, {"pose_prior": True}, "pose_prior", ("there are 1 groups",),
         upstream={"tome": {"groups": "cat: wearing sunglasses"}}),
     Row("every update off", TS, {"entropy_iterations": 0, "semantic_iterations": 0}, "", ("ModelPatcher",)),
