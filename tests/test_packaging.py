@@ -122,7 +122,7 @@ def test_registry_archive_holds_the_pack_and_no_test_caches(tmp_path):
             z.write(REPO / name, name)
     names = set(zipfile.ZipFile(archive).namelist())
     for required in ("__init__.py", "pyproject.toml", "LICENSE", "README.md", "CHANGELOG.md", "requirements.txt",
-                     "icon.svg", "js/leakless.js", "nodes/extension.py", "nodes/tome.py"):
+                     "icon.svg", "js/leakless.js", "nodes/extension.py", "nodes/methods/tome.py"):
         assert required in names, required
     assert {f"js/docs/{node_id}.md" for node_id in EXPECTED_NODE_IDS} <= names
     assert any(n.startswith("examples_workflows/") for n in names)

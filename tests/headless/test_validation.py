@@ -220,7 +220,8 @@ def test_every_custom_type_is_registered(v, comfy_nodes):
     taken = {s.io_type for node_id, cls in nodes.NODE_CLASS_MAPPINGS.items() if node_id.startswith("Leakless")
              for s in cls.GET_SCHEMA().inputs if s.io_type.startswith("LEAKLESS_")}
     assert taken == {"LEAKLESS_ENTITIES", "LEAKLESS_TOME_BINDING", "LEAKLESS_DELEAKER_MASKS", "LEAKLESS_HEATMAPS"}
-    loaded = sys.modules[nodes.NODE_CLASS_MAPPINGS["LeaklessDeLeaker"].__module__.rsplit(".", 1)[0] + ".driver.validation"]
+    pack = nodes.NODE_CLASS_MAPPINGS["LeaklessDeLeaker"].__module__.rsplit(".", 1)[0]
+    loaded = sys.modules[pack + ".driver.validation"]
     assert set(loaded.CUSTOM_TYPES) == taken
     assert loaded.CUSTOM_TYPES["LEAKLESS_ENTITIES"][1] == ("Leakless DeLeaker Encode's 'entities' or Leakless "
                                                           "Heatmap Encode's 'entities'")
