@@ -163,11 +163,13 @@ def test_a_checkout_is_safe_under_comfy_import_guard(tmp_path):
     """comfy-import-guard (PyPI) reads every comfy.* reference in a pack's .py files, tests included, and says
     WILL BREAK when one is missing from a ComfyUI git ref. A git checkout of the pack is SAFE against every ComfyUI
     of the matrix: checked offline, against a local repository holding the matrix's trees (one tagged commit per
-    version). Set LEAKLESS_IMPORT_GUARD to its command, or have comfy-import-guard on PATH."""
+    version). The test environment installs it; LEAKLESS_IMPORT_GUARD names another."""
     import os
     import shutil
 
-    guard = os.environ.get("LEAKLESS_IMPORT_GUARD") or shutil.which("comfy-import-guard")
+    beside = Path(sys.executable).with_name("comfy-import-guard")  # the test environment's (requirements.txt)
+    guard = os.environ.get("LEAKLESS_IMPORT_GUARD") or (str(beside) if beside.exists() else None) or \
+        shutil.which("comfy-import-guard")
     if not guard:
         pytest.skip("comfy-import-guard not found (pip install comfy-import-guard in any venv, then "
                     "LEAKLESS_IMPORT_GUARD=/that/venv/bin/comfy-import-guard)")
