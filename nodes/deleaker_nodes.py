@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from .driver import patching
 from .driver.clip import encode_phrases
 from .driver.results import RunResults, check_images
-from .driver.schema import ENTITIES, MASKS, encode_outputs, inputs
+from .driver.schema import ENTITIES, MASKS, clip_input, encode_outputs, inputs, text_input
 from .driver.validation import check_inputs
 from .errors import LeaklessInputError
 from .methods import deleaker, heatmap
@@ -36,9 +36,8 @@ class DeLeakerEncode(io.ComfyNode):
                 "entities always match the prompt the sampler sees. Mark entities in the prompt as "
                 "'a **cow** and a **horse**' (the marks are removed before encoding) or list them in 'entities'."),
             inputs=[
-                io.Clip.Input("clip", tooltip="The text encoder of a joint-attention model: "
-                              f"{families.loaders(lambda f: f.joint)}."),
-                io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
+                clip_input(f"The text encoder of a joint-attention model: {families.loaders(lambda f: f.joint)}."),
+                text_input((
                     "The prompt. Entities may be marked with double asterisks: 'a **cow** and a **horse** in a "
                     "farm'. A mark is that occurrence: a second **cat** is the second 'cat'.")),
                 io.String.Input("entities", default="", tooltip=(

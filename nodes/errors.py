@@ -1,5 +1,5 @@
 """User-facing errors: every message names the node, the input and the fix, and repeats at most a short piece of
-what the user wrote (`quoted`, `listed`)."""
+what the user wrote (`quoted`, `listed`); sizes read as `size` writes them."""
 
 QUOTED_CHARS = 60  # characters of the user's text an error repeats
 LISTED = 20  # items an error lists (words of the prompt, options)
@@ -19,6 +19,15 @@ def listed(items, most: int = LISTED) -> str:
     items = list(items)
     shown = ", ".join(items[:most])
     return shown if len(items) <= most else f"{shown} and {len(items) - most:,} more"
+
+
+def size(n: int) -> str:
+    """Bytes for a message: '4.0 GiB', '19.2 KiB', '512 B'."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 class LeaklessInputError(ValueError):

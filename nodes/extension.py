@@ -8,7 +8,9 @@ from .driver.routes import register_routes
 from .driver.schema import BINDING, ENTITIES, HEATMAPS, MASKS
 from .driver.templates import publish_templates
 from .driver.validation import register_custom_types
-from .flow_nodes import LeakPatch, RedundantTokenMask, TokenTrace, TraceGrid, register_model_folder
+from .driver.prompts import register_model_folder
+from .flow_nodes import LeakPatch, RedundantTokenMask
+from .trace_nodes import TokenTrace, TraceGrid
 from .heatmap_nodes import AttentionHeatmap, HeatmapEncode, HeatmapShow
 from .inspector_nodes import TokenInspector
 from .methods.phrases import Phrases

@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from .driver import patching
 from .driver.clip import encode_phrases
 from .driver.results import RunResults, check_images
-from .driver.schema import ENTITIES, HEATMAPS, encode_outputs, inputs
+from .driver.schema import ENTITIES, HEATMAPS, clip_input, encode_outputs, inputs, text_input
 from .driver.validation import check_inputs
 from .errors import LeaklessInputError
 from .methods import heatmap, heatmap_patch
@@ -33,8 +33,8 @@ class HeatmapEncode(io.ComfyNode):
                          "heatmaps Leakless Attention Heatmap records. Mark words as 'a **cow** in a farm' (the "
                          "marks are removed before encoding) or list them in 'words'."),
             inputs=[
-                io.Clip.Input("clip", tooltip=f"The text encoder of the model: {families.loaders()}."),
-                io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
+                clip_input(f"The text encoder of the model: {families.loaders()}."),
+                text_input((
                     "The prompt. Words may be marked with double asterisks: 'a **red cat** on a sofa'.")),
                 io.String.Input("words", default="", tooltip=(
                     "Words, comma-separated ('cat, sofa'; 'cat#2' for the second 'cat'), if not marked in the text. "

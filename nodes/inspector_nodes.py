@@ -3,6 +3,7 @@
 from comfy_api.latest import io
 
 from .driver.clip import align_clip
+from .driver.schema import clip_input, text_input
 from .driver.validation import check_inputs
 from .errors import LeaklessInputError
 from .registry import families
@@ -54,10 +55,9 @@ class TokenInspector(io.ComfyNode):
                 "items, entities and groups are always words."
             ),
             inputs=[
-                io.Clip.Input("clip", tooltip=(
-                    f"The CLIP from your loader (any family Leakless knows: {families.NAMES}). "
-                    "Only its tokenizers are used; nothing is encoded.")),
-                io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
+                clip_input(f"The CLIP from your loader: {families.loaders()}. Only its tokenizers are used; "
+                                  "nothing is encoded."),
+                text_input((
                     "The prompt, written exactly as you give it to CLIPTextEncode (weights like (cat:1.2) and "
                     "embedding:name are read the same way).")),
             ],

@@ -13,7 +13,7 @@ from comfy_api.latest import io
 
 from .driver import patching
 from .driver.clip import align_clip, family_of
-from .driver.schema import BINDING, inputs
+from .driver.schema import BINDING, clip_input, inputs, text_input
 from .driver.validation import check_inputs
 from .errors import LeaklessInputError, input_error
 from .methods import tome, tome_patch
@@ -40,8 +40,8 @@ class ToMeEncode(io.ComfyNode):
                 "-> one composite 'cat' token), so the dog does not get the cat's sunglasses. Optionally replaces "
                 "the end tokens by those of a clean prompt. Not ComfyUI's TomePatchModel (a speed method)."),
             inputs=[
-                io.Clip.Input("clip", tooltip="The SDXL CLIP (from the checkpoint). SD1.5 works for the merge."),
-                io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
+                clip_input("The SDXL CLIP (from the checkpoint). SD1.5 works for the merge."),
+                text_input((
                     "The prompt, one CLIP chunk (up to 75 tokens): 'a cat wearing sunglasses and a dog wearing a "
                     "hat'.")),
                 io.String.Input("groups", multiline=True, default="", tooltip=(

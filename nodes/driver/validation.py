@@ -70,7 +70,7 @@ def _characters(text):
 
 # The bounds of the pack's text inputs, by node id and input (README "Limits"). Each bounds work or memory that
 # grows with it: an image of the batch, an encoder pass, a search of the prompt per phrase.
-MAX_SUBSETS = 256  # Token Trace: images of one batch (flow_nodes.TokenTrace also counts 'each word' / 'each token')
+MAX_SUBSETS = 256  # Token Trace: images of one batch (trace_nodes.TokenTrace also counts 'each word' / 'each token')
 MAX_PHRASE = 200  # characters in one phrase: finding it costs the prompt's length times its own
 SPLIT = "split it over several runs"
 PHRASE = Limit(MAX_PHRASE, "characters in one phrase", _longest(";\n,:"), "name a phrase by a few of its words.")

@@ -8,6 +8,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .settings import Setting
+
+COLUMNS = Setting("columns", "int", 0, "Images per row (at most the number of images); {default} picks a "
+                  "near-square grid.", min=0, max=64)
+FONT_SIZE = Setting("font_size", "int", 20, "Label text size in pixels (default {default}); raise it for large "
+                    "images.", min=8, max=128)
+
 ELLIPSIS = "\u2026"
 
 
@@ -81,16 +88,16 @@ def _label_height(font_size: int, lines: int) -> int:
     return (font_size + 4) * max(1, lines) + 8
 
 
-def grid_size(n: int, h: int, w: int, columns: int = 0, font_size: int = 20, gap: int = 4,
-              max_lines: int = 3) -> tuple[int, int]:
+def grid_size(n: int, h: int, w: int, columns: int = COLUMNS.default, font_size: int = FONT_SIZE.default,
+              gap: int = 4, max_lines: int = 3) -> tuple[int, int]:
     """(width, height) in pixels of the grid of `n` images of h x w with labels of `max_lines` lines: the most
     labelled_grid makes, known before any drawing."""
     cols, rows = _layout(n, columns)
     return cols * w + (cols - 1) * gap, rows * (h + _label_height(font_size, max_lines)) + (rows - 1) * gap
 
 
-def labelled_grid(images: torch.Tensor, labels: list[str], columns: int = 0, font_size: int = 20,
-                  gap: int = 4, max_lines: int = 3, on_image=None) -> torch.Tensor:
+def labelled_grid(images: torch.Tensor, labels: list[str], columns: int = COLUMNS.default,
+                  font_size: int = FONT_SIZE.default, gap: int = 4, max_lines: int = 3, on_image=None) -> torch.Tensor:
     """`images` [N, H, W, C] in [0, 1] -> one grid image [1, H', W', C] with each label under its image, in at
     most `max_lines` lines of the image's width (see label_lines); at most N columns. ``on_image()`` is called
     after each image is laid out (progress; it may raise to stop)."""

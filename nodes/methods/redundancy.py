@@ -24,6 +24,16 @@ import torch
 from ..errors import listed, quoted
 from ..text.grammar import spelling
 from .flow import Item
+from .settings import Setting
+
+MODES = ("causal rule", "manual", "classifier")
+MODE = Setting("mode", "choice", MODES[0], (
+    "'causal rule': keep the last token of each item (the paper's finding for causal encoders, i.e. CLIP and the "
+    "LLM encoders; not for T5). 'manual': keep the tokens you name in 'items'. 'classifier': a k-NN or linear "
+    "classifier file from models/leakless/."), options=MODES)
+THRESHOLD = Setting("threshold", "float", 0.5, (
+    "Classifier mode: a token is redundant when its score is above this (default {default}). Raise it to remove "
+    "fewer tokens."), min=0.0, max=1.0, step=0.01)
 
 META_KEY = "leakless.redundancy"
 
@@ -108,7 +118,8 @@ class RedundancyClassifier:
             return labels[nearest].mean(dim=-1)
         return torch.sigmoid(x @ self.tensors["weight"].float() + self.tensors["bias"].float())
 
-    def decide(self, items: list[Item], features: torch.Tensor, threshold: float = 0.5) -> list[Decision]:
+    def decide(self, items: list[Item], features: torch.Tensor,
+               threshold: float = THRESHOLD.default) -> list[Decision]:
         """`features` holds one row per sequence position. Items of one token are never touched; if every token
         of an item scores redundant, the least redundant one is kept."""
         out = []

@@ -1,7 +1,7 @@
 """A method's settings, each declared once with its default, range and tooltip (pure: no ComfyUI import). The nodes'
 inputs are built from these declarations (driver/schema.py), the methods' own settings take their defaults from
-them, and tests/unit/test_settings.py fails when a help page (js/docs) or the README states another default or
-range."""
+them, and tests/headless/test_docs_defaults.py fails when a help page (js/docs) or the README states another
+default or range."""
 
 from __future__ import annotations
 

@@ -268,6 +268,19 @@ def _shorten(label: str) -> str:
     return label if len(label) <= LABEL_CHARS else label[:LABEL_CHARS - 1].rstrip() + "\u2026"
 
 
+def ranges(positions) -> str:
+    """Token positions as a selection writes them: [3, 5, 6, 7] -> '3, 5-7'."""
+    positions = sorted(positions)
+    runs, start = [], None
+    for i, p in enumerate(positions):
+        if start is None:
+            start = p
+        if i + 1 == len(positions) or positions[i + 1] != p + 1:
+            runs.append(str(start) if start == p else f"{start}-{p}")
+            start = None
+    return ", ".join(runs)
+
+
 def token_label(alignment: PromptAlignment, key: str, positions) -> str:
     """A readable label for a set of tokens: their spellings without SentencePiece's '▁', CLIP's '</w>' and
     byte-level BPE's 'Ġ' ('Ċ' shown as '\\n'; 'bats' on T5: 'bat s'), padding summarised as '<pad xN>', at most
