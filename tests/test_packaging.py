@@ -11,7 +11,7 @@ import pytest
 
 from expected import EXPECTED_NODE_IDS
 
-from conftest import HARNESS, REPO
+from pack import HARNESS, REPO
 
 
 

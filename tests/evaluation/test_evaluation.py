@@ -17,7 +17,7 @@ from PIL import Image
 from workflows import graphs
 from workflows.examples import EXAMPLES, shrink
 
-from conftest import REPO, import_pack_as
+from pack import REPO, import_pack_as
 
 EXAMPLE_PROMPTS = REPO / "nodes" / "evaluation" / "examples"
 SMALL = ["--set", "EmptySD3LatentImage.width=64", "--set", "EmptySD3LatentImage.height=64",
@@ -171,13 +171,13 @@ WORD_CASES = [("A cow and a horse", "ow"), ("A cow and a horse", "cow"), ("a cat
 def test_the_row_check_reads_phrases_as_the_nodes_do(evaluation, tokenizers):
     """The runner's own reading (nodes/evaluation/phrases.py, no tokenizer) against the nodes': the same phrases
     from the same text, and a phrase found as often as the alignment on FLUX's and SDXL's tokenizers finds it."""
-    from leakless.nodes import alignment, flow
+    from leakless.nodes.text import alignment, grammar
     from leakless.nodes.evaluation import phrases
 
     for text in PHRASE_LISTS:
         try:
-            expected = [(r.phrase, r.occurrence) for r in flow.parse_phrases(text, "entities")]
-        except flow.SelectionError:
+            expected = [(r.phrase, r.occurrence) for r in grammar.parse_phrases(text, "entities")]
+        except grammar.SelectionError:
             expected = "refused"
         try:
             got = [(p.text, p.occurrence) for p in phrases.parse(text)]

@@ -7,7 +7,7 @@ import re
 import pytest
 from expected import SCHEMAS
 
-from conftest import REPO
+from pack import REPO
 
 README = (REPO / "README.md").read_text()
 

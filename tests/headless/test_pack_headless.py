@@ -185,7 +185,7 @@ def test_loading_the_pack_keeps_the_users_files_in_example_workflows(tmp_path):
     import subprocess
     import sys
 
-    from conftest import HARNESS, REPO
+    from pack import HARNESS, REPO
 
     pack = tmp_path / "custom_nodes" / "leakless"
     shutil.copytree(REPO, pack, ignore=shutil.ignore_patterns(".git", "tests", "bench", "docs", "example_workflows",
