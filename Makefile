@@ -1,18 +1,23 @@
 # Leakless developer commands. Everything installs what it needs into .cache/ (git-ignored) on first use.
 PY := $(or $(LEAKLESS_CACHE),.cache)/venv/bin/python
 
-.PHONY: test test-fast test-0.3.75 test-0.33.0 run env lint bench workflows screenshots fingerprints clean
+.PHONY: test test-unit test-fast test-0.3.75 test-0.33.0 run env lint bench workflows screenshots fingerprints clean
 
 ## make test: build the cached test environment if needed, then run all four test layers on ComfyUI 0.3.75 and 0.33.0
 ##   (ARGS="-k deleaker" passes pytest arguments; LEAKLESS_COMFYUI_DIR=/path/ComfyUI tests that checkout instead)
 test: env
 	bash tests/harness/run_matrix.sh $(ARGS)
 
-## make test-fast: the contributor loop: lint, the pure modules and one headless pass (the pack through ComfyUI's
-##   loader, the official FLUX and SDXL graphs) on ComfyUI 0.3.75; no server, no browser
+## make test-unit: the fast unit tier, in a process without ComfyUI: the pure modules and the patches (seconds)
+test-unit: env
+	$(PY) -m pytest tests/unit -q $(ARGS)
+
+## make test-fast: the contributor loop: lint, the unit tier without ComfyUI, and one headless pass (the pack through
+##   ComfyUI's loader, the official FLUX and SDXL graphs) on ComfyUI 0.3.75; no server, no browser
 test-fast: env
 	$(PY) -m ruff check .
-	LEAKLESS_MATRIX=0.3.75 bash tests/harness/run_matrix.sh tests/unit tests/headless/test_pack_headless.py $(ARGS)
+	$(PY) -m pytest tests/unit -q
+	LEAKLESS_MATRIX=0.3.75 bash tests/harness/run_matrix.sh tests/headless/test_pack_headless.py $(ARGS)
 
 ## make test-0.3.75 / make test-0.33.0: one version of the matrix only
 test-0.3.75 test-0.33.0: env

@@ -10,15 +10,14 @@ from comfy_api.latest import io
 from .driver import patching
 from .driver.clip import encode_phrases
 from .driver.results import RunResults, check_images
-from .driver.schema import ENTITIES, MASKS, encode_outputs
+from .driver.schema import ENTITIES, MASKS, clip_input, encode_outputs, inputs, text_input
 from .driver.validation import check_inputs
 from .errors import LeaklessInputError
 from .methods import deleaker, heatmap
-from .methods.deleaker_patch import ENCODE_FIX, DeLeakerPatch
-from .registry.families import names
+from .methods.deleaker_patch import ENCODE_FIX, OPACITY, DeLeakerPatch
+from .registry import families, models
 
 WRAPPER_KEY = "leakless_deleaker"
-OVERLAP_OPTIONS = ["reference", "exclusive"]
 PALETTE = [(0.95, 0.26, 0.21), (0.13, 0.59, 0.95), (0.30, 0.69, 0.31), (1.0, 0.76, 0.03), (0.61, 0.15, 0.69),
            (0.0, 0.74, 0.83), (1.0, 0.34, 0.13), (0.55, 0.76, 0.29)]
 
@@ -37,11 +36,8 @@ class DeLeakerEncode(io.ComfyNode):
                 "entities always match the prompt the sampler sees. Mark entities in the prompt as "
                 "'a **cow** and a **horse**' (the marks are removed before encoding) or list them in 'entities'."),
             inputs=[
-                io.Clip.Input("clip", tooltip=(
-                    "The text encoder of a joint-attention model: FLUX.1 (DualCLIPLoader, type flux), FLUX.2, "
-                    "Qwen-Image, Z-Image, Krea 2, Chroma (CLIPLoader), SD3 (TripleCLIPLoader), HiDream "
-                    "(QuadrupleCLIPLoader).")),
-                io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
+                clip_input(f"The text encoder of a joint-attention model: {families.loaders(lambda f: f.joint)}."),
+                text_input((
                     "The prompt. Entities may be marked with double asterisks: 'a **cow** and a **horse** in a "
                     "farm'. A mark is that occurrence: a second **cat** is the second 'cat'.")),
                 io.String.Input("entities", default="", tooltip=(
@@ -59,10 +55,10 @@ class DeLeakerEncode(io.ComfyNode):
 
         def joint_only(family):
             if not family.joint:
-                raise LeaklessInputError(cls.NAME, "clip", f"DeLeaker works on {names(lambda f: f.joint)}; this is "
-                                         f"a CLIP for {family.name}, whose model has no joint attention.", "load the "
-                                         "CLIP of a joint-attention model (e.g. CLIPLoader type qwen_image or flux2, "
-                                         "DualCLIPLoader type flux).")
+                raise LeaklessInputError(cls.NAME, "clip", f"DeLeaker works on {families.names(lambda f: f.joint)}; "
+                                         f"this is a CLIP for {family.name}, whose model has no joint attention.",
+                                         "load the CLIP of a joint-attention model (e.g. CLIPLoader type qwen_image "
+                                         "or flux2, DualCLIPLoader type flux).")
 
         def at_least_two(refs):
             if len(refs) < 2:
@@ -84,40 +80,15 @@ class DeLeaker(io.ComfyNode):
             display_name=cls.NAME,
             category="Leakless/deleaker",
             description=(
-                "DeLeaker (FLUX.1/.2, Qwen-Image, Z-Image, Krea 2, SD3, HiDream, Chroma): finds where each entity is "
+                f"DeLeaker ({models.names(lambda m: m.joint)}): finds where each entity is "
                 "from early attention, then keeps each entity's image "
                 "region from attending to the other entities' words and strongly to their image regions, and "
                 "reinforces its own words. Works at inference time on a clone of the model; other attention patches "
                 "keep working. Defaults are the paper's code's."),
             inputs=[
-                io.Model.Input("model", tooltip="A joint-attention model (FLUX.1 / Kontext, FLUX.2, Qwen-Image, "
-                               "Z-Image, Krea 2, SD3.5, HiDream, Chroma). The input is not changed; a patched clone "
-                               "is returned."),
-                io.Float.Input("mask_threshold", default=1.0, min=-3.0, max=5.0, step=0.05, tooltip=(
-                    "beta1: an image token belongs to an entity when its attention to the entity's words is above "
-                    "mean + beta1 x std. Default 1.0 (paper); raise for tighter masks.")),
-                io.Float.Input("image_threshold", default=1.0, min=-3.0, max=5.0, step=0.05, tooltip=(
-                    "beta2: image-to-image attention between two entities' regions is cut above mean + beta2 x std. "
-                    "Default 1.0 (paper); raise to cut less.")),
-                io.Float.Input("alpha", default=1.2, min=1.0, max=3.0, step=0.05, tooltip=(
-                    "Self-identity reinforcement: logits from an entity's region to its own words are multiplied by "
-                    "this. Default 1.2 (paper); 1.0 turns it off.")),
-                io.Float.Input("mask_history", default=0.6, min=0.0, max=1.0, step=0.05, tooltip=(
-                    "Masks come from the attention averaged over this first fraction of the steps (paper: 12 of 20 "
-                    "= 0.6), then stay fixed.")),
-                io.Boolean.Input("cross_text", default=True, tooltip="Block image-to-text attention between entities "
-                                 "(the main edit). On by default; off only for ablations."),
-                io.Boolean.Input("self_text", default=True, tooltip="Reinforce each entity region's attention to its "
-                                 "own words by alpha. On by default."),
-                io.Boolean.Input("image_image", default=True, tooltip=(
-                    "Cut strong image-to-image attention between entities' regions. On by default; it is the "
-                    "costliest edit and contributes least in the paper's ablation: turn it off for speed.")),
-                io.Boolean.Input("alpha_per_pair", default=False, tooltip=(
-                    "Off: alpha once per entity. On: the paper's code, which applies alpha once per entity pair "
-                    "(alpha^2 for three entities).")),
-                io.Combo.Input("overlap", options=OVERLAP_OPTIONS, default="reference", tooltip=(
-                    "Image tokens in two entities' masks: 'reference' blocks both entities' words there (the "
-                    "paper's code); 'exclusive' gives them to the entity they attend to most.")),
+                io.Model.Input("model", tooltip=f"A joint-attention model ({models.names(lambda m: m.joint)}). "
+                               "The input is not changed; a patched clone is returned."),
+                *inputs(deleaker.SETTINGS),
                 ENTITIES.Input("entities", optional=True, tooltip=(
                     "From Leakless DeLeaker Encode, whose conditioning must be this sampler's positive prompt. "
                     "Unconnected: the model is returned unchanged.")),
@@ -166,8 +137,7 @@ class DeLeakerMasks(io.ComfyNode):
             inputs=[
                 MASKS.Input("masks", tooltip="Leakless DeLeaker's 'masks' output."),
                 io.Image.Input("images", tooltip="The decoded images of that run (this node runs after them)."),
-                io.Float.Input("opacity", default=0.45, min=0.0, max=1.0, step=0.05, tooltip="Overlay colour "
-                               "strength; 0 shows the images unchanged."),
+                *inputs([OPACITY]),
                 io.Latent.Input("samples", optional=True, tooltip=(
                     "The sampler's LATENT output (recommended): the masks of the run that made it, even when the "
                     "sampler's result is reused from an earlier run. Unconnected: the one sampling with this model "

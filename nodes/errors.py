@@ -1,10 +1,41 @@
-"""User-facing errors: every message names the node, the input and the fix."""
+"""User-facing errors: every message names the node, the input and the fix, and repeats at most a short piece of
+what the user wrote (`quoted`, `listed`); sizes read as `size` writes them."""
+
+QUOTED_CHARS = 60  # characters of the user's text an error repeats
+LISTED = 20  # items an error lists (words of the prompt, options)
+MAX_PROBLEM = 1_000  # characters of a problem's text: the last resort when a message repeats more than it should
+
+
+def quoted(text) -> str:
+    """`text` in single quotes for a message; a longer one cut to QUOTED_CHARS with '…' and its length."""
+    text = str(text)
+    if len(text) <= QUOTED_CHARS:
+        return f"'{text}'"
+    return f"'{text[:QUOTED_CHARS - 1]}\u2026' ({len(text):,} characters)"
+
+
+def listed(items, most: int = LISTED) -> str:
+    """The first `most` of `items` (already spelled for the message), joined by ', ', and how many more."""
+    items = list(items)
+    shown = ", ".join(items[:most])
+    return shown if len(items) <= most else f"{shown} and {len(items) - most:,} more"
+
+
+def size(n: int) -> str:
+    """Bytes for a message: '4.0 GiB', '19.2 KiB', '512 B'."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 class LeaklessInputError(ValueError):
     def __init__(self, node: str, input_name: str, problem: str, fix: str = ""):
         self.node, self.input_name, self.problem, self.fix = node, input_name, problem, fix
         problem = problem.rstrip()
+        if len(problem) > MAX_PROBLEM:
+            problem = problem[:MAX_PROBLEM - 1] + "\u2026"
         message = f"{node}: input '{input_name}': {problem}" + ("" if problem.endswith((".", "!", "?")) else ".")
         if fix:
             message += f" Fix: {fix}"

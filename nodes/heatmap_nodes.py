@@ -10,11 +10,12 @@ from comfy_api.latest import io
 from .driver import patching
 from .driver.clip import encode_phrases
 from .driver.results import RunResults, check_images
-from .driver.schema import ENTITIES, HEATMAPS, encode_outputs
+from .driver.schema import ENTITIES, HEATMAPS, clip_input, encode_outputs, inputs, text_input
 from .driver.validation import check_inputs
 from .errors import LeaklessInputError
-from .methods import heatmap
+from .methods import heatmap, heatmap_patch
 from .methods.heatmap_patch import ENCODE_FIX, HeatmapPatch
+from .registry import families, models
 
 WRAPPER_KEY = "leakless_heatmap"
 
@@ -32,9 +33,8 @@ class HeatmapEncode(io.ComfyNode):
                          "heatmaps Leakless Attention Heatmap records. Mark words as 'a **cow** in a farm' (the "
                          "marks are removed before encoding) or list them in 'words'."),
             inputs=[
-                io.Clip.Input("clip", tooltip="The text encoder of the model: SDXL, SD1.5 or any joint-attention "
-                              "model (FLUX.1/.2, Qwen-Image, Z-Image, Krea 2, SD3, HiDream, Chroma)."),
-                io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
+                clip_input(f"The text encoder of the model: {families.loaders()}."),
+                text_input((
                     "The prompt. Words may be marked with double asterisks: 'a **red cat** on a sofa'.")),
                 io.String.Input("words", default="", tooltip=(
                     "Words, comma-separated ('cat, sofa'; 'cat#2' for the second 'cat'), if not marked in the text. "
@@ -64,21 +64,12 @@ class AttentionHeatmap(io.ComfyNode):
             description=(
                 "Records where the image looks at each word: the image tokens' attention to each word's tokens, "
                 "averaged over heads, the chosen blocks and steps, during any sampler. It does not change the image. "
-                "SDXL, SD1.5 and the joint-attention models (FLUX.1/.2, Qwen-Image, Z-Image, Krea 2, SD3, HiDream, "
-                "Chroma). Show the maps with Leakless Heatmap Show."),
+                f"{models.names()}. Show the maps with Leakless Heatmap Show."),
             inputs=[
                 io.Model.Input("model", tooltip="The model; a clone is patched, the input is not changed."),
                 ENTITIES.Input("entities", tooltip="From Leakless Heatmap Encode (or DeLeaker Encode), whose "
                                "conditioning must be this sampler's positive prompt."),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="The first fraction of the sampling steps to record (0: the first step)."),
-                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="Record up to this fraction of the steps (1: the last step)."),
-                io.Float.Input("first_block", default=0.0, min=0.0, max=1.0, step=0.05, tooltip=(
-                    "The first fraction of the model's main blocks to record (UNet: of its cross-attention "
-                    "calls).")),
-                io.Float.Input("last_block", default=1.0, min=0.0, max=1.0, step=0.05,
-                               tooltip="Record up to this fraction of the blocks (1: the last block)."),
+                *inputs(heatmap_patch.SETTINGS),
             ],
             outputs=[
                 io.Model.Output("patched", display_name="model", tooltip="The patched clone."),
@@ -122,8 +113,7 @@ class HeatmapShow(io.ComfyNode):
             inputs=[
                 HEATMAPS.Input("heatmaps", tooltip="Leakless Attention Heatmap's 'heatmaps' output."),
                 io.Image.Input("images", tooltip="The decoded images of that run."),
-                io.Float.Input("opacity", default=0.6, min=0.0, max=1.0, step=0.05,
-                               tooltip="Heat colour strength where the map is at its max; 0 shows the images."),
+                *inputs([heatmap_patch.OPACITY]),
                 io.Latent.Input("samples", optional=True, tooltip=(
                     "The sampler's LATENT output (recommended): the maps of the run that made it, even when the "
                     "sampler's result is reused. Unconnected: the one sampling with this model in this run of the "

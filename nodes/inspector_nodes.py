@@ -3,8 +3,10 @@
 from comfy_api.latest import io
 
 from .driver.clip import align_clip
+from .driver.schema import clip_input, text_input
 from .driver.validation import check_inputs
 from .errors import LeaklessInputError
+from .registry import families
 from .text.alignment import MAX_CHARS, PromptAlignment
 
 NODE_NAME = "Leakless Token Inspector"
@@ -53,11 +55,9 @@ class TokenInspector(io.ComfyNode):
                 "items, entities and groups are always words."
             ),
             inputs=[
-                io.Clip.Input("clip", tooltip=(
-                    "The CLIP from your loader (any family Leakless knows: FLUX, SDXL, SD1.5, SD3, Qwen-Image, "
-                    "Z-Image, FLUX.2, Krea 2, Chroma, HiDream). "
-                    "Only its tokenizers are used; nothing is encoded.")),
-                io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
+                clip_input(f"The CLIP from your loader: {families.loaders()}. Only its tokenizers are used; "
+                                  "nothing is encoded."),
+                text_input((
                     "The prompt, written exactly as you give it to CLIPTextEncode (weights like (cat:1.2) and "
                     "embedding:name are read the same way).")),
             ],

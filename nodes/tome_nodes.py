@@ -13,18 +13,16 @@ from comfy_api.latest import io
 
 from .driver import patching
 from .driver.clip import align_clip, family_of
-from .driver.schema import BINDING
+from .driver.schema import BINDING, clip_input, inputs, text_input
 from .driver.validation import check_inputs
 from .errors import LeaklessInputError, input_error
-from .methods import tome
-from .methods.tome_patch import BindingSpec, Settings, ToMePatch
+from .methods import tome, tome_patch
+from .methods.tome_patch import LATENT_OPTIONS, THRESHOLD_OPTIONS, BindingSpec, Settings, ToMePatch
 from .registry.families import names
 from .text import grammar, provenance
 from .text.alignment import PhraseNotFoundError
 
 WRAPPER_KEY = "leakless_tome"
-LATENT_OPTIONS = ["main latent", "anchor latent (reference code)"]
-THRESHOLD_OPTIONS = ["step index (reference code)", "fraction of the schedule"]
 
 
 class ToMeEncode(io.ComfyNode):
@@ -42,8 +40,8 @@ class ToMeEncode(io.ComfyNode):
                 "-> one composite 'cat' token), so the dog does not get the cat's sunglasses. Optionally replaces "
                 "the end tokens by those of a clean prompt. Not ComfyUI's TomePatchModel (a speed method)."),
             inputs=[
-                io.Clip.Input("clip", tooltip="The SDXL CLIP (from the checkpoint). SD1.5 works for the merge."),
-                io.String.Input("text", multiline=True, dynamic_prompts=True, default="", tooltip=(
+                clip_input("The SDXL CLIP (from the checkpoint). SD1.5 works for the merge."),
+                text_input((
                     "The prompt, one CLIP chunk (up to 75 tokens): 'a cat wearing sunglasses and a dog wearing a "
                     "hat'.")),
                 io.String.Input("groups", multiline=True, default="", tooltip=(
@@ -51,17 +49,7 @@ class ToMeEncode(io.ComfyNode):
                     "('cat: wearing sunglasses; dog: wearing a hat'); 'cat#2' for the second 'cat', '\"1984\"' for "
                     "a word that is a number. A repeated attribute without '#n' is the occurrence nearest its noun "
                     "(before it on a tie), never past another group's noun. Empty: the plain encoding, unchanged.")),
-                io.Float.Input("noun_weight", default=tome.REFERENCE_NOUN_WEIGHT, min=0.0, max=3.0, step=0.05,
-                               tooltip="Composite = noun_weight x noun rows + attribute_weight x attribute rows. "
-                               "1.1 is the reference code's; 1.0 with attribute_weight 1.0 is the paper's plain "
-                               "sum."),
-                io.Float.Input("attribute_weight", default=tome.REFERENCE_ATTRIBUTE_WEIGHT, min=0.0, max=3.0,
-                               step=0.05, tooltip="1.2 is the reference code's (see noun_weight)."),
-                io.Float.Input("end_token_substitution", default=0.0, min=0.0, max=1.0, step=0.01, tooltip=(
-                    "From this fraction of the sampling on, the end token and padding rows come from the clean "
-                    "prompt, so they stop carrying the attributes. 0 = from the start (reference, object "
-                    "binding); 1 = off (reference, attribute binding); in between uses ComfyUI's timestep "
-                    "ranges, like ConditioningSetTimestepRange.")),
+                *inputs([tome.NOUN_WEIGHT, tome.ATTRIBUTE_WEIGHT, tome.END_TOKEN_SUBSTITUTION]),
                 io.String.Input("clean_prompt", default="", tooltip=(
                     "The prompt without attributes for end-token substitution. Empty: built from the groups' "
                     "nouns ('a cat and a dog').")),
@@ -144,31 +132,7 @@ class ToMeSemanticBinding(io.ComfyNode):
                                "returned."),
                 BINDING.Input("binding", tooltip=(
                     "From Leakless ToMe Encode, whose conditioning must be this sampler's positive prompt.")),
-                io.Float.Input("steps_fraction", default=0.2, min=0.0, max=1.0, step=0.01, tooltip=(
-                    "The updates run during this first fraction of the sampler's steps: 0.2 (the paper; 10 of "
-                    "50). The reference demos use 0.14 and 0.1. 0 turns the node off. Fast: 0.1.")),
-                io.Int.Input("entropy_iterations", default=6, min=0, max=20, tooltip=(
-                    "Most entropy-loss updates per step (fewer if the loss falls under the reference's "
-                    "threshold). 6: reference object-binding demo; 4: attribute demo; 0: off. Fast: 1.")),
-                io.Int.Input("semantic_iterations", default=3, min=0, max=10, tooltip=(
-                    "Semantic-binding updates of each composite token per step (reference: 3). 0: off. Fast: 1.")),
-                io.Float.Input("semantic_lr", default=1e4, min=0.0, max=1e6, step=100.0, tooltip=(
-                    "Step size of the semantic-binding update (reference: 10000).")),
-                io.Float.Input("entropy_step", default=3.0, min=0.0, max=20.0, step=0.1, tooltip=(
-                    "Entropy step size at the first step, falling linearly to 0 at the last (reference: 3).")),
-                io.Boolean.Input("pose_prior", default=False, tooltip=(
-                    "The reference's optional layout prior for two groups: first subject left, second right. "
-                    "Off by default.")),
-                io.Combo.Input("semantic_latent", options=LATENT_OPTIONS, default=LATENT_OPTIONS[0], tooltip=(
-                    "The latent the semantic-binding loss predicts noise from: the sampling's own (default, as the "
-                    "paper describes it), or the reference code's separate per-anchor latent, advanced with "
-                    "inverted guidance (it looks unintended; for comparisons). Costs one more pass per step.")),
-                io.Combo.Input("threshold_schedule", options=THRESHOLD_OPTIONS, default=THRESHOLD_OPTIONS[0],
-                               optional=True, tooltip=(
-                    "How a step picks its entry of the reference's entropy threshold table (written for steps "
-                    "0-9 of 50): by its step index, as the reference code does at any step count (default), or "
-                    "by its fraction of the schedule (step 2 of 25 reads step 4's entry), which keeps each entry "
-                    "at the same point of the schedule with fewer or more steps. The two agree at 50 steps.")),
+                *inputs(tome_patch.SETTINGS),
             ],
             outputs=[io.Model.Output("patched", display_name="model", tooltip="The patched clone.")],
         )

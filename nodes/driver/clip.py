@@ -18,6 +18,14 @@ from ..text.alignment import (NESTING, ROWS, PhraseNotFoundError, PromptAlignmen
                               UnsupportedTokenizerError, align, sub_tokenizer)
 
 
+def check_interrupt() -> None:
+    """Stop here when the user cancelled the run (ComfyUI's Cancel, POST /interrupt): the long loops of the prompt
+    nodes call it once per step (a subset, an item, an image)."""
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
 def check_clip(node: str, clip, input_name: str = "clip"):
     if clip is None:
         raise LeaklessInputError(node, input_name, "no CLIP was given (the checkpoint has no text encoder).",

@@ -13,8 +13,9 @@ import importlib
 import json
 import sys
 
-from ..text.alignment import MAX_CHARS, PromptNestingError, align
+from ..errors import QUOTED_CHARS, quoted
 from ..registry.families import BY_ID, FAMILIES
+from ..text.alignment import MAX_CHARS, PromptNestingError, align
 
 ROUTE = "/leakless/tokenize"
 FAMILIES_ROUTE = "/leakless/families"
@@ -91,7 +92,8 @@ async def _tokenize(request):
         return _error(web, 400, f"'text' has a lone surrogate (\\u{ord(text[e.start]):04x}) at character {e.start}; "
                                 "send valid Unicode text")
     if not isinstance(family, str) or family not in BY_ID:
-        return _error(web, 400, f"'family' must be one of {', '.join(BY_ID)}; got {family!r}")
+        got = quoted(family) if isinstance(family, str) else repr(family)[:QUOTED_CHARS]
+        return _error(web, 400, f"'family' must be one of {', '.join(BY_ID)}; got {got}")
     try:
         data = await asyncio.to_thread(lambda: _encode(tokenize_payload(text, family)))
     except PromptNestingError as e:

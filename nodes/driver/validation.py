@@ -1,30 +1,121 @@
-"""Every FLOAT, INT, COMBO, BOOLEAN and STRING input checked against the schema its node declares, before the node
-does any work.
+"""Every input checked against the schema its node declares, and against the pack's limits, before the node does
+any work.
 
 ComfyUI's own check lets NaN through (``NaN < min`` is false), never checks linked values (a link can carry any
-type), and 0.3.75 does not check V3 dropdowns. Pure: it reads the schema's input objects (``id``, ``io_type``,
-``min``, ``max``, ``options``, ``optional``, ``default``) and never imports ComfyUI.
+type), and 0.3.75 does not check V3 dropdowns. An API prompt can also type any value into a custom input (entities,
+masks...), where only a node's output belongs. Pure: it reads the schema's input objects (``id``, ``io_type``,
+``min``, ``max``, ``options``, ``optional``, ``default``) and never imports ComfyUI; the node modules fill
+CUSTOM_TYPES (extension.py).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from numbers import Integral, Real
 
-from ..errors import LeaklessInputError
+from ..errors import QUOTED_CHARS, LeaklessInputError, listed, quoted
+from ..text.grammar import MARK, parts
 
-MAX_LISTED = 20  # options named in an error (a classifier folder can hold many files)
 MAX_STRING = 100_000  # characters in any text input (prompts, selections, groups)
+# custom io type -> (the class its value must be, the outputs that make it: "Leakless DeLeaker Encode's 'entities'")
+CUSTOM_TYPES: dict[str, tuple[type, str]] = {}
+
+
+def register_custom_types(classes: dict[str, type], nodes) -> None:
+    """CUSTOM_TYPES for `classes` (custom io type -> the class of its values), naming the outputs of `nodes` (node
+    classes) that make each."""
+    for io_type, cls in classes.items():
+        makers = [f"{schema.display_name}'s '{out.display_name or out.id}'" for schema in
+                  (node.define_schema() for node in nodes) for out in schema.outputs if out.io_type == io_type]
+        CUSTOM_TYPES[io_type] = (cls, " or ".join(makers))
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `most` of what `measure` finds in a text input: (how many, the part that has them or "")."""
+
+    most: int
+    what: str  # what is counted, for the message: "subsets (lines or ';')"
+    measure: Callable[[str], tuple[int, str]]
+    fix: str
+
+
+def _count(separators: str):
+    return lambda text: (len(parts(text, separators)), "")
+
+
+def _longest(separators: str):
+    def measure(text):
+        if text.count('"') % 2:  # an unclosed quote: the parser says so first
+            return 0, ""
+        longest = max(parts(text, separators), key=len, default="")
+        return len(longest), longest
+
+    return measure
+
+
+def _marks(text):
+    return len(MARK.findall(text)), ""
+
+
+def _lines(text):
+    return sum(1 for line in text.splitlines() if line.strip()), ""
+
+
+def _characters(text):
+    return len(text), ""
+
+
+# The bounds of the pack's text inputs, by node id and input (README "Limits"). Each bounds work or memory that
+# grows with it: an image of the batch, an encoder pass, a search of the prompt per phrase.
+MAX_SUBSETS = 256  # Token Trace: images of one batch (trace_nodes.TokenTrace also counts 'each word' / 'each token')
+MAX_PHRASE = 200  # characters in one phrase: finding it costs the prompt's length times its own
+SPLIT = "split it over several runs"
+PHRASE = Limit(MAX_PHRASE, "characters in one phrase", _longest(";\n,:"), "name a phrase by a few of its words.")
+TOME_TEXT = Limit(2_000, "characters", _characters, "ToMe works on one CLIP chunk (75 tokens): shorten it.")
+SUBSETS = Limit(MAX_SUBSETS, "subsets (lines or ';')", _count(";\n"), "trace at most 256 subsets in one run (each is "
+                "one image of the batch): split the selection over several runs, each with its Leakless Trace Grid.")
+LABELS = Limit(MAX_SUBSETS, "labels (lines)", _lines, "connect Leakless Token Trace's 'labels' (one per subset).")
+
+
+def _phrases(most: int, what: str, fix: str, separators: str = ";\n,") -> Limit:
+    return Limit(most, what, _count(separators), fix)
+
+
+def _entities(most: int, what: str, fix: str) -> dict[str, tuple[Limit, ...]]:
+    """The limits of an encode node that takes phrases listed in input `what` or marked in its text."""
+    return {what: (_phrases(most, what, fix), PHRASE), "text": (Limit(most, f"{what} (** marks)", _marks, fix),)}
+
+
+LIMITS: dict[str, dict[str, tuple[Limit, ...]]] = {
+    "LeaklessTokenTrace": {"selection": (SUBSETS, _phrases(1_024, "phrases and positions", SPLIT + "."), PHRASE)},
+    "LeaklessTraceGrid": {"labels": (LABELS,)},
+    "LeaklessRedundantTokenMask": {"items": (
+        _phrases(256, "items (lines or ';')", SPLIT + ", or leave it empty for every word.", ";\n"),
+        _phrases(1_024, "phrases and tokens", SPLIT + "."), PHRASE)},
+    "LeaklessLeakPatch": {"items": (_phrases(64, "items", "patch at most 64 items in one node (each is encoded "
+                                             "alone): chain two Leak Patch nodes through 'conditioning'."), PHRASE)},
+    "LeaklessDeLeakerEncode": _entities(16, "entities", "separate at most 16 entities (DeLeaker's cost grows with "
+                                        "their pairs)."),
+    "LeaklessHeatmapEncode": _entities(32, "words", "record at most 32 words in one run."),
+    "LeaklessToMeEncode": {
+        "groups": (_phrases(16, "groups (lines or ';')", "bind at most 16 groups (each is a gradient pass per step).",
+                            ";\n"), _phrases(256, "phrases", "name fewer attributes.", ";\n,:"), PHRASE),
+        "text": (TOME_TEXT,), "clean_prompt": (TOME_TEXT,)},
+}
 
 
 def check_inputs(node_cls, values: dict) -> None:
     """First line of every Leakless execute: ``check_inputs(cls, locals())`` (locals() there are its inputs)."""
     schema = node_cls.define_schema()
-    check(schema.display_name, schema.inputs, values)
+    check(schema.display_name, schema.inputs, values, LIMITS.get(schema.node_id))
 
 
-def check(node: str, inputs, values: dict) -> None:
-    """Raise LeaklessInputError for the first input whose value its declaration does not allow."""
+def check(node: str, inputs, values: dict, limits: dict | None = None) -> None:
+    """Raise LeaklessInputError for the first input whose value its declaration or `limits` (LIMITS of the node)
+    does not allow."""
     for spec in inputs:
         value = values.get(spec.id)
         if spec.id not in values or (value is None and spec.optional):
@@ -41,11 +132,18 @@ def check(node: str, inputs, values: dict) -> None:
                                      f"set it to true or false{default}.")
         elif spec.io_type == "STRING":
             _text(node, spec, value)
+            for limit in (limits or {}).get(spec.id, ()):
+                _limit(node, spec.id, limit, value)
+        elif spec.io_type in CUSTOM_TYPES and value is not None:  # None: the producer made nothing (it was off)
+            _custom(node, spec, value)
 
 
 def _shown(value) -> str:
+    """A value as a message repeats it: text quoted, anything else as its repr, both cut short."""
+    if isinstance(value, str):
+        return quoted(value)
     text = repr(value)
-    return text if len(text) <= 60 else text[:59] + "\u2026"
+    return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS - 1] + "\u2026"
 
 
 def _text(node: str, spec, value) -> None:
@@ -63,6 +161,22 @@ def _text(node: str, spec, value) -> None:
                                  "pair, or the character itself).") from None
 
 
+def _limit(node: str, input_id: str, limit: Limit, value: str) -> None:
+    count, part = limit.measure(value)
+    if count > limit.most:
+        where = f" ({quoted(part)})" if part else ""
+        raise LeaklessInputError(node, input_id, f"it has {count:,} {limit.what}{where}; it takes at most "
+                                 f"{limit.most:,}.", limit.fix)
+
+
+def _custom(node: str, spec, value) -> None:
+    cls, makers = CUSTOM_TYPES[spec.io_type]
+    if not isinstance(value, cls):
+        raise LeaklessInputError(node, spec.id, f"{_shown(value)} ({type(value).__name__}) is not what {makers} "
+                                 f"output{'' if ' or ' in makers else 's'}: a {spec.io_type} input takes a node's "
+                                 "output, never a typed value.", f"connect {makers} output.")
+
+
 def _number(node: str, spec, value, kind, what: str) -> None:
     lo, hi = spec.min, spec.max
     if isinstance(value, kind) and not isinstance(value, bool) \
@@ -71,7 +185,7 @@ def _number(node: str, spec, value, kind, what: str) -> None:
         return
     span = _span(lo, hi)
     default = "" if spec.default is None else f" (default {spec.default:g})"
-    raise LeaklessInputError(node, spec.id, f"{value!r} is not {what}{span}.",
+    raise LeaklessInputError(node, spec.id, f"{_shown(value)} is not {what}{span}.",
                              f"set it to {what}{span}{default}.")
 
 
@@ -91,7 +205,5 @@ def _option(node: str, spec, value) -> None:
     bad = [v for v in picked if v not in options]
     if not bad:
         return
-    listed = ", ".join(repr(o) for o in options[:MAX_LISTED])
-    if len(options) > MAX_LISTED:
-        listed += f", ... ({len(options)} in all)"
-    raise LeaklessInputError(node, spec.id, f"{bad[0]!r} is not one of its options.", f"choose one of {listed}.")
+    raise LeaklessInputError(node, spec.id, f"{_shown(bad[0])} is not one of its options.",
+                             f"choose one of {listed(repr(o) for o in options)}.")

@@ -18,11 +18,13 @@ import argparse
 import asyncio
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
-from . import judges, prompts, report, workflow
+from . import checks, judges, prompts, report, workflow
 from .errors import EvaluationError
 from .manifest import Manifest
+from .manifest import existing as existing_manifest
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,19 +40,48 @@ def _parser() -> argparse.ArgumentParser:
                    help="one variant per value (several --sweep: every combination); NODE is an id, title or type")
     p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=V",
                    help="change an input in every variant (e.g. EmptySD3LatentImage.width=512)")
-    p.add_argument("--seed", type=int, default=0, help="generates the seeds rows lack (default 0)")
-    p.add_argument("--limit", type=int, default=0, help="only the first N prompts")
+    p.add_argument("--seed", type=int, default=0, help=f"generates the seeds rows lack (0 to {prompts.MAX_SEED}, "
+                   "default 0)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N prompts (0, the default: all)")
     judge = p.add_mutually_exclusive_group()
     judge.add_argument("--judge-command", metavar="CMD",
                        help="reads {image, row, variant} as JSON on stdin, prints a JSON score ({\"leak\": true} "
                        "is tallied)")
     judge.add_argument("--judge-graph", metavar="FILE", help="ComfyUI graph: one LoadImage, {question} in a text "
                        "input, answer from its text output (titled 'Answer' if several)")
-    p.add_argument("--jobs-per-server", type=int, default=2, help="jobs kept queued on each server (default 2)")
-    p.add_argument("--retries", type=int, default=1, help="reruns of a job the server failed (default 1)")
+    p.add_argument("--jobs-per-server", type=int, default=2, help="jobs kept queued on each server (1 to 64, "
+                   "default 2)")
+    p.add_argument("--retries", type=int, default=1, help="reruns of a job the server failed (0 to 100, default 1)")
     p.add_argument("--give-up-after", type=float, default=300, metavar="S",
-                   help="stop when no server has answered for S seconds (default 300)")
+                   help="stop when no server has answered for S seconds (0 to 86400, default 300)")
     return p
+
+
+# option: (smallest, largest or None); every numeric option has a range, so no value can hang or exhaust the run
+RANGES = {"seed": (0, prompts.MAX_SEED), "limit": (0, None), "jobs_per_server": (1, 64), "retries": (0, 100),
+          "give_up_after": (0, 86400)}
+
+
+def check_options(args) -> None:
+    """Refuse an option out of range (NaN included) or a server address that cannot be one, before anything."""
+    for name, (low, high) in RANGES.items():
+        value = getattr(args, name)
+        if not (low <= value and (high is None or value <= high)):
+            flag = "--" + name.replace("_", "-")
+            raise EvaluationError(flag, f"{value} is out of range.", f"give a number from {low}" +
+                                  (f" to {high}." if high is not None else " up."))
+    for address in args.server:
+        url = address if "://" in address else "http://" + address
+        try:
+            parts = urllib.parse.urlsplit(url)
+            ok = parts.scheme in ("http", "https") and parts.hostname and parts.port is not None
+        except ValueError:
+            ok = False
+        if not ok:
+            raise EvaluationError(f"--server {address}", "not a server address.", "write HOST:PORT, e.g. "
+                                  "127.0.0.1:8188 (port 1 to 65535).")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise EvaluationError(f"--out {args.out}", "it is a file.", "give a folder (new, or of a run to resume).")
 
 
 class Progress:
@@ -82,6 +113,11 @@ async def _main(args) -> int:
     from .runner import Run
 
     rows = prompts.load(args.prompts, args.seed)[: args.limit or None]
+    workflow.read(args.workflow)
+    if args.judge_graph:
+        workflow.read(args.judge_graph)
+    out = Path(args.out)
+    existing_manifest(out)
     async with aiohttp.ClientSession() as session:
         servers = [Server(url, session) for url in dict.fromkeys(args.server)]
         infos = await probe(servers)
@@ -94,12 +130,12 @@ async def _main(args) -> int:
         workflow.check_targets(graph, args.workflow)
         variants = workflow.variants(graph, infos[0], [v for v in args.variants.split(",") if v], args.sweep,
                                      args.set)
+        checks.check_rows(rows, variants, f"{Path(args.prompts).name} with {Path(args.workflow).name}")
         judge = None
         if args.judge_command:
             judge = judges.CommandJudge(args.judge_command)
         elif args.judge_graph:
             judge = judges.GraphJudge(workflow.load(args.judge_graph, infos[0]))
-        out = Path(args.out)
         plan = {"rows": [r.as_dict() for r in rows], "variants": {v.name: v.graph for v in variants},
                 "judge": args.judge_command or args.judge_graph or None}
         manifest = Manifest(out, plan)
@@ -126,6 +162,7 @@ async def _main(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
+        check_options(args)
         return asyncio.run(_main(args))
     except EvaluationError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -17,6 +17,18 @@ class ServerGone(Exception):
     """The server stopped answering: its jobs go back to the queue."""
 
 
+class NotComfyUI(ServerGone):
+    """The server answered, but not as ComfyUI's API does (another program on that port, a proxy's error page)."""
+
+
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"GIF8")
+
+
+def _expect(ok: bool, url: str, what: str, body) -> None:
+    if not ok:
+        raise NotComfyUI(f"{url} answered with {what}: {str(body)[:120]!r}")
+
+
 class JobFailed(Exception):
     """The server ran the job and reported an error."""
 
@@ -44,12 +56,21 @@ class Server:
                     raise JobRefused(_refusal(body))
                 if r.status >= 400:
                     raise ServerGone(f"{self.url}{path} answered {r.status}")
-                return json.loads(body) if body else None
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError) as e:
             raise ServerGone(f"{self.url}: {e.__class__.__name__} {e}") from None
+        try:
+            reply = json.loads(body)
+        except (ValueError, RecursionError):
+            reply = body[:120]
+        _expect(isinstance(reply, dict), self.url + path, "something other than a JSON object", reply)
+        return reply
 
     async def object_info(self) -> dict:
-        return await self._json("GET", "/object_info")
+        info = await self._json("GET", "/object_info")
+        _expect(bool(info) and all(isinstance(v, dict) and isinstance(v.get("input"), dict)
+                                   and isinstance(v.get("output"), list) for v in info.values()),
+                self.url + "/object_info", "no node definitions", info)
+        return info
 
     async def connect(self) -> None:
         """Open the websocket (the server's progress and completion messages for our client id)."""
@@ -62,10 +83,13 @@ class Server:
     async def _listen(self, ws) -> None:
         try:
             async for msg in ws:
-                if msg.type != aiohttp.WSMsgType.TEXT:
+                try:
+                    event = json.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else None
+                except ValueError:
+                    event = None
+                data = event.get("data") if isinstance(event, dict) else None
+                if not isinstance(data, dict):
                     continue
-                event = json.loads(msg.data)
-                data = event.get("data") or {}
                 future = self.waiting.get(data.get("prompt_id"))
                 if future is None or future.done():
                     continue
@@ -99,7 +123,8 @@ class Server:
         if not self.connected:
             await self.connect()
         reply = await self._json("POST", "/prompt", json={"prompt": graph, "client_id": self.client_id})
-        prompt_id = reply["prompt_id"]
+        prompt_id = reply.get("prompt_id")
+        _expect(isinstance(prompt_id, str), self.url + "/prompt", "no prompt_id", reply)
         future = self.waiting[prompt_id] = asyncio.get_running_loop().create_future()
         try:
             while True:
@@ -107,13 +132,14 @@ class Server:
                     await asyncio.wait_for(asyncio.shield(future), poll)
                 except asyncio.TimeoutError:
                     pass  # a missed message: ask /history
-                entry = (await self._json("GET", f"/history/{prompt_id}") or {}).get(prompt_id)
-                status = (entry or {}).get("status", {})
+                entry = (await self._json("GET", f"/history/{prompt_id}")).get(prompt_id) or {}
+                _expect(_is_history(entry), self.url + "/history", "a history entry ComfyUI does not write", entry)
+                status = entry.get("status") or {}
                 if status.get("completed") is not None:
                     if status.get("status_str") != "success":
                         errors = [m[1] for m in status.get("messages", []) if m[0] == "execution_error"]
                         raise JobFailed(errors[0].get("exception_message", "failed") if errors else "failed")
-                    return entry["outputs"]
+                    return entry.get("outputs") or {}
                 if future.done():
                     future.result()  # raises the server's error; else history catches up on the next turn
                     await asyncio.sleep(0.05)
@@ -127,16 +153,26 @@ class Server:
             async with self.session.get(self.url + "/view", params=params, timeout=TIMEOUT) as r:
                 if r.status != 200:
                     raise ServerGone(f"{self.url}/view {params['filename']} answered {r.status}")
-                return await r.read()
+                data = await r.read()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise ServerGone(f"{self.url}: {e.__class__.__name__} {e}") from None
+        _expect(data.startswith(IMAGE_MAGIC), self.url + "/view", "something other than an image", data[:40])
+        return data
 
     async def upload(self, data: bytes, name: str) -> str:
         form = aiohttp.FormData()
         form.add_field("image", data, filename=name, content_type="image/png")
         form.add_field("overwrite", "true")
         reply = await self._json("POST", "/upload/image", data=form)
+        _expect(isinstance(reply.get("name"), str), self.url + "/upload/image", "no file name", reply)
         return f"{reply['subfolder']}/{reply['name']}" if reply.get("subfolder") else reply["name"]
+
+
+def _is_history(entry) -> bool:
+    outputs = entry.get("outputs") or {} if isinstance(entry, dict) else None
+    return (isinstance(outputs, dict) and isinstance(entry.get("status") or {}, dict)
+            and all(isinstance(o, dict) and isinstance(o.get("images", []), list)
+                    and all(isinstance(i, dict) for i in o.get("images", [])) for o in outputs.values()))
 
 
 def _refusal(body: bytes) -> str:
@@ -157,6 +193,9 @@ async def probe(servers: list[Server]) -> dict:
     for server in servers:
         try:
             infos.append(await server.object_info())
+        except NotComfyUI as e:
+            raise EvaluationError(server.url, f"it answers, but not as ComfyUI does ({e}).",
+                                  "check the host and port: --server must name a ComfyUI server.") from None
         except ServerGone as e:
             raise EvaluationError(server.url, f"the server does not answer ({e}).",
                                   "start it (python main.py --listen --port ...) or leave it out of --server."

@@ -26,15 +26,39 @@ def fingerprint(plan: dict) -> str:
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
 
 
+def existing(out: Path) -> dict | None:
+    """What a run before left in `out` (None: nothing); a manifest that is not whole is refused, never replaced."""
+    path = out / NAME
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        problem = None if _whole(data) else "it is JSON but not a manifest this runner wrote"
+    except (OSError, ValueError, RecursionError) as e:
+        problem = f"it cannot be read ({e.__class__.__name__}: {e})"
+    if problem:
+        raise EvaluationError(str(path), f"{problem}, so the results it lists cannot be resumed.",
+                              "to resume, restore it (from a backup or the copy you made); to start over and keep "
+                              f"every file here, give another --out, or move it aside (mv {path} {path}.damaged) "
+                              "and run the same command: it redoes every job.")
+    return data
+
+
+def _whole(data) -> bool:
+    return (isinstance(data, dict) and isinstance(data.get("fingerprint"), str) and isinstance(data.get("plan"), dict)
+            and isinstance(data.get("events"), list) and isinstance(data.get("done"), dict)
+            and all(isinstance(r, dict) and isinstance(r.get("images"), list) for r in data["done"].values()))
+
+
 class Manifest:
     def __init__(self, out: Path, plan: dict):
         self.path = out / NAME
         self.data = {"fingerprint": fingerprint(plan), "plan": plan, "done": {}, "events": []}
-        if self.path.exists():
-            old = json.loads(self.path.read_text(encoding="utf-8"))
-            if old.get("fingerprint") != self.data["fingerprint"]:
+        old = existing(out)
+        if old is not None:
+            if old["fingerprint"] != self.data["fingerprint"]:
                 raise EvaluationError(str(out), "it holds a run of another prompt set, workflow or variants.",
-                                      "give a new --out folder (or delete this one to start over).")
+                                      "give a new --out folder (or move this one aside to start over).")
             self.data = old
 
     @property

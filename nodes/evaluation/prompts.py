@@ -4,41 +4,49 @@ T2I-CompBench-style text files (one prompt per line). Seeds missing from a row a
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
-import re
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import EvaluationError
+from . import phrases
+from .errors import EvaluationError, refuse_rows
 
-MARK = re.compile(r"\*\*(.+?)\*\*")
 MAX_SEED = 2**32 - 1
+ENTITY_FIX = ("name entities as whole words of the prompt ('cow, horse'; 'cat#2' for the second 'cat'), or mark "
+              "them as **cow**.")
 
 
 @dataclass(frozen=True)
 class Row:
     id: str
     prompt: str  # as given, with any ** marks
-    entities: tuple[str, ...]
+    entities: tuple[str, ...]  # as Leakless's nodes take them: 'cow', 'cat#2'
     seed: int
+    where: str = field(default="", compare=False)  # file and line, for messages
 
     @property
     def clean(self) -> str:
-        return MARK.sub(r"\1", self.prompt)
+        return phrases.MARK.sub(r"\1", self.prompt)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "entities": list(self.entities), "clean": self.clean}
+        return {"id": self.id, "prompt": self.prompt, "entities": list(self.entities), "seed": self.seed,
+                "clean": self.clean}
 
 
-def _entities(value, where: str) -> list[str]:
+def _entities(value, where: str) -> list[phrases.Phrase]:
     if value in (None, ""):
         return []
-    if isinstance(value, str):
-        value = [v for v in re.split(r"[;,]", value)]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = ", ".join(value)
+    if not isinstance(value, str):
         raise EvaluationError(where, f"'entities' is {value!r}.", "give a list of strings or 'cow, horse'.")
-    return [v.strip() for v in value if v.strip()]
+    try:
+        return phrases.parse(value)
+    except phrases.PhraseError as e:
+        raise EvaluationError(where, f"'entities' {e}.", ENTITY_FIX) from None
 
 
 def _seed(value, where: str) -> int | None:
@@ -57,21 +65,35 @@ def _row(fields: dict, where: str, fallback_id: str) -> dict:
     prompt = fields.get("prompt", fields.get("text"))
     if not isinstance(prompt, str) or not prompt.strip():
         raise EvaluationError(where, "the row has no 'prompt'.", "give every row a non-empty 'prompt' field.")
-    marked = MARK.findall(prompt)
-    entities = _entities(fields.get("entities"), where) or marked
-    clean = MARK.sub(r"\1", prompt)
-    missing = [e for e in entities if e.lower() not in clean.lower()]
-    if missing:
-        raise EvaluationError(where, f"entities {missing} are not words of the prompt {clean!r}.",
-                              "name entities as they appear in the prompt.")
+    prompt = prompt.strip()
+    listed = _entities(fields.get("entities"), where)
+    problem = None
+    try:
+        clean, marked = phrases.marked(prompt)
+        entities = listed or marked
+        missing = [str(e) for e in entities if phrases.find(clean, e) is None]
+        if missing:
+            problem = f"entities {missing} are not whole words of the prompt {clean!r}"
+    except phrases.PhraseError as e:
+        entities, problem = listed, str(e)
     row_id = str(fields.get("id") or fallback_id)
-    return {"id": row_id, "prompt": prompt.strip(), "entities": tuple(entities), "seed": _seed(fields.get("seed"),
-                                                                                              where)}
+    return {"id": row_id, "prompt": prompt, "entities": tuple(str(e) for e in entities),
+            "seed": _seed(fields.get("seed"), where), "where": where, "problem": problem}
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise EvaluationError(path.name, f"it is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}).",
+                              "save it as UTF-8 (most editors: Save As, encoding UTF-8).") from None
+    except OSError as e:
+        raise EvaluationError(str(path), f"cannot read it ({e.strerror or e}).", "give a readable file.") from None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_text(path).splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path.name} line {n}"
@@ -86,23 +108,29 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _read_csv(path: Path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+    rows, start = [], 1  # the line the row being read starts on
+    try:
         if not reader.fieldnames or not {"prompt", "text"} & set(reader.fieldnames):
             raise EvaluationError(path.name, f"the header is {reader.fieldnames}.",
                                   "start the file with a header line holding 'prompt' (and 'entities', 'seed').")
-        rows = []
+        start = reader.line_num + 1
         for fields in reader:
             where = f"{path.name} line {reader.line_num}"
             if None in fields:
                 raise EvaluationError(where, "the row has more fields than the header.", "quote fields with commas.")
             rows.append(_row(fields, where, f"{reader.line_num:04d}"))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise EvaluationError(f"{path.name} line {start}", f"not CSV ({e}).",
+                              "close every '\"' that opens a field, and keep prompts short (a field may hold "
+                              f"{csv.field_size_limit()} characters at most).") from None
     return rows
 
 
 def _read_text(path: Path) -> list[dict]:
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_text(path).splitlines(), 1):
         if line.strip() and not line.lstrip().startswith("#"):
             rows.append(_row({"prompt": line}, f"{path.name} line {n}", f"{n:04d}"))
     return rows
@@ -121,11 +149,13 @@ def load(path: str | Path, base_seed: int = 0) -> list[Row]:
     rows = reader(path)
     if not rows:
         raise EvaluationError(path.name, "the prompt set is empty.", "add at least one prompt.")
-    ids = [r["id"] for r in rows]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    duplicates = sorted(i for i, n in Counter(r["id"] for r in rows).items() if n > 1)
     if duplicates:
         raise EvaluationError(path.name, f"row ids {duplicates} appear more than once.", "give every row its own id.")
+    problems = [(r["where"], r["problem"]) for r in rows if r["problem"]]
+    if problems:
+        raise refuse_rows(path.name, problems, len(rows), ENTITY_FIX)
     rng = random.Random(base_seed)
     generated = [rng.randint(0, MAX_SEED) for _ in rows]
-    return [Row(r["id"], r["prompt"], r["entities"], generated[i] if r["seed"] is None else r["seed"])
+    return [Row(r["id"], r["prompt"], r["entities"], generated[i] if r["seed"] is None else r["seed"], r["where"])
             for i, r in enumerate(rows)]

@@ -100,6 +100,15 @@ class Run:
                     self.failed[job.key] = str(e)
                 else:
                     self.queue.append(job)
+            except OSError as e:  # the results cannot be written: stop, keep the job for the resumed run
+                self.queue.appendleft(job)
+                self.fatal = EvaluationError(str(self.out), f"cannot write job {job.key}'s results "
+                                             f"({e.strerror or e}: {e.filename or ''}).", "free space or fix "
+                                             "permissions there, then run the same command again: it resumes.")
+            except Exception as e:  # noqa: BLE001 - a bug must stop the run loudly, never drop the job unseen
+                self.queue.appendleft(job)
+                self.fatal = EvaluationError(f"job {job.key}", f"the runner failed ({e.__class__.__name__}: {e}).",
+                                             "report it with this line; the same command resumes the run.")
             finally:
                 self.in_flight.pop(job.key, None)
                 self.on_progress(self)

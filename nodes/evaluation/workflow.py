@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,24 +21,61 @@ MUTED, BYPASSED = 2, 4
 PROMPT_SOURCES = {"PrimitiveStringMultiline": "value", "PrimitiveString": "value"}
 ENTITY_INPUTS = {"LeaklessDeLeakerEncode": ("entities", ", ")}
 SEED_INPUTS = ("seed", "noise_seed")
+MAX_VARIANTS = 256
 IMAGE_OUTPUTS = ("SaveImage",)
+
+
+def read(path: str | Path) -> dict:
+    """A workflow file's JSON, UI or API format, its structure checked (no server needed)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise EvaluationError(str(path), f"cannot read the workflow ({e.__class__.__name__}: {e}).",
+                              "give a workflow saved by ComfyUI (Save, or Export (API)).") from None
+    if isinstance(data, dict) and isinstance(data.get("nodes"), list):
+        problem = _ui_problem(data)
+    elif isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
+        problem = _api_problem(data)
+    else:
+        problem = "neither a UI-format nor an API-format workflow"
+    if problem:
+        raise EvaluationError(path.name, f"{problem}.", "save it from ComfyUI (Save, or Export (API)).")
+    return data
+
+
+def _api_problem(graph: dict) -> str | None:
+    for node_id, node in graph.items():
+        if not isinstance(node["class_type"], str) or not isinstance(node.get("inputs"), dict):
+            return f"node {node_id} has no 'inputs' object or no class_type name"
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and not (_is_link(value) and value[0] in graph):
+                return f"node {node_id} input {name!r} links to {value!r}, which is not a node output of the graph"
+    return None
+
+
+def _ui_problem(workflow: dict) -> str | None:
+    for node in workflow["nodes"]:
+        if not isinstance(node, dict) or not isinstance(node.get("type"), str) or "id" not in node:
+            return f"a node ({str(node)[:80]}) has no id or type"
+        for key in ("inputs", "outputs"):
+            slots = node.get(key) or []
+            if not isinstance(slots, list) or not all(isinstance(slot, dict) for slot in slots):
+                return f"node {node['id']} ({node['type']}) has a malformed '{key}'"
+        if not isinstance(node.get("widgets_values") or [], (list, dict)):
+            return f"node {node['id']} ({node['type']}) has a malformed 'widgets_values'"
+    for link in workflow.get("links") or []:
+        if not (isinstance(link, list) and len(link) >= 5) and not (
+                isinstance(link, dict) and {"id", "origin_id", "origin_slot", "target_id", "target_slot"} <= set(link)):
+            return f"a link ({str(link)[:80]}) is malformed"
+    return None
 
 
 def load(path: str | Path, object_info: dict) -> dict:
     """An API-format graph from a UI- or API-format workflow file."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise EvaluationError(str(path), f"cannot read the workflow ({e}).",
-                              "give a workflow saved by ComfyUI.") from None
-    if isinstance(data, dict) and isinstance(data.get("nodes"), list):
-        graph = ui_to_api(data, object_info)
-    elif isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
-        graph = data
-    else:
-        raise EvaluationError(path.name, "neither a UI-format nor an API-format workflow.",
-                              "save it from ComfyUI (Save, or Export (API)).")
+    data = read(path)
+    graph = ui_to_api(data, object_info, path.name) if isinstance(data.get("nodes"), list) else data
     unknown = sorted({n["class_type"] for n in graph.values()} - set(object_info))
     if unknown:
         raise EvaluationError(path.name, f"node types {unknown} are not installed on the server.",
@@ -72,10 +111,18 @@ def _widget_slots(info: dict) -> list[str | None]:
     return slots
 
 
-def ui_to_api(workflow: dict, object_info: dict) -> dict:
+def ui_to_api(workflow: dict, object_info: dict, name: str = "workflow") -> dict:
     """What the frontend's graphToPrompt sends: muted and frontend-only nodes dropped, reroutes followed, and a
     bypassed node's outputs fed from its input in the same slot if that has the output's type, else its first input
     of that type (the consumer loses the input when there is none)."""
+    try:
+        return _ui_to_api(workflow, object_info)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:  # a shape _ui_problem misses
+        raise EvaluationError(name, f"its nodes and links do not fit together ({e.__class__.__name__}: {e}).",
+                              "open it in ComfyUI and save it again.") from None
+
+
+def _ui_to_api(workflow: dict, object_info: dict) -> dict:
     if workflow.get("definitions", {}).get("subgraphs"):
         raise EvaluationError("workflow", "it contains subgraphs.", "unpack the subgraphs (right click, Unpack).")
     nodes = {n["id"]: n for n in workflow["nodes"]}
@@ -273,11 +320,38 @@ class Variant:
     notes: list[str] = field(default_factory=list)
 
 
+def _check_distinct(names: list[str], fixed: list[Setting], swept: list[Setting]) -> None:
+    """Every variant is a different run: no variant named twice, no sweep value twice, no input changed by two
+    settings (the last would win unseen); and there are not so many that the plan alone fills the memory."""
+    twice = sorted(n for n, k in Counter(names).items() if k > 1)
+    if twice:
+        raise EvaluationError("--variants", f"{', '.join(twice)} given twice: two variants would be the same run.",
+                              "name each variant once.")
+    for s in swept:
+        twice = [v for v, k in Counter(s.values).items() if k > 1]
+        if twice:
+            raise EvaluationError(s.text, f"the value {twice[0]!r} is given twice: two variants would be the same run "
+                                  "and only one result could be kept.", "give each value once.")
+    changed = {}
+    for s in fixed + swept:
+        for node_id in s.node_ids:
+            other = changed.setdefault((node_id, s.name), s)
+            if other is not s:
+                raise EvaluationError(s.text, f"it changes input {s.name!r} of node {node_id}, and so does "
+                                      f"{other.text}.", "change each input in one --set or --sweep.")
+    count = len(names) + (math.prod(len(s.values) for s in swept) if swept else 0)
+    if count > MAX_VARIANTS:
+        raise EvaluationError("--sweep", f"{count} variants (every combination of the sweeps); at most "
+                              f"{MAX_VARIANTS} are run at once.", "sweep fewer values, or split the sweep over runs.")
+
+
 def variants(graph: dict, object_info: dict, names: list[str], sweeps: list[str], sets: list[str]) -> list[Variant]:
     fixed = [parse_setting(s, graph, object_info) for s in sets]
     for s in fixed:
         if len(s.values) != 1:
             raise EvaluationError(s.text, "--set takes one value.", "use --sweep for several values.")
+    swept = [parse_setting(s, graph, object_info) for s in sweeps]
+    _check_distinct(names, fixed, swept)
     base = apply(graph, fixed, tuple(s.values[0] for s in fixed))
     out = []
     for name in names:
@@ -289,7 +363,6 @@ def variants(graph: dict, object_info: dict, names: list[str], sweeps: list[str]
             out.append(Variant("saved", base))
         else:
             raise EvaluationError(name, "unknown variant.", "use off and/or saved, and --sweep for parameter values.")
-    swept = [parse_setting(s, graph, object_info) for s in sweeps]
     for values in itertools.product(*(s.values for s in swept)) if swept else ():
         label = " ".join(f"{s.text.split('=')[0]}={v}" for s, v in zip(swept, values, strict=True))
         out.append(Variant(label, apply(base, swept, values)))

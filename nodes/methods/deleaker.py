@@ -50,22 +50,52 @@ import torch.nn.functional as F
 
 from ..registry.layout import Layout
 from . import kernels
+from .settings import Setting
 
 CHUNK_ELEMENTS = 1 << 25  # fp32 logits per chunk (128 MiB): bounds every per-chunk temporary of this module
 GUARD = {torch.float32: 0.25, torch.float64: 0.25}  # a row's edited normaliser must keep this share of its bulk
 GUARD_LOW_PRECISION = 0.5  # the same for 16-bit inputs (a rounded bulk output is amplified by at most 1 / GUARD)
 
 
+MASK_THRESHOLD = Setting("mask_threshold", "float", 1.0, (
+    "beta1: an image token belongs to an entity when its attention to the entity's words is above mean + beta1 x "
+    "std. Default {default} (paper); raise for tighter masks."), -3.0, 5.0, 0.05)
+IMAGE_THRESHOLD = Setting("image_threshold", "float", 1.0, (
+    "beta2: image-to-image attention between two entities' regions is cut above mean + beta2 x std. Default "
+    "{default} (paper); raise to cut less."), -3.0, 5.0, 0.05)
+ALPHA = Setting("alpha", "float", 1.2, (
+    "Self-identity reinforcement: logits from an entity's region to its own words are multiplied by this. Default "
+    "{default} (paper); 1.0 turns it off."), 1.0, 3.0, 0.05)
+MASK_HISTORY = Setting("mask_history", "float", 0.6, (
+    "Masks come from the attention averaged over this first fraction of the steps (paper: 12 of 20 = {default}), "
+    "then stay fixed."), 0.0, 1.0, 0.05)
+CROSS_TEXT = Setting("cross_text", "bool", True, "Block image-to-text attention between entities (the main edit). "
+                     "On by default; off only for ablations.")
+SELF_TEXT = Setting("self_text", "bool", True, "Reinforce each entity region's attention to its own words by alpha. "
+                    "On by default.")
+IMAGE_IMAGE = Setting("image_image", "bool", True, (
+    "Cut strong image-to-image attention between entities' regions. On by default; it is the costliest edit and "
+    "contributes least in the paper's ablation: turn it off for speed."))
+ALPHA_PER_PAIR = Setting("alpha_per_pair", "bool", False, (
+    "Off (default): alpha once per entity. On: the paper's code, which applies alpha once per entity pair (alpha^2 "
+    "for three entities)."))
+OVERLAP = Setting("overlap", "choice", "reference", (
+    "Image tokens in two entities' masks: 'reference' (default) blocks both entities' words there (the paper's "
+    "code); 'exclusive' gives them to the entity they attend to most."), options=("reference", "exclusive"))
+SETTINGS = (MASK_THRESHOLD, IMAGE_THRESHOLD, ALPHA, MASK_HISTORY, CROSS_TEXT, SELF_TEXT, IMAGE_IMAGE, ALPHA_PER_PAIR,
+            OVERLAP)  # the node's inputs, in order
+
+
 @dataclass(frozen=True)
 class Settings:
-    beta_text: float = 1.0  # mask threshold: mean + beta_text * std
-    beta_image: float = 1.0  # image-image threshold: mean + beta_image * std
-    alpha: float = 1.2  # self-identity reinforcement of image->own-text logits
-    cross_text: bool = True  # block image(M_i) -> text(T_j)
-    self_text: bool = True  # multiply image(M_i) -> text(T_i) logits by alpha
-    image_image: bool = True  # block strong image(M_i) -> image(M_j) attention
-    alpha_per_pair: bool = False  # reference: alpha once per entity pair (alpha^(K-1))
-    overlap: str = "reference"  # "reference" (block both) | "exclusive" (higher score wins)
+    beta_text: float = MASK_THRESHOLD.default  # mask threshold: mean + beta_text * std
+    beta_image: float = IMAGE_THRESHOLD.default  # image-image threshold: mean + beta_image * std
+    alpha: float = ALPHA.default  # self-identity reinforcement of image->own-text logits
+    cross_text: bool = CROSS_TEXT.default  # block image(M_i) -> text(T_j)
+    self_text: bool = SELF_TEXT.default  # multiply image(M_i) -> text(T_i) logits by alpha
+    image_image: bool = IMAGE_IMAGE.default  # block strong image(M_i) -> image(M_j) attention
+    alpha_per_pair: bool = ALPHA_PER_PAIR.default  # reference: alpha once per entity pair (alpha^(K-1))
+    overlap: str = OVERLAP.default  # "reference" (block both) | "exclusive" (higher score wins)
     smoothing: bool = True  # 3x3 opening, then closing x2
 
     @property

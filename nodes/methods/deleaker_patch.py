@@ -23,10 +23,13 @@ import torch
 from . import deleaker
 from .contract import AttentionCall, MethodError, ModelCall
 from .phrases import Phrases
+from .settings import Setting
 
 REFERENCE_BLOCKS = 57  # FLUX.1: 19 double + 38 single blocks, the model the reference's windows are written for
 REFERENCE_HISTORY_START = 12  # the history starts at block 12 of the first step ...
 REFERENCE_INTERVENE_START = 18  # ... and the edits at block 18 (FLUX.1's last double block) of the first step
+OPACITY = Setting("opacity", "float", 0.45, "Overlay colour strength (default {default}); 0 shows the images "
+                  "unchanged.", 0.0, 1.0, 0.05)  # DeLeaker Masks
 ENCODE_FIX = ("connect Leakless DeLeaker Encode's conditioning (FluxGuidance, timestep-range, area and mask nodes in "
               "between are fine) as the positive prompt of the sampler that uses this model.")
 

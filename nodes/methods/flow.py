@@ -1,6 +1,7 @@
 """Follow the Flow (Kaplan, Toker, Reif, Belinkov, Schwartz, 2025): token tracing and leak patching.
 
-Pure tensor and alignment operations; the nodes are ``flow_nodes.py``, the redundant-token predictor
+Pure tensor and alignment operations, and the settings the Follow the Flow nodes share; the nodes are
+``trace_nodes.py`` and ``flow_nodes.py``, the prompt they edit ``driver/prompts.py``, the redundant-token predictor
 ``redundancy.py``. The rule every operation follows (the reference code's): a removed token is neither dropped
 nor attention-masked; its row becomes the row **at the same position** of the empty prompt ``""`` encoded at the
 **same sequence length**. Sequence length and order never change.
@@ -15,6 +16,27 @@ import torch
 
 from ..text.alignment import EncoderTokens, PromptAlignment
 from ..text.grammar import find_ref, parse_phrases
+from .settings import Setting
+
+TRACE_MODES = ("each word", "each token", "selection", "all but selection")
+TRACE_MODE = Setting("mode", "choice", TRACE_MODES[0], (
+    "'each word': one image per word of the prompt. 'each token': one per token (see Leakless Token Inspector). "
+    "'selection': one per line of 'selection'. 'all but selection': each line of 'selection' removed from the full "
+    "prompt."), options=TRACE_MODES)
+INCLUDE_FULL_PROMPT = Setting("include_full_prompt", "bool", True, (
+    "Add the untouched prompt as the first image, to compare against (default {default})."))
+POOLED_MODES = ("reference", "prompt", "empty prompt")
+POOLED_OUTPUT = Setting("pooled_output", "choice", POOLED_MODES[0], (
+    "Which pooled vector goes with edited conditionings. 'reference' does what the paper's code does: FLUX keeps "
+    "the full prompt's pooled CLIP-L vector; SDXL uses the empty prompt's pooled vector whenever a token is "
+    "replaced; SD1.5 has no pooled input. 'prompt' / 'empty prompt' force one or the other."), options=POOLED_MODES)
+EMPTY_PROMPT_MODES = ("as encoded", "attention-masked")
+EMPTY_PROMPT_ENCODING = Setting("empty_prompt", "choice", EMPTY_PROMPT_MODES[0], (
+    "How the empty prompt whose rows replace removed tokens is encoded. 'as encoded': as CLIPTextEncode encodes \"\" "
+    "(the reference code's, read at tokeron/diffusers' lens branch). 'attention-masked': its padding masked out of "
+    "the encoder's attention, so from the 3rd row on its rows differ (the reading of an independent check). The LLM "
+    "encoders already mask their padding: there both give the same rows."),
+    options=EMPTY_PROMPT_MODES, optional=True)  # optional: API prompts saved before it still run
 
 
 def replace_rows(cond: torch.Tensor, empty: torch.Tensor, positions) -> torch.Tensor:
@@ -28,6 +50,26 @@ def replace_rows(cond: torch.Tensor, empty: torch.Tensor, positions) -> torch.Te
     if rows:
         index = torch.tensor(rows, device=cond.device)
         out[..., index, :] = empty[..., index, :].to(device=out.device, dtype=out.dtype)
+    return out
+
+
+def replace_rows_batch(cond: torch.Tensor, empty: torch.Tensor, variants, on_variant=None) -> torch.Tensor:
+    """``torch.cat([replace_rows(cond, empty, v) for v in variants])``, written into one tensor as it is built (no
+    list of copies beside the batch). ``on_variant()`` is called after each variant (progress, interrupt)."""
+    if cond.shape != empty.shape:
+        raise ValueError(f"prompt and empty-prompt encodings differ in shape: {tuple(cond.shape)} vs "
+                         f"{tuple(empty.shape)}")
+    b = cond.shape[0]
+    out = cond.new_empty((b * len(variants), *cond.shape[1:]))
+    for i, positions in enumerate(variants):
+        block = out[i * b:(i + 1) * b]
+        block.copy_(cond)
+        rows = sorted(set(positions))
+        if rows:
+            index = torch.tensor(rows, device=cond.device)
+            block[..., index, :] = empty[..., index, :].to(device=out.device, dtype=out.dtype)
+        if on_variant is not None:
+            on_variant()
     return out
 
 

@@ -21,7 +21,19 @@ from . import deleaker, heatmap
 from ..registry.layout import cross_layout
 from .contract import AttentionCall, MethodError, ModelCall
 from .phrases import Phrases
+from .settings import Setting
 
+START_PERCENT = Setting("start_percent", "float", 0.0, "The first fraction of the sampling steps to record "
+                        "(default {default}: the first step).", 0.0, 1.0, 0.05)
+END_PERCENT = Setting("end_percent", "float", 1.0, "Record up to this fraction of the steps (default {default}: the "
+                      "last step).", 0.0, 1.0, 0.05)
+FIRST_BLOCK = Setting("first_block", "float", 0.0, "The first fraction of the model's main blocks to record (UNet: of "
+                      "its cross-attention calls; default {default}).", 0.0, 1.0, 0.05)
+LAST_BLOCK = Setting("last_block", "float", 1.0, "Record up to this fraction of the blocks (default {default}: the "
+                     "last block).", 0.0, 1.0, 0.05)
+SETTINGS = (START_PERCENT, END_PERCENT, FIRST_BLOCK, LAST_BLOCK)  # Attention Heatmap's inputs after the entities
+OPACITY = Setting("opacity", "float", 0.6, "Heat colour strength where the map is at its max (default {default}); 0 "
+                  "shows the images.", 0.0, 1.0, 0.05)  # Heatmap Show
 ENCODE_FIX = ("connect Leakless Heatmap Encode's conditioning as the positive prompt of the sampler that uses this "
               "model.")
 

@@ -21,8 +21,19 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import listed, quoted
 from ..text.grammar import spelling
 from .flow import Item
+from .settings import Setting
+
+MODES = ("causal rule", "manual", "classifier")
+MODE = Setting("mode", "choice", MODES[0], (
+    "'causal rule': keep the last token of each item (the paper's finding for causal encoders, i.e. CLIP and the "
+    "LLM encoders; not for T5). 'manual': keep the tokens you name in 'items'. 'classifier': a k-NN or linear "
+    "classifier file from models/leakless/."), options=MODES)
+THRESHOLD = Setting("threshold", "float", 0.5, (
+    "Classifier mode: a token is redundant when its score is above this (default {default}). Raise it to remove "
+    "fewer tokens."), min=0.0, max=1.0, step=0.01)
 
 META_KEY = "leakless.redundancy"
 
@@ -59,19 +70,19 @@ def manual_rule(item: Item, keeps: list[str], token_texts: list[str]) -> Decisio
     for k in keeps:
         index = re.fullmatch(r"#?\s*(\d+)", k)
         if index and not k.startswith("#") and any(_norm_token(t) == k for t in token_texts):
-            raise RedundancyError(f"'{k}' is read as token {k} of '{item.label}' (a 1-based index), but '{k}' is also "
-                                  f"one of its tokens; write #{k} for the index, \"{k}\" for the token")
+            raise RedundancyError(f"'{k}' is read as token {k} of {quoted(item.label)} (a 1-based index), but '{k}' is "
+                                  f"also one of its tokens; write #{k} for the index, \"{k}\" for the token")
         if index:
             i = int(index[1])
             if not 1 <= i <= len(item.positions):
-                raise RedundancyError(f"'{item.label}' has {len(item.positions)} token(s); there is no token {i}")
+                raise RedundancyError(f"{quoted(item.label)} has {len(item.positions)} token(s); there is no token {i}")
             chosen.add(item.positions[i - 1])
             continue
         k = k[1:-1] if len(k) > 1 and k[0] == k[-1] == '"' else k
         hits = [p for p, t in zip(item.positions, token_texts, strict=True) if _norm_token(t) == _norm_token(k)]
         if not hits:
-            raise RedundancyError(f"'{item.label}' has no token '{k}'; its tokens are "
-                                  f"{', '.join(repr(t) for t in token_texts)}")
+            raise RedundancyError(f"{quoted(item.label)} has no token {quoted(k)}; its tokens are "
+                                  f"{listed(repr(t) for t in token_texts)}")
         chosen.update(hits)
     keep = tuple(p for p in item.positions if p in chosen)
     return Decision(item, keep, tuple(p for p in item.positions if p not in chosen))
@@ -107,7 +118,8 @@ class RedundancyClassifier:
             return labels[nearest].mean(dim=-1)
         return torch.sigmoid(x @ self.tensors["weight"].float() + self.tensors["bias"].float())
 
-    def decide(self, items: list[Item], features: torch.Tensor, threshold: float = 0.5) -> list[Decision]:
+    def decide(self, items: list[Item], features: torch.Tensor,
+               threshold: float = THRESHOLD.default) -> list[Decision]:
         """`features` holds one row per sequence position. Items of one token are never touched; if every token
         of an item scores redundant, the least redundant one is kept."""
         out = []

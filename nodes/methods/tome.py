@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch.overrides import TorchFunctionMode
 
+from ..errors import listed, quoted
 from ..text.alignment import PromptAlignment
 from ..text.grammar import PhraseRef, SelectionError, find_ref
+from .settings import Setting
 
 REFERENCE_NOUN_WEIGHT = 1.1
 REFERENCE_ATTRIBUTE_WEIGHT = 1.2
@@ -22,6 +24,15 @@ REFERENCE_THRESHOLDS = (26.0, 25.0, 24.0, 23.0, 22.5, 22.0, 21.5, 21.0, 21.0, 21
 REFERENCE_STEPS = 50
 POSE_TARGETS = ((10.0, 16.0), (25.0, 16.0))  # reference pose prior, on a 32x32 grid (x, y)
 POSE_GRID = 32
+NOUN_WEIGHT = Setting("noun_weight", "float", REFERENCE_NOUN_WEIGHT, (
+    "Composite = noun_weight x noun rows + attribute_weight x attribute rows. {default} is the reference code's; 1.0 "
+    "with attribute_weight 1.0 is the paper's plain sum."), 0.0, 3.0, 0.05)
+ATTRIBUTE_WEIGHT = Setting("attribute_weight", "float", REFERENCE_ATTRIBUTE_WEIGHT, (
+    "{default} is the reference code's (see noun_weight)."), 0.0, 3.0, 0.05)
+END_TOKEN_SUBSTITUTION = Setting("end_token_substitution", "float", 0.0, (
+    "From this fraction of the sampling on, the end token and padding rows come from the clean prompt, so they stop "
+    "carrying the attributes. {default} = from the start (reference, object binding); 1 = off (reference, attribute "
+    "binding); in between uses ComfyUI's timestep ranges, like ConditioningSetTimestepRange."), 0.0, 1.0, 0.01)
 
 
 @dataclass(frozen=True)
@@ -190,10 +201,10 @@ def attribute_span(alignment: PromptAlignment, ref: PhraseRef, noun: tuple[int, 
     high = min((n[0] for n in nouns if n[0] >= noun[1]), default=len(alignment.prompt))
     near = [s for s in found if low <= s[0] and s[1] <= high and (s[1] <= noun[0] or s[0] >= noun[1])]
     if not near:
-        listed = ", ".join(f"{ref.phrase}#{i} ('{_context(alignment, s)}')" for i, s in enumerate(found, 1))
-        raise SelectionError(f"'{ref.phrase}' occurs {len(found)} times and none of them is next to its noun "
-                         f"'{alignment.prompt[noun[0]:noun[1]]}' (before another group's noun): write one of "
-                         f"{listed}")
+        choices = listed(f"{ref.phrase}#{i} ({quoted(_context(alignment, s))})" for i, s in enumerate(found, 1))
+        raise SelectionError(f"{quoted(ref.phrase)} occurs {len(found)} times and none of them is next to its noun "
+                             f"{quoted(alignment.prompt[noun[0]:noun[1]])} (before another group's noun): write one "
+                             f"of {choices}")
     return min(near, key=lambda s: (_words_between(alignment, s, noun), s[0] > noun[0]))
 
 
@@ -217,15 +228,16 @@ def resolve_groups(alignment: PromptAlignment, key: str, specs) -> list[Group]:
             attributes += alignment.encoders[key].positions_in(*span)
         noun_rows = alignment.encoders[key].positions_in(*noun.span)
         if not noun_rows:
-            raise SelectionError(f"'{spec.noun}' is not read by the {alignment.encoders[key].name} encoder")
+            raise SelectionError(f"{quoted(spec.noun)} is not read by the {alignment.encoders[key].name} encoder")
         rows = noun_rows + [r for r in dict.fromkeys(attributes) if r not in noun_rows]
         if len(rows) == len(noun_rows):
-            raise SelectionError(f"the attributes of '{spec.noun}' are the noun itself")
+            raise SelectionError(f"the attributes of {quoted(spec.noun)} are the noun itself")
         for r in rows:
             if r in owner:
                 other, word = owner[r], alignment.encoders[key].tokens[r].word
-                raise SelectionError(f"'{spec.noun}' and '{specs[other].noun}' share the word '{word}'; a word can "
-                                 f"belong to one group: name another occurrence with '#n' ('{word}#2')")
+                raise SelectionError(f"{quoted(spec.noun)} and {quoted(specs[other].noun)} share the word "
+                                     f"{quoted(word)}; a word can belong to one group: name another occurrence with "
+                                     f"'#n' ('{word}#2')")
             owner[r] = index
         start, end = min(s[0] for s in spans), max(s[1] for s in spans)
         before = alignment.prompt[:start].split()

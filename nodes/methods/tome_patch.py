@@ -18,11 +18,41 @@ import torch
 
 from . import tome
 from .contract import MethodError, ModelCall
+from .settings import Setting
 
 # The reference's maps: diffusers up_blocks.0.attentions.1.transformer_blocks.{1,2,3}.attn2 = ComfyUI's output
 # block 1, transformer blocks 1-3 (32x32 at 1024x1024).
 MAP_LAYERS = (("output", 1, 1), ("output", 1, 2), ("output", 1, 3))
 SIZE_EMBEDDING = 6 * 256  # SDXL's ADM vector is [pooled text, 6 Fourier size embeddings of 256]
+
+
+LATENT_OPTIONS = ("main latent", "anchor latent (reference code)")
+THRESHOLD_OPTIONS = ("step index (reference code)", "fraction of the schedule")
+STEPS_FRACTION = Setting("steps_fraction", "float", 0.2, (
+    "The updates run during this first fraction of the sampler's steps: {default} (the paper; 10 of 50). The "
+    "reference demos use 0.14 and 0.1. 0 turns the node off. Fast: 0.1."), 0.0, 1.0, 0.01)
+ENTROPY_ITERATIONS = Setting("entropy_iterations", "int", 6, (
+    "Most entropy-loss updates per step (fewer if the loss falls under the reference's threshold). {default}: "
+    "reference object-binding demo; 4: attribute demo; 0: off. Fast: 1."), 0, 20)
+SEMANTIC_ITERATIONS = Setting("semantic_iterations", "int", 3, (
+    "Semantic-binding updates of each composite token per step (reference: {default}). 0: off. Fast: 1."), 0, 10)
+SEMANTIC_LR = Setting("semantic_lr", "float", 1e4, "Step size of the semantic-binding update (reference: {default}).",
+                      0.0, 1e6, 100.0)
+ENTROPY_STEP = Setting("entropy_step", "float", 3.0, (
+    "Entropy step size at the first step, falling linearly to 0 at the last (reference: {default})."), 0.0, 20.0, 0.1)
+POSE_PRIOR = Setting("pose_prior", "bool", False, (
+    "The reference's optional layout prior for two groups: first subject left, second right. Off by default."))
+SEMANTIC_LATENT = Setting("semantic_latent", "choice", LATENT_OPTIONS[0], (
+    "The latent the semantic-binding loss predicts noise from: the sampling's own (default, as the paper describes "
+    "it), or the reference code's separate per-anchor latent, advanced with inverted guidance (it looks unintended; "
+    "for comparisons). Costs one more pass per step."), options=LATENT_OPTIONS)
+THRESHOLD_SCHEDULE = Setting("threshold_schedule", "choice", THRESHOLD_OPTIONS[0], (
+    "How a step picks its entry of the reference's entropy threshold table (written for steps 0-9 of 50): by its step "
+    "index, as the reference code does at any step count (default), or by its fraction of the schedule (step 2 of 25 "
+    "reads step 4's entry), which keeps each entry at the same point of the schedule with fewer or more steps. The "
+    "two agree at 50 steps."), options=THRESHOLD_OPTIONS, optional=True)
+SETTINGS = (STEPS_FRACTION, ENTROPY_ITERATIONS, SEMANTIC_ITERATIONS, SEMANTIC_LR, ENTROPY_STEP, POSE_PRIOR,
+            SEMANTIC_LATENT, THRESHOLD_SCHEDULE)  # ToMe Semantic Binding's inputs after the binding
 
 
 @dataclass(frozen=True)
@@ -41,12 +71,12 @@ class BindingSpec:
 
 @dataclass(frozen=True)
 class Settings:
-    window: float = 0.2
-    entropy_iterations: int = 6
-    semantic_iterations: int = 3
-    semantic_lr: float = 1e4
-    scale_factor: float = 3.0
-    pose_prior: bool = False
+    window: float = STEPS_FRACTION.default
+    entropy_iterations: int = ENTROPY_ITERATIONS.default
+    semantic_iterations: int = SEMANTIC_ITERATIONS.default
+    semantic_lr: float = SEMANTIC_LR.default
+    scale_factor: float = ENTROPY_STEP.default
+    pose_prior: bool = POSE_PRIOR.default
     anchor_latent: bool = False  # the reference code's separate latent for the semantic-binding loss
     threshold_by_fraction: bool = False  # the threshold table read at the step's fraction of 50 steps
     temperature: float = 0.5

@@ -29,6 +29,8 @@ class Family:
     joint: bool = False  # its diffusion models read the rows in joint text-image attention (DeLeaker, heatmap)
     tome: bool = False  # ToMe: the rows are one CLIP chunk a UNet cross-attends to
     extra_rows: tuple[tuple[str, str], ...] = ()  # (conditioning dict key, encoder): more token rows, on dim -2
+    optional: tuple[str, ...] = ()  # encoders the tokenizer adds for some prompts only; their tokens encode a text
+    # derived from the prompt (HunyuanImage's ByT5 glyph rows of quoted phrases), so they are not aligned or edited
     comfyui: str = "0.3.75"  # the first ComfyUI of the test matrix that has the family
     note: str = ""  # shown in the picker and the Token Inspector
 
@@ -48,7 +50,7 @@ class Family:
 
 ENCODER_NAMES = {"l": "CLIP-L", "g": "CLIP-G", "t5xxl": "T5-XXL", "qwen25_7b": "Qwen2.5-VL-7B", "qwen3_4b": "Qwen3-4B",
                  "qwen3_8b": "Qwen3-8B", "qwen3vl_4b": "Qwen3-VL-4B", "mistral3_24b": "Mistral-3-24B",
-                 "llama": "Llama-3.1-8B"}
+                 "llama": "Llama-3.1-8B", "gemma2_2b": "Gemma-2-2B", "byt5": "ByT5-small"}
 
 _LLM_NOTE = ("An LLM text encoder: ComfyUI reads (word:1.2) as plain text here, and wraps the prompt in the "
              "model's chat template, whose tokens are rows too.")
@@ -92,6 +94,16 @@ FAMILIES: tuple[Family, ...] = (
            (("QuadrupleCLIPLoader", ""),), "comfy.text_encoders.hidream:HiDreamTokenizer", joint=True,
            extra_rows=(("conditioning_llama3", "llama"),),
            note="Rows are T5's; the Llama rows of every layer ride in the conditioning as 'conditioning_llama3'."),
+    Family("hunyuan_image", "HunyuanImage 2.1", ("HunyuanImageTokenizer",), ("qwen25_7b",), (("qwen25_7b",),),
+           (("DualCLIPLoader", "hunyuan_image"),), "comfy.text_encoders.hunyuan_image:HunyuanImageTokenizer",
+           causal=True, chat_template=True, template_prefix_stripped=True, joint=True, optional=("byt5",),
+           note=_LLM_NOTE + " ComfyUI drops the system part of the template, so rows start at the prompt. Quoted "
+           "text is also encoded by ByT5 for the glyphs ('conditioning_byt5small'); Leakless leaves those rows alone."),
+    Family("lumina2", "Lumina 2", ("LuminaTokenizer",), ("gemma2_2b",), (("gemma2_2b",),), (("CLIPLoader", "lumina2"),),
+           causal=True, joint=True,
+           note="Gemma-2-2B reads the prompt as written (no chat template; Lumina 2 workflows write a system prompt "
+           "into it, whose tokens are rows too). Its tokenizer is read from the text encoder file, so the picker "
+           "cannot show it: use Leakless Token Inspector."),
 )
 
 BY_ID = {f.id: f for f in FAMILIES}
@@ -104,14 +116,24 @@ def names(which) -> str:
     return ", ".join(chosen[:-1]) + (" and " if len(chosen) > 1 else "") + chosen[-1]
 
 
+def loaders(which=lambda f: True) -> str:
+    """'FLUX.1 / Kontext / Krea (DualCLIPLoader type flux), SDXL (CheckpointLoaderSimple, DualCLIPLoader type
+    sdxl), ...': how the CLIP of each family for which `which(family)` holds is loaded, for tooltips."""
+    def how(f):
+        return ", ".join(f"{node} type {kind}" if kind else node for node, kind in f.loaders)
+
+    return "; ".join(f"{f.name} ({how(f)})" for f in FAMILIES if which(f))
+
+
 def family_of_tokenizer(tokenizer, keys) -> Family | None:
     """The family of a ComfyUI family tokenizer (``clip.tokenizer``) whose output has encoder `keys`: by the classes
     it is built from, the most derived first (a subclass made by a loader or another pack still matches), and only
-    a family with exactly these encoders (an unknown LLM tokenizer built on SD1Tokenizer is not SD1.5)."""
+    a family with exactly these encoders, less the optional ones it adds for some prompts (an unknown LLM tokenizer
+    built on SD1Tokenizer is not SD1.5)."""
     keys = set(keys)
     for cls in type(tokenizer).__mro__:
         for f in FAMILIES:
-            if cls.__name__ in f.tokenizer_classes and set(f.encoders) == keys:
+            if cls.__name__ in f.tokenizer_classes and set(f.encoders) == keys - set(f.optional):
                 return f
     return None
 

@@ -120,8 +120,8 @@ def _rows(value) -> int:
 
 
 _FLUX_BLOCKS = ("double_blocks", "single_blocks")
-_ZIMAGE_REFERENCES = ("ref_latents", "reference latents (Z-Image Omni / edit: reference captions and images sit "
-                                     "between the caption and the image)")
+_LUMINA_REFERENCES = ("ref_latents", "reference latents (reference captions and images sit between the caption "
+                                     "and the image)")
 MODELS: tuple[DiffusionModel, ...] = (
     DiffusionModel("flux2", "FLUX.2 dev / Klein", ("Flux2",), ("flux2", "flux2_klein"), blocks=_FLUX_BLOCKS,
                    references="ref_latents", left_padded=True, latent_scale=16,
@@ -134,7 +134,7 @@ MODELS: tuple[DiffusionModel, ...] = (
                    blocks=("transformer_blocks",), references="ref_latents"),
     DiffusionModel("z_image", "Z-Image", ("ZImage",), ("z_image",), blocks=("layers",),
                    text=(Stream("prompt", pad_multiple="pad_tokens_multiple"),),
-                   image_pad_multiple="pad_tokens_multiple", refuses=(_ZIMAGE_REFERENCES,),
+                   image_pad_multiple="pad_tokens_multiple", refuses=(_LUMINA_REFERENCES,),
                    note="Single stream; the caption and the image tokens are each padded to a multiple of 32."),
     DiffusionModel("krea2", "Krea 2", ("Krea2",), ("krea2",), blocks=("blocks",), patch="patch", comfyui="0.33.0"),
     DiffusionModel("sd3", "SD3 / SD3.5", ("SD3",), ("sd3",), blocks=("joint_blocks",),
@@ -145,6 +145,14 @@ MODELS: tuple[DiffusionModel, ...] = (
                    image_joins=("image_cond",),
                    note="Image first; an entity's words are in the T5 rows, the Llama rows and each block's Llama "
                         "rows. HiDream-E1 joins its condition image to the latent's right."),
+    DiffusionModel("hunyuan_image", "HunyuanImage 2.1", ("HunyuanImage21",), ("hunyuan_image",), blocks=_FLUX_BLOCKS,
+                   text=(Stream("prompt"), Stream("byt5", "txt_byt5")),
+                   image_first_when="double_blocks.0.flipped_img_txt", latent_scale=32,
+                   refuses=(("ref_latent", "a reference latent (its tokens come before the image)"),),
+                   note="The ByT5 glyph rows of quoted text follow the prompt's rows, left alone. "
+                   "ComfyUI 0.3.75 puts the image first, 0.33.0 the text."),
+    DiffusionModel("lumina2", "Lumina 2", ("Lumina2",), ("lumina2",), blocks=("layers",), refuses=(_LUMINA_REFERENCES,),
+                   note="Single stream, as Z-Image (the same model class; the config tells them apart)."),
     DiffusionModel("sdxl", "SDXL", ("SDXL",), ("sdxl",), attention="cross"),
     DiffusionModel("sd15", "SD1.5", ("SD15",), ("sd15",), attention="cross"),
 )

@@ -29,6 +29,7 @@ import itertools
 import re
 from dataclasses import dataclass
 
+from ..errors import listed, quoted
 from ..registry.families import ENCODER_NAMES, NAMES, Family, family_of_tokenizer
 
 EMBEDDING_PREFIX = "embedding:"
@@ -140,14 +141,13 @@ class PromptAlignment:
         spans = self.find_spans(phrase)
         if occurrence < 1 or occurrence > len(spans):
             where = "is not in the prompt" if not spans else f"occurs {len(spans)} time(s), not {occurrence}"
-            raise PhraseNotFoundError(
-                f"'{phrase}' {where}. The prompt's words are: {', '.join(repr(w) for w in self.words()) or '(none)'}"
-            )
+            words = listed(quoted(w) for w in self.words()) or "(none)"
+            raise PhraseNotFoundError(f"{quoted(phrase)} {where}. The prompt's words are: {words}")
         start, end = spans[occurrence - 1]
         positions = {k: enc.positions_in(start, end) for k, enc in self.encoders.items()}
         if not any(positions.values()):
-            raise PhraseNotFoundError(f"'{phrase}' is in the prompt but no text encoder reads it (ComfyUI drops the "
-                                      "name of an embedding it cannot find); choose another word")
+            raise PhraseNotFoundError(f"{quoted(phrase)} is in the prompt but no text encoder reads it (ComfyUI drops "
+                                      "the name of an embedding it cannot find); choose another word")
         rows = self.rows.positions_in(start, end) if self.rows is not None else None
         return PhraseMatch(phrase, occurrence, (start, end), positions, rows)
 
@@ -401,7 +401,7 @@ def _hf_tokens(sub, text: str) -> tuple[list[int], list[tuple[int, int] | None],
         return ids, offsets, True
     except (NotImplementedError, ValueError, TypeError, KeyError):
         ids = _hf_ids(sub, text)
-    offsets = _byte_level_offsets(sub, text, ids)
+    offsets = _byte_level_offsets(sub, text, ids) or _sentencepiece_offsets(sub, text, ids)
     if offsets is not None:
         return ids, offsets, True
     words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
@@ -420,9 +420,34 @@ def _byte_alphabet() -> dict[str, int]:
 
 
 def _byte_level_offsets(sub, text: str, ids: list) -> list[tuple[int, int]] | None:
-    """Character offsets of `ids` from the bytes their vocabulary spellings stand for, or None when the spellings
-    are not byte-level or do not add up to `text` exactly."""
-    alphabet, vocab = _byte_alphabet(), getattr(sub, "inv_vocab", None) or {}
+    """Character offsets of `ids` from the bytes their byte-level BPE spellings stand for (GPT-2's alphabet), or
+    None when the spellings are not byte-level or do not add up to `text` exactly."""
+    alphabet = _byte_alphabet()
+
+    def spell(spelling: str, first: bool) -> bytes:
+        return bytes(alphabet[c] for c in spelling) if all(c in alphabet for c in spelling) else \
+            spelling.encode("utf-8")
+
+    return _spelled_offsets(sub, text, ids, spell, strip_space=False)
+
+
+def _sentencepiece_offsets(sub, text: str, ids: list) -> list[tuple[int, int]] | None:
+    """Character offsets of `ids` from their SentencePiece spellings ('\u2581' a space, '<0xAB>' one byte; ComfyUI's
+    SPieceTokenizer has no offsets: Gemma), each without its leading space; None when they do not spell `text`
+    exactly (a normalizer changed it)."""
+    def spell(spelling: str, first: bool) -> bytes:
+        byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", spelling)
+        piece = bytes([int(byte[1], 16)]) if byte else spelling.replace("\u2581", " ").encode("utf-8")
+        return piece[1:] if first and piece[:1] == b" " and not text.startswith(" ") else piece  # a dummy prefix
+
+    return _spelled_offsets(sub, text, ids, spell, strip_space=True)
+
+
+def _spelled_offsets(sub, text: str, ids: list, spell, strip_space: bool) -> list[tuple[int, int]] | None:
+    """Character offsets of `ids` from the bytes `spell(vocabulary spelling, first token)` says each stands for;
+    None when a spelling is missing or they do not add up to `text` exactly. `strip_space`: a token's span leaves
+    out the spaces it starts with."""
+    vocab = getattr(sub, "inv_vocab", None) or {}
     data = text.encode("utf-8")
     char_of = [i for i, ch in enumerate(text) for _ in ch.encode("utf-8")] + [len(text)]
     out, pos = [], 0
@@ -430,12 +455,12 @@ def _byte_level_offsets(sub, text: str, ids: list) -> list[tuple[int, int]] | No
         spelling = vocab.get(token)
         if not isinstance(spelling, str):
             return None
-        piece = bytes(alphabet[c] for c in spelling) if all(c in alphabet for c in spelling) else \
-            spelling.encode("utf-8")
+        piece = spell(spelling, pos == 0)
         if data[pos:pos + len(piece)] != piece:
             return None
         end = pos + len(piece)
-        out.append((char_of[pos], char_of[end - 1] + 1 if end > pos else char_of[pos]))
+        start = end - len(piece.lstrip(b" ")) if strip_space else pos
+        out.append((char_of[start], char_of[end - 1] + 1) if end > start else (char_of[start], char_of[start]))
         pos = end
     return out if pos == len(data) else None
 
@@ -619,6 +644,8 @@ def align(prompt: str, family_tokenizer, tokenized: dict | None = None, present=
     template = getattr(family_tokenizer, "llama_template", None) if family and family.chat_template else None
     encoders = {}
     for key, chunks in tokenized.items():
+        if family is not None and key in family.optional:
+            continue  # a text derived from the prompt (glyph rows of its quoted phrases): not aligned to it
         sub = sub_tokenizer(family_tokenizer, key)
         enc, prefix = _align_templated(key, sub, chunks, segments, plain, template)
         if family is not None and family.template_prefix_stripped and prefix:

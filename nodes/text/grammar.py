@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..errors import quoted
 from .alignment import PhraseNotFoundError, PromptAlignment
 
 
@@ -46,48 +47,81 @@ class PositionRef:
 _POSITIONS = re.compile(r"(@)?\s*(\d+)(?:\s*-\s*(\d+))?")
 _QUOTED = re.compile(r'"([^"]*)"(?:\s*#\s*(\d+))?')
 _OCCURRENCE = re.compile(r"(.*?)\s*#\s*(\d+)")
+_DIGIT_AFTER = re.compile(r"\d$")  # '1' then '000': a comma between digits
+_DIGIT_BEFORE = re.compile(r"\d")
+
+
+def _split(text: str, separators: str, quotes: bool = True) -> list[str]:
+    pieces, start, inside = [], 0, False
+    for i, ch in enumerate(text):
+        if ch == '"' and quotes:
+            inside = not inside
+        elif ch in separators and not inside:
+            pieces.append(text[start:i])
+            start = i + 1
+    return [*pieces, text[start:]]
 
 
 def split_outside_quotes(text: str, separators: str) -> list[str]:
     """`text` split at each of `separators` that is not inside double quotes."""
     text = text or ""
     if text.count('"') % 2:
-        raise SelectionError(f"'{text.strip()}' has an unclosed '\"'; quote a phrase as \"1984\"")
-    parts, start, quoted = [], 0, False
-    for i, ch in enumerate(text):
-        if ch == '"':
-            quoted = not quoted
-        elif ch in separators and not quoted:
-            parts.append(text[start:i])
-            start = i + 1
-    return [*parts, text[start:]]
+        raise SelectionError(f"{quoted(text.strip())} has an unclosed '\"'; quote a phrase as \"1984\"")
+    return _split(text, separators)
+
+
+def parts(text: str, separators: str) -> list[str]:
+    """The non-blank parts of `text` between `separators` outside double quotes, stripped: what a selection, item
+    or entity list holds, counted before any of it is read (an unclosed quote is counted as plain text; the parser
+    reports it)."""
+    text = text or ""
+    pieces = _split(text, separators, quotes=not text.count('"') % 2)
+    return [p.strip() for p in pieces if p.strip()]
 
 
 def _part(part: str, positions: bool, what: str):
     m = _POSITIONS.fullmatch(part)
     if m and (positions or m[1]):
         if not positions:
-            raise SelectionError(f"{what} are words of the prompt, not token positions ('{part}')")
+            raise SelectionError(f"{what} are words of the prompt, not token positions ({quoted(part)})")
         start, end = int(m[2]), int(m[3] or m[2])
         if end < start:
-            raise SelectionError(f"'{part}' is an empty range; write the smaller position first")
+            raise SelectionError(f"{quoted(part)} is an empty range; write the smaller position first")
         return PositionRef(start, end, bare=not m[1])
-    quoted = _QUOTED.fullmatch(part)
-    if quoted is None and '"' in part:
-        raise SelectionError(f"'{part}': quotes go around a whole phrase ('\"1984\"', '\"big cat\"#2')")
-    m = quoted or _OCCURRENCE.fullmatch(part)
-    phrase, number = (m[1], m[2]) if m and (quoted or m[1]) else (part, None)
+    in_quotes = _QUOTED.fullmatch(part)
+    if in_quotes is None and '"' in part:
+        raise SelectionError(f"{quoted(part)}: quotes go around a whole phrase ('\"1984\"', '\"big cat\"#2')")
+    m = in_quotes or _OCCURRENCE.fullmatch(part)
+    phrase, number = (m[1], m[2]) if m and (in_quotes or m[1]) else (part, None)
     if number is not None and int(number) < 1:
-        raise SelectionError(f"'{part}': occurrences count from 1")
+        raise SelectionError(f"{quoted(part)}: occurrences count from 1")
     if not phrase.strip():
-        raise SelectionError(f"'{part}' names no word")
-    return PhraseRef(phrase.strip(), int(number or 1), number is not None, quoted is not None)
+        raise SelectionError(f"{quoted(part)} names no word")
+    return PhraseRef(phrase.strip(), int(number or 1), number is not None, in_quotes is not None)
+
+
+def _check_number_commas(pieces: list[str], what: str) -> None:
+    """Where nothing is a position, '1,000 cows' would be the phrases '1' and '000 cows': an error that says to
+    quote it. `pieces`: a line split at its commas."""
+    for i in range(len(pieces) - 1):
+        j = i
+        while j + 1 < len(pieces) and _DIGIT_AFTER.search(pieces[j]) and _DIGIT_BEFORE.match(pieces[j + 1]):
+            j += 1
+        if j > i:
+            phrase = ",".join(pieces[i:j + 1]).strip()
+            split = " and ".join(quoted(p.strip()) for p in pieces[i:j + 1])
+            raise SelectionError(
+                f"{quoted(phrase)} would be split at its comma into {split}, since a comma separates {what}; write "
+                f"\"{phrase}\" in double quotes to keep it one phrase, or put a space after the comma for two")
 
 
 def _parse(text: str, positions: bool, what: str) -> list[list]:
     subsets = []
     for line in split_outside_quotes(text, ";\n"):
-        refs = [_part(p, positions, what) for p in (p.strip() for p in split_outside_quotes(line, ",")) if p]
+        pieces = split_outside_quotes(line, ",")
+        if not positions:
+            _check_number_commas(pieces, what)
+        refs = [_part(p, positions, what) for p in (p.strip() for p in pieces) if p]
         if refs:
             subsets.append(refs)
     return subsets
@@ -112,7 +146,7 @@ def find_ref(alignment: PromptAlignment, ref: PhraseRef):
         return alignment.find(ref.phrase, ref.occurrence)
     except PhraseNotFoundError as e:
         if _POSITIONS.fullmatch(ref.phrase) and not ref.quoted:
-            raise PhraseNotFoundError(f"{e} ('{ref.phrase}' was read as a word of the prompt, not as a token "
+            raise PhraseNotFoundError(f"{e} ({quoted(ref.phrase)} was read as a word of the prompt, not as a token "
                                       "position; only Leakless Token Trace's selection takes positions)") from None
         raise
 
@@ -125,18 +159,18 @@ def resolve_refs(alignment: PromptAlignment, key: str, refs) -> list[int]:
         if isinstance(ref, PositionRef):
             number = str(ref).lstrip("@")
             if ref.bare and alignment.find_spans(number):
-                raise SelectionError(f"'{number}' is read as token position(s) {number}, but '{number}' is also a "
-                                     f"word of the prompt; write \"{number}\" for the word, @{number} for the "
+                raise SelectionError(f"{quoted(number)} is read as token position(s) {number}, but {quoted(number)} is "
+                                     f"also a word of the prompt; write \"{number}\" for the word, @{number} for the "
                                      "position(s)")
             if ref.end >= length:
                 raise SelectionError(f"position {ref.end} is out of range: the {alignment.encoder(key).name} "
-                                     f"sequence has {length} positions (0-{length - 1}); '{number}' is read as "
+                                     f"sequence has {length} positions (0-{length - 1}); {quoted(number)} is read as "
                                      f"token position(s); write \"{number}\" to name a word of the prompt")
             positions.update(range(ref.start, ref.end + 1))
         else:
             found = find_ref(alignment, ref).of(key)
             if not found:
-                raise PhraseNotFoundError(f"'{ref}' is not read by the {alignment.encoder(key).name} encoder")
+                raise PhraseNotFoundError(f"{quoted(ref)} is not read by the {alignment.encoder(key).name} encoder")
             positions.update(found)
     return sorted(positions)
 
@@ -144,15 +178,15 @@ def resolve_refs(alignment: PromptAlignment, key: str, refs) -> list[int]:
 # ----------------------------------------------------------------------------------------------------------
 # Marks: 'a **cow** and a **horse**' names phrases inside the prompt itself
 
-_MARK = re.compile(r"\*\*(.+?)\*\*")
+MARK = re.compile(r"\*\*(.+?)\*\*")  # DeLeaker Encode's and Heatmap Encode's marks
 
 
 def split_marked(text: str) -> tuple[str, list[tuple[str, int]]]:
     """'a **cow** and a **horse**' -> ('a cow and a horse', [('cow', 2), ('horse', 12)]): each mark's words and
     where they start in the text without marks."""
     marks = [(m.group(1).strip(), m.start(1) - 2 - 4 * i + len(m.group(1)) - len(m.group(1).lstrip()))
-             for i, m in enumerate(_MARK.finditer(text))]
-    return _MARK.sub(lambda m: m.group(1), text), marks
+             for i, m in enumerate(MARK.finditer(text))]
+    return MARK.sub(lambda m: m.group(1), text), marks
 
 
 def marked_ref(alignment: PromptAlignment, phrase: str, start: int) -> PhraseRef:
@@ -232,6 +266,19 @@ LABEL_CHARS = 80  # a longer label ends in '…'
 
 def _shorten(label: str) -> str:
     return label if len(label) <= LABEL_CHARS else label[:LABEL_CHARS - 1].rstrip() + "\u2026"
+
+
+def ranges(positions) -> str:
+    """Token positions as a selection writes them: [3, 5, 6, 7] -> '3, 5-7'."""
+    positions = sorted(positions)
+    runs, start = [], None
+    for i, p in enumerate(positions):
+        if start is None:
+            start = p
+        if i + 1 == len(positions) or positions[i + 1] != p + 1:
+            runs.append(str(start) if start == p else f"{start}-{p}")
+            start = None
+    return ", ".join(runs)
 
 
 def token_label(alignment: PromptAlignment, key: str, positions) -> str:

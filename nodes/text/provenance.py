@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import LeaklessInputError
+from ..errors import LeaklessInputError, quoted
+from ..registry.families import ENCODER_NAMES, family_of_tokenizer
 
 KEY = "leakless_prompt"
 # transformer_options key, set per sampling by the driver's prompt check: tag digest -> uuids of the positive entries
@@ -27,16 +28,18 @@ UUIDS_KEY = "leakless_prompt_uuids"
 
 @dataclass(frozen=True)
 class PromptTag:
-    """Two tags are equal when their digests are: the text and node are only for messages."""
+    """Two tags are equal when their digests are: the text, node and encoder are only for messages."""
 
     digest: str
     rows: int  # token rows of the encoding (ConditioningConcat changes them)
     text: str = field(compare=False)
     node: str = field(compare=False)
+    encoder: str = field(default="", compare=False)  # "FLUX.2 Klein's text encoder (Qwen3-4B)"
+    family: str = field(default="", compare=False)  # "FLUX.2 Klein"; "" when not a family Leakless knows
 
     @property
     def quoted(self) -> str:
-        return "'" + (self.text if len(self.text) <= 60 else self.text[:57] + "...") + "'"
+        return quoted(self.text)
 
     def __str__(self) -> str:
         return f"{self.quoted} (encoded by {self.node})"
@@ -59,7 +62,30 @@ def prompt_tag(node: str, clip, tokens: dict, text: str, rows: int) -> PromptTag
     """The tag of `text` tokenized as `tokens` (what clip.tokenize returned) by `clip`."""
     encoder = type(getattr(clip, "cond_stage_model", clip)).__qualname__
     digest = hashlib.sha256(_canon([encoder, sorted(tokens.items())]).encode()).hexdigest()[:32]
-    return PromptTag(digest, rows, text, node)
+    family = family_of_tokenizer(getattr(clip, "tokenizer", None), tokens)
+    if family is None:
+        return PromptTag(digest, rows, text, node, f"the text encoder {encoder}")
+    names = " + ".join(ENCODER_NAMES.get(k, k) for k in family.encoders)
+    return PromptTag(digest, rows, text, node, f"{family.name}'s text encoder ({names})", family.name)
+
+
+def _same_text(tag: PromptTag, other: PromptTag, other_what: str, tag_what: str) -> str:
+    """Why `other`, a tag of the same text as `tag`, is another one, for a message ('' when the texts differ):
+    another text encoder (the same words give other token rows there), or other tokens (another tokenizer)."""
+    if other.text != tag.text:
+        return ""
+    if other.encoder == tag.encoder:
+        return " The text is the same, but it was tokenized differently (another tokenizer, or its options)."
+    return (f" It is the same text, encoded by another text encoder: {other_what} by {other.encoder}, {tag_what} by "
+            f"{tag.encoder}; the same words give other token rows in another encoder.")
+
+
+def _encoder_fix(tags: list[PromptTag], fix: str) -> str:
+    """`fix`, after saying which text encoder each model of the families of `tags` reads."""
+    models = list(dict.fromkeys(f"a {t.family} model reads {t.encoder}" for t in tags if t.family))
+    if not models:
+        return fix
+    return f"encode the prompt with the text encoder of the model you sample ({'; '.join(models)}); then {fix}"
 
 
 def tag_conditioning(node: str, clip, tokens: dict, text: str, conditioning: list) -> tuple[list, PromptTag]:
@@ -92,8 +118,12 @@ def check_entries(node: str, input_name: str, tag: PromptTag, entries: list[tupl
     ours = [i for i, t in enumerate(tags) if t == tag]
     if not ours or (every_entry and len(ours) < len(entries)):
         rule = " Every entry must be, since all of them are edited." if ours else ""
+        same = next((t for t in tags if t is not None and t != tag and t.text == tag.text), None)
+        why = _same_text(tag, same, "the positive prompt", f"the one from {maker}") if same else ""
+        if same is not None and same.encoder != tag.encoder:
+            fix = _encoder_fix([same, tag], fix)
         raise LeaklessInputError(node, input_name, f"the positive prompt the sampler sees is not {what}: it is "
-                                 f"{_what(tags)}.{rule}", fix)
+                                 f"{_what(tags)}.{why}{rule}", fix)
     for i in ours:
         if entries[i][1] != tag.rows:
             raise LeaklessInputError(node, input_name, f"the positive prompt {tag} has {entries[i][1]} token "
@@ -123,8 +153,10 @@ def check_conditioning(node: str, input_name: str, tag: PromptTag, conditioning:
             fresh = fresh or encode()
             if same_encoding(cond, fresh[min(i, len(fresh) - 1)][0]):
                 continue
-            problem = f"its rows differ from the encoding of {tag.quoted} with this CLIP"
+            problem = f"its rows differ from the encoding of {tag.quoted} with this CLIP."
         else:
-            problem = f"it was encoded from {found}, not from {tag.quoted}"
+            problem = f"it was encoded from {found}, not from {tag.quoted}.{_same_text(tag, found, 'it', 'this CLIP')}"
+            if found.text == tag.text and found.encoder != tag.encoder:
+                fix = _encoder_fix([found, tag], fix)
         entry = "it" if len(conditioning) == 1 else f"entry {i + 1} of {len(conditioning)}"
-        raise LeaklessInputError(node, input_name, f"{entry} is not this text's encoding: {problem}.", fix)
+        raise LeaklessInputError(node, input_name, f"{entry} is not this text's encoding: {problem}", fix)

@@ -9,7 +9,7 @@ from browser import chromium_path, comfy_page, pack_console
 from expected import EXPECTED_NODE_IDS
 from workflows.examples import EXAMPLES, shrink, unavailable
 
-from conftest import REPO
+from pack import REPO
 
 WORKFLOWS = sorted((REPO / "examples_workflows").glob("*.json"))
 

@@ -17,7 +17,7 @@ from PIL import Image
 from workflows import graphs
 from workflows.examples import EXAMPLES, shrink
 
-from conftest import REPO, import_pack_as
+from pack import REPO, import_pack_as
 
 EXAMPLE_PROMPTS = REPO / "nodes" / "evaluation" / "examples"
 SMALL = ["--set", "EmptySD3LatentImage.width=64", "--set", "EmptySD3LatentImage.height=64",
@@ -49,15 +49,25 @@ def second_server(comfy_server, output_dir):
     server.stop()
 
 
-def cli_run(*args, check=True, background=False):
+def cli_run(*args, check=True, background=False, timeout=300):
     """The command as a user runs it: python -m leakless.nodes.evaluation from ComfyUI's custom_nodes/."""
     cmd = [sys.executable, "-m", "leakless.nodes.evaluation", *map(str, args)]
     if background:
         return subprocess.Popen(cmd, cwd=comfy_env.BASE / "custom_nodes", stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
-    r = subprocess.run(cmd, cwd=comfy_env.BASE / "custom_nodes", capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, cwd=comfy_env.BASE / "custom_nodes", capture_output=True, text=True, timeout=timeout)
     assert not check or r.returncode == 0, r.stdout + r.stderr
     return r
+
+
+def refused(*args, lines=1):
+    """The CLI's refusal: exit status 2, `lines` lines on stderr (the first 'error: ...'), no traceback, within a
+    minute (a hang fails). Returns stderr."""
+    r = cli_run(*args, check=False, timeout=60)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and "Traceback" not in err, r.stdout + r.stderr
+    assert err.startswith("error: ") and len(err.splitlines()) == lines, err
+    return err
 
 
 def write_jsonl(path, rows):
@@ -123,7 +133,7 @@ def test_example_prompt_sets_load_in_every_format(evaluation):
     ("bad.jsonl", '{"prompt": "a cat"}\n{"prompt": "a dog", \n', "bad.jsonl line 2: not JSON"),
     ("bad.jsonl", '{"text2": "a cat"}\n', "line 1: the row has no 'prompt'"),
     ("bad.jsonl", '{"prompt": "a cat", "seed": "x"}\n', "'seed' is 'x'"),
-    ("bad.jsonl", '{"prompt": "a cat", "entities": ["dog"]}\n', "entities ['dog'] are not words of the prompt"),
+    ("bad.jsonl", '{"prompt": "a cat", "entities": ["dog"]}\n', "entities ['dog'] are not whole words of the prompt"),
     ("bad.csv", "prompt,seed\na cat,1,2\n", "bad.csv line 2: the row has more fields"),
     ("bad.csv", "words,seed\na cat,1\n", "start the file with a header"),
     ("bad.jsonl", '{"id": "a", "prompt": "a cat"}\n{"id": "a", "prompt": "a dog"}\n', "row ids ['a']"),
@@ -138,6 +148,151 @@ def test_malformed_prompt_sets_are_refused_before_anything_is_written(evaluation
                      "--server", "127.0.0.1:9", "--out", str(out)])
     assert code == 2 and message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_marks_become_the_occurrences_they_mark(evaluation, tmp_path):
+    """A mark on a repeated word names that occurrence, as DeLeaker Encode reads the mark ('cat#2')."""
+    prompts = evaluation[1]
+    rows = prompts.load(write_jsonl(tmp_path / "cats.jsonl", [{"prompt": "a **cat** chasing a **cat**"},
+                                                               {"prompt": "a cat chasing a **cat**"}]))
+    assert [r.entities for r in rows] == [("cat", "cat#2"), ("cat#2",)]
+
+
+PHRASE_LISTS = ["cow, horse", "cat#2; dog", '"1984", "C#"#2', "golden gate bridge\nbats # 2", "a, , b", "1984",
+                '"x', "@3", "cat#0", "#2", 'a"b"']
+WORD_CASES = [("A cow and a horse", "ow"), ("A cow and a horse", "cow"), ("a cat, a CAT", "Cat"),
+              ("a  big\ncat", "big cat"), ("a (red:1.2) cat", "red cat"), ("(red)(cat)", "red"),
+              ("((red))cat", "redcat"),
+              ("a \\(cat\\) here", "cat"), ("bats and baseball bats", "bats"), ("ice-cream cone", "cream"),
+              ("the cat's toy", "cat"), ("catalog", "cat"), ("a (cow:bad) x", "cow"), ("1984 was a year", "1984"),
+              ("a red cat", "red  cat")]
+
+
+def test_the_row_check_reads_phrases_as_the_nodes_do(evaluation, tokenizers):
+    """The runner's own reading (nodes/evaluation/phrases.py, no tokenizer) against the nodes': the same phrases
+    from the same text, and a phrase found as often as the alignment on FLUX's and SDXL's tokenizers finds it."""
+    from leakless.nodes.text import alignment, grammar
+    from leakless.nodes.evaluation import phrases
+
+    for text in PHRASE_LISTS:
+        try:
+            expected = [(r.phrase, r.occurrence) for r in grammar.parse_phrases(text, "entities")]
+        except grammar.SelectionError:
+            expected = "refused"
+        try:
+            got = [(p.text, p.occurrence) for p in phrases.parse(text)]
+            assert [(p.text, p.occurrence) for p in phrases.parse(", ".join(map(str, phrases.parse(text))))] == got
+        except phrases.PhraseError:
+            got = "refused"
+        assert got == expected, text
+    for prompt, phrase in WORD_CASES:
+        for family in ("flux", "sdxl"):
+            found = len(alignment.align(prompt, tokenizers[family]).find_spans(phrase))
+            assert phrases.count(prompt, phrase) == found, (prompt, phrase, family)
+
+
+NOT_THERE = "127.0.0.1:9"  # nothing listens: every refusal below comes before a server is asked
+DELEAKER = REPO / "examples_workflows" / "flux_deleaker.json"
+
+
+def _write(path, content):
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+@pytest.mark.parametrize("files,message", [
+    ({"rows.txt": b"a cow and a horse\n\xff\xfe a cat\n"}, "rows.txt: it is not UTF-8 text (byte 0xff"),
+    ({"rows.csv": 'prompt\na cat\n"' + "a" * 200_000 + '"\n'}, "rows.csv line 3: not CSV (field larger than"),
+    ({"rows.csv": 'prompt\n"a cat\n' + "a dog\n" * 30_000}, "rows.csv line 2: not CSV"),
+    ({"wf.json": json.dumps({"1": {"class_type": "KSampler"}})}, "wf.json: node 1 has no 'inputs' object"),
+    ({"wf.json": json.dumps({"1": {"class_type": "VAEDecode", "inputs": {"vae": ["7", 0]}}})},
+     "input 'vae' links to ['7', 0], which is not a node output"),
+    ({"wf.json": json.dumps({"nodes": [{"id": 1}], "links": []})}, "wf.json: a node ({'id': 1}) has no id or type"),
+    ({"wf.json": b'{"nodes": [], "x": "\xff"}'}, "cannot read the workflow (UnicodeDecodeError"),
+    ({"out/manifest.json": '{"fingerprint": "ab", "plan": {"rows": [{"id": "c'}, "manifest.json: it cannot be read "
+     "(JSONDecodeError"),
+    ({"out/manifest.json": '{"fingerprint": "ab", "done": []}'}, "it is JSON but not a manifest this runner wrote"),
+])
+def test_unreadable_files_are_refused_in_one_line(evaluation, tmp_path, files, message):
+    """Files the runner cannot read give one line that names the file and the fix, exit status 2, before any
+    server is asked; a damaged manifest is left as it is, with how to resume or start over."""
+    (tmp_path / "out").mkdir()
+    written = {name: _write(tmp_path / name, content) for name, content in files.items()}
+    rows = written.get("rows.txt") or written.get("rows.csv") or write_jsonl(tmp_path / "cow.jsonl", [COW])
+    err = refused(rows, written.get("wf.json", DELEAKER), "--server", NOT_THERE, "--out", tmp_path / "out")
+    assert message in err, err
+    if "out/manifest.json" in files:
+        assert "give another --out" in err and "mv " in err
+        assert written["out/manifest.json"].read_text() == files["out/manifest.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == (["manifest.json"] if "out/manifest.json" in
+                                                                      files else [])
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--jobs-per-server", "0", "--jobs-per-server: 0 is out of range. Fix: give a number from 1 to 64."),
+    ("--jobs-per-server", "100000", "--jobs-per-server: 100000 is out of range."),
+    ("--limit", "-1", "--limit: -1 is out of range. Fix: give a number from 0 up."),
+    ("--retries", "-1", "--retries: -1 is out of range. Fix: give a number from 0 to 100."),
+    ("--retries", "1000000", "--retries: 1000000 is out of range."),
+    ("--give-up-after", "nan", "--give-up-after: nan is out of range. Fix: give a number from 0 to 86400."),
+    ("--give-up-after", "inf", "--give-up-after: inf is out of range."),
+    ("--give-up-after", "-1", "--give-up-after: -1.0 is out of range."),
+    ("--seed", "-1", "--seed: -1 is out of range. Fix: give a number from 0 to 4294967295."),
+    ("--seed", str(2**32), "--seed: 4294967296 is out of range."),
+    ("--server", "127.0.0.1:99999", "--server 127.0.0.1:99999: not a server address."),
+    ("--server", "ftp://127.0.0.1:21", "not a server address"),
+    ("--out", "file", "it is a file. Fix: give a folder"),
+])
+def test_every_option_is_checked_before_anything_runs(evaluation, tmp_path, option, value, message):
+    """--jobs-per-server 0 used to wait forever and --limit -1 to drop the last row: every numeric option has a
+    range, checked first."""
+    rows = write_jsonl(tmp_path / "cow.jsonl", [COW])
+    if option == "--out":
+        value = _write(tmp_path / value, "a file")
+    servers = [] if option == "--server" else ["--server", NOT_THERE]
+    out = [] if option == "--out" else ["--out", tmp_path / "out"]
+    err = refused(rows, DELEAKER, *servers, *out, option, value)
+    assert message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_entities_that_are_parts_of_words_are_refused_with_every_such_row(evaluation, tmp_path):
+    """'ow' is in 'cow' but is not a word of the prompt: DeLeaker Encode would refuse it in every job."""
+    rows = write_jsonl(tmp_path / "rows.jsonl", [
+        {"id": "ok", "prompt": "A cow and a horse", "entities": "cow, horse"},
+        {"id": "parts", "prompt": "A cow and a horse", "entities": "ow, orse"},
+        {"id": "third", "prompt": "a cat and a cat", "entities": ["cat#3"]},
+        {"id": "marked", "prompt": "a **ca**t"}])
+    err = refused(rows, DELEAKER, "--server", NOT_THERE, "--out", tmp_path / "out", lines=5)
+    assert err.startswith("error: rows.jsonl: 3 of 4 rows cannot run:"), err
+    assert "rows.jsonl line 2: entities ['ow', 'orse'] are not whole words of the prompt 'A cow and a horse'" in err
+    assert "rows.jsonl line 3: entities ['cat#3'] are not whole words" in err
+    assert "rows.jsonl line 4: '**ca**' marks part of a word" in err and "line 1" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("body", ["<html><body>It works!</body></html>", '{"detail": "Not Found"}'])
+def test_a_server_that_is_not_comfyui_is_refused(evaluation, tmp_path, body):
+    """Another program on the port (a web server answering 200 with a page, or with JSON of its own) is named as
+    not ComfyUI, in one line."""
+    from live_server import free_port
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "object_info").write_text(body)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=site,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: subprocess.run([sys.executable, "-c", f"import socket; socket.create_connection("
+                                         f"('127.0.0.1', {port}), 1)"], capture_output=True).returncode == 0, 30)
+        rows = write_jsonl(tmp_path / "cow.jsonl", [COW])
+        err = refused(rows, DELEAKER, "--server", f"127.0.0.1:{port}", "--out", tmp_path / "out")
+    finally:
+        server.kill()
+        server.wait()
+    assert f"error: http://127.0.0.1:{port}: it answers, but not as ComfyUI does" in err, err
+    assert "check the host and port" in err and not (tmp_path / "out").exists()
 
 
 # --- workflows ---------------------------------------------------------------------------------------------------
@@ -373,3 +528,65 @@ def test_bad_workflows_sweeps_and_servers_give_a_message_and_write_nothing(evalu
     err = capsys.readouterr().err
     assert code == 2 and f"http://{down}: the server does not answer" in err and "leave it out of --server" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--sweep", "DeLeaker.alpha=1.0,1.0"], "DeLeaker.alpha=1.0,1.0: the value 1.0 is given twice"),
+    (["--sweep", "DeLeaker.alpha=1.5,1.50"], "the value 1.5 is given twice"),
+    (["--variants", "saved,off,saved"], "--variants: saved given twice"),
+    (["--sweep", "DeLeaker.alpha=1.5", "--sweep", "61.alpha=2"], "61.alpha=2: it changes input 'alpha' of node 61, "
+     "and so does DeLeaker.alpha=1.5"),
+    (["--set", "DeLeaker.alpha=1.5", "--sweep", "DeLeaker.alpha=2,2.5"], "and so does DeLeaker.alpha=1.5"),
+    (["--sweep", "DeLeaker.mask_threshold=" + ",".join(str(i / 10) for i in range(20)), "--sweep",
+      "DeLeaker.alpha=" + ",".join(str(1 + i / 20) for i in range(20))], "402 variants"),
+])
+def test_variants_that_would_be_the_same_run_are_refused(evaluation, comfy_server, tmp_path, args, message):
+    """A sweep with a value twice used to end '2/3 results' with exit status 0 and could never be completed by
+    resuming (both variants had one name). Refused, like any input changed by two settings."""
+    rows = write_jsonl(tmp_path / "cow.jsonl", [COW])
+    err = refused(rows, DELEAKER, "--server", comfy_server.url, "--out", tmp_path / "out", *SMALL, *args)
+    assert message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_rows_the_workflow_cannot_run_are_refused_before_the_first_job(comfy_server, tmp_path):
+    """The README's T2I-CompBench example has no entities, which DeLeaker Encode needs (at least two): every job
+    used to fail after its retries. Now each such row is named, with why, before anything is queued; rows that fit
+    run."""
+    err = refused(EXAMPLE_PROMPTS / "compbench_style.txt", DELEAKER, "--server", comfy_server.url, "--out",
+                  tmp_path / "out", lines=5)
+    assert err.startswith("error: compbench_style.txt with flux_deleaker.json: 3 of 3 rows cannot run:"), err
+    for line in (2, 3, 4):
+        assert (f"compbench_style.txt line {line}: DeLeaker Encode (node 60): 0 entities given, it needs "
+                "at least 2") in err
+    assert not (tmp_path / "out").exists()
+    rows = write_jsonl(tmp_path / "rows.jsonl", [
+        COW, {"id": "one", "prompt": "A **cow** in a farm"},
+        {"id": "same", "prompt": "a cow", "entities": "cow, a cow"},
+        {"id": "listed", "prompt": "a red book and a yellow vase", "entities": "book, vase"}])
+    err = refused(rows, DELEAKER, "--server", comfy_server.url, "--out", tmp_path / "out", lines=4)
+    assert "2 of 4 rows cannot run:" in err
+    assert "rows.jsonl line 2: DeLeaker Encode (node 60): 1 entities given, it needs at least 2" in err
+    assert "rows.jsonl line 3: DeLeaker Encode (node 60): 'cow' and 'a cow' share words" in err
+    fitting = write_jsonl(tmp_path / "fitting.jsonl", [COW, {"id": "listed", "prompt": "a red book and a yellow vase",
+                                                             "entities": "book, vase"}])
+    r = cli_run(fitting, DELEAKER, "--server", comfy_server.url, "--out", tmp_path / "out", "--variants", "saved",
+                *SMALL)
+    assert "2/2 results" in r.stdout
+
+
+def test_results_that_cannot_be_written_stop_the_run_and_are_kept_for_the_resume(comfy_server, tmp_path):
+    """A job whose images cannot be written (a full disk; here a file where the images folder goes) stops the run
+    with the reason, exit status 2; it used to vanish from the run, which then ended '0/2 results' with status 0.
+    The same command resumes once the folder is writable."""
+    rows = write_jsonl(tmp_path / "cow.jsonl", [COW])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "images").write_text("in the way")
+    args = [rows, DELEAKER, "--server", comfy_server.url, "--out", out, *SMALL]
+    r = cli_run(*args, check=False, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert f"error: {out}: cannot write job cow|" in r.stderr and "run the same command again" in r.stderr
+    assert json.loads((out / "manifest.json").read_text())["done"] == {}
+    (out / "images").unlink()
+    assert "2/2 results" in cli_run(*args).stdout

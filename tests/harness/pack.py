@@ -5,6 +5,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+HARNESS = REPO / "tests" / "harness"
+# ComfyUI's top-level modules: the unit tier blocks them; the folder rule proves the pure layers never import them
+COMFYUI_MODULES = ("comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "nodes", "execution",
+                   "server", "node_helpers", "latent_preview", "comfyui_version")
 
 
 def import_pack_as(name="leakless"):

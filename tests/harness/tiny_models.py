@@ -1,9 +1,13 @@
 """Writes tiny random-weight FLUX / SDXL / SD1.5 models and text encoders (those and Qwen-Image, Z-Image, FLUX.2,
-Krea 2, SD3, HiDream) as .safetensors, through ComfyUI's classes.
+Krea 2, SD3, HiDream, HunyuanImage 2.1, Lumina 2) as .safetensors, through ComfyUI's classes.
 
 Run inside a process that has imported ComfyUI (see comfy_env.py). Files carry the metadata key
 ``leakless.tiny`` that the test-only loader shim (custom_nodes/leakless_test_tiny) reads; real tokenizers are
-used throughout (ComfyUI ships them), only the weights are tiny and random.
+used throughout (ComfyUI ships them), only the weights are tiny and random. One exception: Lumina 2's Gemma-2-2B
+reads its SentencePiece model from the text-encoder file, and no installable package we found ships Gemma's
+(Google's `gemma` library reads it from a cloud bucket at run time): the tiny file carries a small real
+SentencePiece model trained here (gemma_spiece_model: fixed corpus, one thread, byte fallback, Gemma's special ids
+and normalizer settings), which ComfyUI's own SPieceTokenizer reads exactly as it reads Gemma's.
 File names are the ones the example workflows use, so those run unchanged on the tiny models.
 """
 
@@ -43,7 +47,37 @@ LLM_FILES = {
     "text_encoders/llama_3.1_8b_instruct_fp8_scaled.safetensors": ("hunyuan_video", "LLAMAModel", "llama",
                                                                    {"num_hidden_layers": 32, "vocab_size": 128256},
                                                                    "LLAMA3_8"),
+    # HunyuanImage 2.1 reads Qwen2.5-VL's third-to-last layer (ComfyUI asserts |-3| < layers): 4 layers, layer 1.
+    "text_encoders/qwen_2.5_vl_7b.safetensors": ("hunyuan_image", "Qwen25_7BVLIModel", "qwen25_7b",
+                                                 {"num_hidden_layers": 4}, "QWEN25_7B"),
+    # Lumina 2 reads Gemma-2-2B's second-to-last layer: 3 layers; the vocabulary is the trained SentencePiece
+    # model's (GEMMA_SPIECE_VOCAB), stored in the file as ComfyUI reads Gemma's (`spiece_model`).
+    "text_encoders/gemma_2_2b_fp16.safetensors": ("lumina2", "Gemma2_2BModel", "gemma2_2b",
+                                                  {"num_hidden_layers": 3, "vocab_size": 512}, "GEMMA_2_2B"),
 }
+GEMMA_SPIECE_VOCAB = 512
+# HunyuanImage 2.1's ByT5-small glyph encoder: ComfyUI fixes its width at 1472 (the DiT's byt5_in reads 1472) and
+# its vocabulary at 1510; one tiny layer. ComfyUI builds it with the loader's model_options as they come (no
+# model_name), so the config override's key is "_model_config".
+TINY_BYT5 = {"d_ff": 16, "num_heads": 1, "d_kv": 8, "num_layers": 1}
+BYT5_FILE = "text_encoders/byt5_small_glyphxl_fp16.safetensors"
+BYT5_OPTION = "_model_config"
+# The fixed corpus of the tiny Gemma SentencePiece model (prompt-like English: "a red cat" is bos, "a", "▁red",
+# "▁cat" as in Gemma's own vocabulary; rare words fall back to pieces and bytes).
+GEMMA_CORPUS = (
+    "a red cat sitting on a blue chair beside a yellow table",
+    "a photo of a dog and a cat in a green garden",
+    "cat on a red mat, a dog on a blue rug",
+    "a sign that says hello in red letters on a white wall",
+    "a portrait of a woman with long black hair, soft light",
+    "a small house on a hill under a starry night sky",
+    "two birds on a branch, watercolor painting",
+    "a bowl of fruit on a wooden table, still life",
+    "a city street at night with neon signs and rain",
+    "an astronaut riding a horse on the moon",
+    "a mountain lake at sunrise, mist over the water",
+    "red flowers in a glass vase, a black cat asleep beside it",
+)
 # Mistral 3's 131k tekken vocabulary, from the mistral-common package setup_env.sh unpacks into the cache
 # (requirements-data.txt); its first 130072 entries equal those of tekken_240911.json in the same package.
 TEKKEN = "mistral-common/mistral_common/data/tekken_240718.json"
@@ -68,10 +102,19 @@ TEXT_ENCODERS = {
                                         "clip_name2": "clip_g_hidream.safetensors",
                                         "clip_name3": "t5xxl_fp8_e4m3fn_scaled.safetensors",
                                         "clip_name4": "llama_3.1_8b_instruct_fp8_scaled.safetensors"}),
+    # ComfyUI's HunyuanImage 2.1 example (ComfyUI_examples/hunyuan_image): Qwen2.5-VL-7B and the ByT5 glyph encoder.
+    "hunyuan_image": ("DualCLIPLoader", {"clip_name1": "qwen_2.5_vl_7b.safetensors",
+                                         "clip_name2": "byt5_small_glyphxl_fp16.safetensors", "type": "hunyuan_image"}),
+    # Lumina 2's split files (Comfy-Org's repackage; ComfyUI's example loads the same three as one checkpoint).
+    "lumina2": ("CLIPLoader", {"clip_name": "gemma_2_2b_fp16.safetensors", "type": "lumina2"}),
 }
 FAMILY_NEEDS = {"qwen_image": ("qwen_image", "te"), "z_image": ("z_image", "te"), "flux2": ("flux", "flux2_te"),
                 "flux2_klein": ("flux", "klein_te"), "krea2": ("krea2", "te"), "sd3": ("sd3_clip", "sd3_clip"),
-                "sd3_t5": ("sd3_clip", "sd3_clip"), "hidream": ("hidream", "hidream_clip")}
+                "sd3_t5": ("sd3_clip", "sd3_clip"), "hidream": ("hidream", "hidream_clip"),
+                "hunyuan_image": ("hunyuan_image", "te"), "lumina2": ("lumina2", "Gemma2_2BModel")}
+# The families added to Leakless through the registry alone (nodes/registry/); their facts are in
+# tests/data/new_families.md.
+NEW_FAMILIES = ("hunyuan_image", "lumina2")
 # HiDream's template names for the CLIPs: links to the tiny clip_l / clip_g.
 LINKS = {"text_encoders/clip_l_hidream.safetensors": "clip_l.safetensors",
          "text_encoders/clip_g_hidream.safetensors": "clip_g.safetensors"}
@@ -209,7 +252,41 @@ DIFFUSION_MODELS = {
                                 llama_layers=[0, 31]),
                 "hidream_i1_dev_fp8.safetensors", "EmptySD3LatentImage"),
     "flux2_klein": ("Flux2", None, "flux-2-klein-4b.safetensors", "EmptyFlux2LatentImage"),
+    # HunyuanImage 2.1: ComfyUI's HunyuanVideo DiT with 2-D patches [1, 1] on the 64-channel, 32x-downscaled latent,
+    # head dim 128 (RoPE axes 64/64; ComfyUI's detection reads heads as hidden // 128), ByT5 glyph rows on (its
+    # byt5_in mapper is fixed at 1472 -> 2048 -> 2048 -> hidden), no guidance embedding or MeanFlow (the base model,
+    # not the distilled one); the text refiner has ComfyUI's fixed 2 blocks. Fields this ComfyUI lacks are dropped.
+    "hunyuan_image": ("HunyuanImage21", dict(image_model="hunyuan_video", in_channels=64, out_channels=64,
+                                             vec_in_dim=None, context_in_dim=8, hidden_size=128, mlp_ratio=4.0,
+                                             num_heads=1, depth=1, depth_single_blocks=1, axes_dim=[64, 64],
+                                             theta=256, patch_size=[1, 1], qkv_bias=True, guidance_embed=False,
+                                             byt5=True, meanflow=False, use_cond_type_embedding=False,
+                                             vision_in_dim=None, meanflow_sum=False),
+                      "hunyuanimage2.1_bf16.safetensors", "EmptyHunyuanImageLatent"),
+    # Lumina 2: NextDiT as ComfyUI detects the original (head dim 96 = RoPE axes 32/32/32, grouped-query attention,
+    # theta 10000) without Z-Image's caption/image padding and modulation; 2 heads over 1 KV head, 2 layers, one
+    # refiner of each kind; the caption is the tiny Gemma's 8-wide rows.
+    "lumina2": ("Lumina2", dict(image_model="lumina2", patch_size=2, in_channels=16, dim=192, n_layers=2,
+                                n_refiner_layers=1, n_heads=2, n_kv_heads=1, multiple_of=16, ffn_dim_multiplier=1.0,
+                                norm_eps=1e-5, qk_norm=True, cap_feat_dim=8, axes_dims=[32, 32, 32],
+                                axes_lens=[300, 512, 512], rope_theta=10000.0),
+                "lumina_2_model_bf16.safetensors", "EmptySD3LatentImage"),
 }
+
+
+def unet_cfg(model, cfg):
+    """A DIFFUSION_MODELS config as this ComfyUI's model class takes it (FLUX.2's from flux2_cfg; HunyuanImage's
+    without the parameters this ComfyUI's HunyuanVideoParams lacks: 0.3.75 has no meanflow_sum)."""
+    if cfg is None:
+        return flux2_cfg()
+    if model == "HunyuanImage21":
+        import dataclasses
+
+        from comfy.ldm.hunyuan_video.model import HunyuanVideoParams
+
+        fields = {f.name for f in dataclasses.fields(HunyuanVideoParams)} | {"image_model"}
+        return {k: v for k, v in cfg.items() if k in fields}
+    return cfg
 
 
 def write_diffusion_models(models_dir):
@@ -218,7 +295,7 @@ def write_diffusion_models(models_dir):
 
     for model, cfg, name, _ in DIFFUSION_MODELS.values():
         if hasattr(comfy.supported_models, model):
-            cfg = cfg or flux2_cfg()
+            cfg = unet_cfg(model, cfg)
             sd = build_unet(getattr(comfy.supported_models, model), cfg).diffusion_model.state_dict()
             save({k: v.to(torch.bfloat16) for k, v in sd.items()}, os.path.join(models_dir, "diffusion_models", name),
                  tiny_meta(model, cfg))
@@ -231,7 +308,21 @@ def build_unet(model_cls, cfg, seed=0, dtype=torch.float32, device=None):
     if not rand_init_(m.diffusion_model, seed=seed) and cfg.get("image_model") in ("flux", "chroma"):
         raise RuntimeError("the tiny FLUX/Chroma has no RMSNorm to set to 1: its attention would be near-uniform "
                            "(did ComfyUI change its norm class?)")
+    set_pos_embed_(m.diffusion_model)
     return m
+
+
+def set_pos_embed_(dit):
+    """SD3's MMDiT keeps its position embedding in a buffer that ComfyUI leaves uninitialised (checkpoints carry it):
+    the sine-cosine table real checkpoints hold, so the tiny file is the same every time it is written."""
+    buffer = getattr(dit, "pos_embed", None)
+    if not torch.is_tensor(buffer) or getattr(dit, "pos_embed_max_size", None) is None:
+        return
+    from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
+
+    table = get_2d_sincos_pos_embed(buffer.shape[-1], dit.pos_embed_max_size)
+    with torch.no_grad():
+        buffer.copy_(torch.from_numpy(table).reshape(buffer.shape))
 
 
 def build_clip(tokenizer_cls, clip_model_cls, seed=1):
@@ -332,14 +423,39 @@ def build_llm(module, cls, name, config, seed=3):
     encoder = getattr(te_module(module), cls)(device="cpu", dtype=torch.float32, model_options={
         "model_name": name, f"{name}_model_config": config})
     rand_init_(encoder.transformer.model, seed=seed)
+    with torch.no_grad():  # Gemma's norms scale by 1 + weight (rms_norm_add): their scale at 1 is a weight of 0
+        for m in encoder.transformer.model.modules():
+            if "RMSNorm" in type(m).__name__ and getattr(m, "add", False):
+                m.weight.sub_(1.0)
     return {f"model.{k}": v for k, v in encoder.transformer.model.state_dict().items()}
+
+
+def gemma_spiece_model():
+    """A small real SentencePiece model in Gemma's layout, trained on GEMMA_CORPUS (deterministic: fixed corpus and
+    order, one thread): BPE with byte fallback and split digits, Gemma's normalizer settings (identity, no dummy
+    prefix, whitespace kept), its special ids (<pad> 0, <eos> 1, <bos> 2, <unk> 3, <start_of_turn> 106,
+    <end_of_turn> 107; placeholders between). Returns the serialized model proto."""
+    import io
+
+    import sentencepiece
+
+    out = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(GEMMA_CORPUS * 20), model_writer=out, model_type="bpe", vocab_size=GEMMA_SPIECE_VOCAB,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        unk_piece="<unk>", user_defined_symbols=[f"<unused{i}>" for i in range(102)] + ["<start_of_turn>",
+                                                                                         "<end_of_turn>"],
+        byte_fallback=True, split_digits=True, add_dummy_prefix=False, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", allow_whitespace_only_pieces=True, num_threads=1,
+        shuffle_input_sentence=False, minloglevel=2)
+    return out.getvalue()
 
 
 def text_encoder_files():
     """The text-encoder files write_text_encoders writes on this ComfyUI, relative to models/."""
     llms = [rel for rel, (module, cls, name, *_) in LLM_FILES.items() if hasattr(te_module(module), cls)
             and (name != "mistral3_24b" or tekken_path().exists())]
-    return [*llms, T5_24_FILE, *LINKS]
+    return [*llms, T5_24_FILE, *LINKS, *([BYT5_FILE] if hasattr(te_module("hunyuan_image"), "ByT5SmallModel") else [])]
 
 
 def write_text_encoders(models_dir):
@@ -356,12 +472,20 @@ def write_text_encoders(models_dir):
                                                          model_options={"t5xxl_model_config": TINY_T5_24})
             rand_init_(t5.transformer, seed=4)
             save(t5.transformer.state_dict(), path, tiny_meta(te={"t5xxl_model_config": TINY_T5_24}, te_model="T5_XXL"))
+        elif rel == BYT5_FILE:
+            byt5 = te_module("hunyuan_image").ByT5SmallModel(device="cpu", dtype=torch.float32,
+                                                              model_options={BYT5_OPTION: TINY_BYT5})
+            rand_init_(byt5.transformer, seed=5)
+            save({k: v.to(torch.float16) for k, v in byt5.transformer.state_dict().items()}, path,
+                 tiny_meta(te={BYT5_OPTION: TINY_BYT5}))
         else:
             module, cls, name, config, te_model = LLM_FILES[rel]
             config = {**TINY_LLM, **config}
             sd = build_llm(module, cls, name, config)
             if name == "mistral3_24b":  # FLUX.2 dev reads its tokenizer from the file
                 sd["tekken_model"] = torch.frombuffer(bytearray(tekken_json()), dtype=torch.uint8)
+            if name == "gemma2_2b":  # so does Lumina 2 (tokenizer_data["spiece_model"])
+                sd["spiece_model"] = torch.frombuffer(bytearray(gemma_spiece_model()), dtype=torch.uint8)
             save(sd, path, tiny_meta(te={f"{name}_model_config": config}, te_model=te_model))
 
 
@@ -402,7 +526,7 @@ def write_all(models_dir):
     import comfy.text_encoders.flux
 
     paths = {k: os.path.join(models_dir, v) for k, v in FILES.items()}
-    stamp = os.path.join(models_dir, ".leakless-tiny-v7")
+    stamp = os.path.join(models_dir, ".leakless-tiny-v8")
     te_paths = [os.path.join(models_dir, rel) for rel in text_encoder_files()]
     te_paths += [os.path.join(models_dir, "diffusion_models", name) for model, _, name, _ in DIFFUSION_MODELS.values()
                  if hasattr(comfy.supported_models, model)]

@@ -102,7 +102,7 @@ def test_good_defaults_still_run(comfy_nodes):
 # ----------------------------------------------------------------------------------------------------------
 # The explicit table (bad_inputs.ROWS): every node and the route, each row a class of bad or edge input
 
-EXPECTED_ROWS = 100
+EXPECTED_ROWS = 126
 
 
 class RouteRequest:

@@ -65,3 +65,21 @@ def test_an_unknown_option_is_a_clear_error(sdxl):
     _, m, clip = sdxl
     with pytest.raises(ValueError, match=r"Leakless Token Trace: input 'empty_prompt'.*Fix:"):
         trace(m, clip, empty_prompt="zeros")
+
+
+@pytest.mark.parametrize("family", ["qwen_image", "z_image", "flux2", "flux2_klein", "krea2"])
+def test_attention_masked_is_as_encoded_on_the_llm_encoders(comfy_nodes, family):
+    """ComfyUI's LLM text encoders (Qwen-Image, Z-Image, FLUX.2 dev and Klein, Krea 2) already mask their padding,
+    so the two options give the same rows there (the empty prompt is padded to the prompt's token count)."""
+    from test_tiny_text_encoders import family_or_skip
+
+    nodes, _ = comfy_nodes
+    m = nodes.NODE_CLASS_MAPPINGS
+    loader, inputs = family_or_skip(family)
+    node = m[loader]()
+    clip = getattr(node, node.FUNCTION)(**inputs)[0]
+    encoded = trace(m, clip)[0][0]
+    masked = trace(m, clip, empty_prompt="attention-masked")[0][0]
+    prompt = nodes.CLIPTextEncode().encode(clip, TEXT)[0][0][0]
+    assert not torch.equal(encoded, prompt)  # the empty prompt's rows replaced every row but the cat's
+    assert torch.equal(masked, encoded)

@@ -1,8 +1,8 @@
 """Follow the Flow and the Token Inspector on the newer families (Qwen-Image, Z-Image, FLUX.2 dev and Klein, Krea 2,
-SD3, Chroma, HiDream), on tiny random-weight text encoders loaded by the standard loaders with the tokenizers
-ComfyUI ships. References are written here: where "a red cat"'s words are in the rows the diffusion model reads
-(measured from ComfyUI's own tokenizers and encoders, not from Leakless), the empty prompt inside the same template
-padded with the encoder's pad token, and dense row selection."""
+SD3, Chroma, HiDream, HunyuanImage 2.1, Lumina 2), on tiny random-weight text encoders loaded by the standard
+loaders with the tokenizers ComfyUI ships. References are written here: where "a red cat"'s words are in the rows
+the diffusion model reads (measured from ComfyUI's own tokenizers and encoders, not from Leakless), the empty prompt
+inside the same template padded with the encoder's pad token, and dense row selection."""
 
 import pytest
 import torch
@@ -21,8 +21,10 @@ WORD_ROWS = {
     "sd3": ({"red": [2], "cat": [3]}, [1], None),  # CLIP-L/G rows (BOS first)
     "sd3_t5": ({"red": [2], "cat": [3]}, None, 0),
     "chroma": ({"red": [2], "cat": [3]}, None, 0),
+    "hunyuan_image": ({"red": [1], "cat": [2]}, [0], 151643),  # Qwen-Image's template, system part stripped
+    "lumina2": ({"red": [2], "cat": [3]}, [1], 0),  # <bos> first, no template; a tiny SentencePiece vocabulary
 }
-TEMPLATED = {"qwen_image", "z_image", "flux2", "flux2_klein", "krea2"}
+TEMPLATED = {"qwen_image", "z_image", "flux2", "flux2_klein", "krea2", "hunyuan_image"}
 CHROMA = ("CLIPLoader", {"clip_name": "t5xxl_fp16.safetensors", "type": "chroma"})
 
 
@@ -135,8 +137,9 @@ def test_selecting_every_row_reproduces_clip_text_encode(clip_of, family):
 def test_leak_patch_pastes_the_isolated_encoding_through_the_same_template(clip_of, family):
     clip = clip_of(family)
     base = encode(clip, TEXT)[0]
-    # byte-level BPE spells "cat" after a space as one token 'Ġcat': the item is encoded as it stands, " cat"
-    alone = encode(clip, " cat" if family in TEMPLATED else "cat")[0]
+    # byte-level BPE spells "cat" after a space as one token 'Ġcat', Gemma's SentencePiece (no dummy prefix) as
+    # '▁cat': the item is encoded as it stands, " cat"
+    alone = encode(clip, " cat" if family in TEMPLATED | {"lumina2"} else "cat")[0]
     words, cat_alone, _ = WORD_ROWS[family]
     (patched, _), = run("LeaklessLeakPatch", clip=clip, text=TEXT, items="cat")[0]
     expected = base.clone()

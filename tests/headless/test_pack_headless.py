@@ -173,3 +173,45 @@ def test_environment_has_the_pins_of_this_comfyui(comfy):
             assert name not in required, f"{name}=={version} is not installed"
             continue
         assert installed == version, (name, installed, version)
+
+
+def test_loading_the_pack_keeps_the_users_files_in_example_workflows(tmp_path):
+    """ComfyUI's own loader on a copy of the pack whose example_workflows/ holds a user's workflow and thumbnail
+    (kept byte for byte), the user's edit of a copy the pack made (kept; the pack's template of that name is left
+    out, with a warning), and a copy of a template the pack no longer ships (removed: the pack wrote it)."""
+    import importlib.util
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from pack import HARNESS, REPO
+
+    pack = tmp_path / "custom_nodes" / "leakless"
+    shutil.copytree(REPO, pack, ignore=shutil.ignore_patterns(".git", "tests", "bench", "docs", "example_workflows",
+                                                              "test-output", "__pycache__", ".cache"))
+    spec = importlib.util.spec_from_file_location("leakless_templates", pack / "nodes" / "driver" / "templates.py")
+    templates = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(templates)
+    target = pack / "example_workflows"
+    target.mkdir()
+    mine = {"my_workflow.json": b'{"nodes": [], "links": []}', "my_workflow.jpg": b"\xff\xd8\xff mine"}
+    for name, data in mine.items():
+        (target / name).write_bytes(data)
+    original = (pack / "examples_workflows" / "flux_deleaker.json").read_bytes()
+    (target / "flux_deleaker.json").write_bytes(original.replace(b"A **cow**", b"A **goat**"))
+    (target / "retired_example.json").write_bytes(b'{"nodes": []}')
+    (target / templates.WRITTEN).write_text(json.dumps({"files": {
+        "flux_deleaker.json": templates.digest(original), "retired_example.json": templates.digest(b'{"nodes": []}')}}))
+    code = ("import asyncio, sys, comfy_env; n = comfy_env.import_comfy();"
+            f"sys.exit(0 if asyncio.run(n.load_custom_node({str(pack)!r})) else 1)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=HARNESS, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name, data in mine.items():
+        assert (target / name).read_bytes() == data, name
+    assert b"A **goat**" in (target / "flux_deleaker.json").read_bytes()
+    assert "flux_deleaker.json in" in r.stderr and "were kept" in r.stderr, r.stderr[-3000:]
+    assert not (target / "retired_example.json").exists()
+    for path in (pack / "examples_workflows").iterdir():
+        if path.name != "flux_deleaker.json":
+            assert (target / path.name).read_bytes() == path.read_bytes(), path.name

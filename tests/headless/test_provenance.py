@@ -180,6 +180,32 @@ def test_the_issue_graph_through_the_executor(comfy_nodes):
     assert comfy_env.run_prompt(g)["9"]["images"]
 
 
+@pytest.mark.parametrize("entities_family,positive_family", [("flux2_klein", "flux2"), ("flux2", "flux2_klein")])
+def test_the_same_text_from_another_text_encoder_names_both(m, entities_family, positive_family):
+    """FLUX.2 dev's model reads the prompts of FLUX.2 dev's and Klein's text encoders: entities from one and the
+    positive prompt, the same text, from the other stop the sampler with an error that says the text encoders differ,
+    names both, and which one each model reads (it said the text was not itself)."""
+    import tiny_models
+    from test_tiny_diffusion_models import LATENTS
+    from test_tiny_text_encoders import family_or_skip
+
+    clips = {}
+    for family in (entities_family, positive_family):
+        loader, inputs = family_or_skip(family)
+        clips[family] = node(m, loader, **inputs)[0]
+    model = node(m, "UNETLoader", unet_name=tiny_models.DIFFUSION_MODELS["flux2"][2], weight_dtype="default")[0]
+    _, spec = node(m, "LeaklessDeLeakerEncode", clip=clips[entities_family], text=TEXT, entities="")
+    positive, _ = node(m, "LeaklessDeLeakerEncode", clip=clips[positive_family], text=TEXT, entities="")
+    patched, _ = node(m, "LeaklessDeLeaker", model=model, entities=spec, **SETTINGS)
+    names = {"flux2": r"FLUX\.2 dev's text encoder \(Mistral-3-24B\)",
+             "flux2_klein": r"FLUX\.2 Klein's text encoder \(Qwen3-4B\)"}
+    with pytest.raises(ValueError, match=rf"same text, encoded by another text encoder: the positive prompt by "
+                       rf"{names[positive_family]}, the one from Leakless DeLeaker Encode by {names[entities_family]}"
+                       r"; .* Fix: .*a FLUX\.2 dev model reads"):
+        node(m, "KSampler", model=patched, seed=7, steps=1, cfg=1.0, sampler_name="euler", scheduler="simple",
+             positive=positive, negative=positive, latent_image={"samples": torch.zeros(1, *LATENTS["flux2"])})
+
+
 def test_leak_patch_conditioning_must_be_its_texts_encoding(m, flux):
     clip = flux["clip"]
     patch = dict(clip=clip, text=CLEAN, items="horse")

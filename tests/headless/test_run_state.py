@@ -190,21 +190,26 @@ def test_model_attention_backend_after_deleaker_is_an_error_and_before_is_chaine
     assert results.last is not None
 
 
-def _split(patcher, threads: bool):
-    """A clone of `patcher` sampled by 0.33.0's multi-GPU work units on two CPU 'devices': cond on one, uncond on
-    the other, each in its own worker thread (threads=True) or one after the other on the main thread."""
-    import comfy.multigpu
+@pytest.fixture
+def multigpu():
+    """ComfyUI's comfy.multigpu, new in 0.33.0: importing it is these tests' skip condition, so they skip on a
+    ComfyUI without it."""
+    return pytest.importorskip("comfy.multigpu", reason="multi-GPU work units are new in ComfyUI 0.33.0")
 
+
+def _split(patcher, threads: bool, multigpu=None):
+    """A clone of `patcher` sampled by 0.33.0's multi-GPU work units on two CPU 'devices': cond on one, uncond on
+    the other, each in its own worker thread (threads=True: `multigpu` is comfy.multigpu) or one after the other
+    on the main thread."""
     devices = [torch.device("cpu"), torch.device("cpu", 0)]
     split = patcher.clone()
     split.model_options["multigpu_clones"] = {devices[0]: split, devices[1]: split.clone()}
     if threads:  # ComfyUI shuts the pool down after the sampling
-        split.model_options["multigpu_thread_pool"] = comfy.multigpu.MultiGPUThreadPool(devices)
+        split.model_options["multigpu_thread_pool"] = multigpu.MultiGPUThreadPool(devices)
     return split
 
 
-@pytest.mark.skipif(not MULTIGPU, reason="multi-GPU work units are new in ComfyUI 0.33.0")
-def test_multigpu_cfg_split_runs_deleaker_in_threads_without_a_race(parts):
+def test_multigpu_cfg_split_runs_deleaker_in_threads_without_a_race(parts, multigpu):
     """The real _calc_cond_batch_multigpu: cond and uncond model calls at the same time in two threads (a barrier
     holds each inside the model until the other is there) give the same result as the same calls in turn."""
     import comfy.patcher_extension as ext
@@ -213,7 +218,7 @@ def test_multigpu_cfg_split_runs_deleaker_in_threads_without_a_race(parts):
     patched, results = deleak(parts)
     in_turn = flux_sample(parts, _split(patched, threads=False), negative=negative, cfg=3.0)
     masks_in_turn = results.last.value.masks
-    together = _split(patched, threads=True)
+    together = _split(patched, threads=True, multigpu=multigpu)
     barrier, seen = threading.Barrier(2, timeout=60), set()
 
     def meet(executor, *args, **kwargs):  # inside DeLeaker's wrapper: both calls of a step are in flight at once
@@ -228,8 +233,7 @@ def test_multigpu_cfg_split_runs_deleaker_in_threads_without_a_race(parts):
     assert not torch.equal(out, flux_sample(parts, parts["model"], negative=negative, cfg=3.0))
 
 
-@pytest.mark.skipif(not MULTIGPU, reason="multi-GPU work units are new in ComfyUI 0.33.0")
-def test_multigpu_cfg_split_is_refused_by_tome(comfy_nodes):
+def test_multigpu_cfg_split_is_refused_by_tome(comfy_nodes, multigpu):
     from test_tome import BIND, ENCODE, GROUPS
     from test_tome import TEXT as TOME_TEXT
 

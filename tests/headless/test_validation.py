@@ -2,6 +2,7 @@
 allows, on the real V3 input objects of ComfyUI's API (the objects a node's schema holds)."""
 
 import math
+import sys
 
 import pytest
 
@@ -74,7 +75,7 @@ def test_messages_name_the_range_and_the_options(v, io):
     assert str(e.value) == ("Leakless Token Trace: input 'mode': 'each wrd' is not one of its options. Fix: choose "
                             "one of 'each word', 'selection'.")
     many = io.Combo.Input("classifier", options=[f"c{i}" for i in range(25)], default="c0")
-    with pytest.raises(ValueError, match=r"'c19', \.\.\. \(25 in all\)\.$"):
+    with pytest.raises(ValueError, match=r"'c19' and 5 more\.$"):
         v.check("N", [many], {"classifier": "zzz"})
 
 
@@ -131,3 +132,96 @@ def test_every_nodes_defaults_pass(v, comfy_nodes):
             schema = cls.GET_SCHEMA()
             v.check(schema.display_name, schema.inputs, {s.id: s.default for s in schema.inputs
                                                          if getattr(s, "default", None) is not None})
+
+
+def test_quoted_caps_what_an_error_repeats(leakless):
+    from leakless.nodes.errors import LeaklessInputError, listed, quoted
+
+    assert quoted("a cat") == "'a cat'"
+    assert quoted("x" * 60) == "'" + "x" * 60 + "'"
+    assert quoted("x" * 10_000) == "'" + "x" * 59 + "\u2026' (10,000 characters)"
+    assert listed([f"'w{i}'" for i in range(3)]) == "'w0', 'w1', 'w2'"
+    assert listed([f"'w{i}'" for i in range(5000)]) == ", ".join(f"'w{i}'" for i in range(20)) + " and 4,980 more"
+    message = str(LeaklessInputError("N", "text", "a problem " + "y" * 10_000, "do this."))
+    assert len(message) < 2_000 and message.endswith(" Fix: do this.")  # the last resort for an uncapped echo
+
+
+def test_an_unknown_option_is_quoted_short(v, io):
+    mode = io.Combo.Input("mode", options=["each word", "selection"], default="each word")
+    with pytest.raises(ValueError) as e:
+        v.check("N", [mode], {"mode": "m" * 10_000})
+    assert "(10,000 characters)" in str(e.value) and "m" * 100 not in str(e.value)
+
+
+TRACE, GRID, PATCH, ENCODE, TOME = ("LeaklessTokenTrace", "LeaklessTraceGrid", "LeaklessLeakPatch",
+                                    "LeaklessDeLeakerEncode", "LeaklessToMeEncode")
+
+
+@pytest.mark.parametrize("node_id,input_id,value,message", [
+    (TRACE, "selection", "\n".join(["cat"] * 256), None),
+    (TRACE, "selection", "\n".join(["cat"] * 257), r"it has 257 subsets \(lines or ';'\); it takes at most 256"),
+    (TRACE, "selection", "; ".join(["cat"] * 257), "257 subsets"),
+    (TRACE, "selection", "cat\n\n ; \n" * 300, "300 subsets"),  # blank lines are not subsets
+    (TRACE, "selection", '"a;b"\n' * 256, None),  # separators inside quotes separate nothing
+    (TRACE, "selection", ", ".join(["cat"] * 1025), "1,025 phrases and positions; it takes at most 1,024"),
+    (TRACE, "selection", "x" * 200, None),
+    (TRACE, "selection", "x" * 201, r"201 characters in one phrase \('x{59}\u2026' \(201 characters\)\)"),
+    (TRACE, "selection", '"' + "x" * 10_000, None),  # unclosed: the parser says so, quoting it short
+    (PATCH, "items", "\n".join(["cat"] * 65), "65 items; it takes at most 64"),
+    (PATCH, "items", ", ".join(["cat"] * 64), None),
+    (ENCODE, "entities", ", ".join(["cow"] * 17), "17 entities; it takes at most 16"),
+    (ENCODE, "text", "a **cow** " * 17, r"17 entities \(\*\* marks\); it takes at most 16"),
+    (ENCODE, "text", "a **cow** " * 16, None),
+    (TOME, "groups", "cat: red\n" * 17, "17 groups"),
+    (TOME, "text", "cat " * 500, None),
+    (TOME, "text", "cat " * 501, "2,004 characters; it takes at most 2,000"),
+    (GRID, "labels", "a\n" * 257, r"257 labels \(lines\)"),
+])
+def test_count_limits(v, comfy_nodes, node_id, input_id, value, message):
+    """The declared limits of the text inputs, on the nodes' real schemas."""
+    nodes, _ = comfy_nodes
+    schema = nodes.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA()
+    spec = next(s for s in schema.inputs if s.id == input_id)
+    if message is None:
+        v.check(schema.display_name, [spec], {input_id: value}, v.LIMITS[node_id])
+        return
+    with pytest.raises(ValueError, match=message) as e:
+        v.check(schema.display_name, [spec], {input_id: value}, v.LIMITS[node_id])
+    assert str(e.value).startswith(f"{schema.display_name}: input '{input_id}': ") and " Fix: " in str(e.value)
+
+
+def test_every_limit_names_an_input_of_its_node(v, comfy_nodes):
+    nodes, _ = comfy_nodes
+    for node_id, limits in v.LIMITS.items():
+        ids = {s.id for s in nodes.NODE_CLASS_MAPPINGS[node_id].GET_SCHEMA().inputs}
+        assert set(limits) <= ids, node_id
+
+
+class Spec:  # stands for a custom output's class (EntitySpec, BindingSpec...)
+    pass
+
+
+@pytest.mark.parametrize("value", ["cow, horse", 5, 1.5, ["a", "b"], {"names": ["cow"]}, object()])
+def test_custom_inputs_must_be_their_producers_output(v, io, monkeypatch, value):
+    monkeypatch.setitem(v.CUSTOM_TYPES, "LEAKLESS_TEST", (Spec, "Leakless Test Encode's 'spec'"))
+    spec = io.Custom("LEAKLESS_TEST").Input("spec")
+    v.check("N", [spec], {"spec": Spec()})
+    v.check("N", [io.Custom("LEAKLESS_TEST").Input("spec", optional=True)], {"spec": None})
+    with pytest.raises(ValueError) as e:
+        v.check("N", [spec], {"spec": value})
+    message = str(e.value)
+    assert message.startswith("N: input 'spec': ") and f"({type(value).__name__})" in message
+    assert "Fix: connect Leakless Test Encode's 'spec' output" in message
+
+
+def test_every_custom_type_is_registered(v, comfy_nodes):
+    """Each custom io type a Leakless node takes has the class its producing node outputs."""
+    nodes, _ = comfy_nodes
+    taken = {s.io_type for node_id, cls in nodes.NODE_CLASS_MAPPINGS.items() if node_id.startswith("Leakless")
+             for s in cls.GET_SCHEMA().inputs if s.io_type.startswith("LEAKLESS_")}
+    assert taken == {"LEAKLESS_ENTITIES", "LEAKLESS_TOME_BINDING", "LEAKLESS_DELEAKER_MASKS", "LEAKLESS_HEATMAPS"}
+    pack = nodes.NODE_CLASS_MAPPINGS["LeaklessDeLeaker"].__module__.rsplit(".", 1)[0]
+    loaded = sys.modules[pack + ".driver.validation"]
+    assert set(loaded.CUSTOM_TYPES) == taken
+    assert loaded.CUSTOM_TYPES["LEAKLESS_ENTITIES"][1] == ("Leakless DeLeaker Encode's 'entities' or Leakless "
+                                                          "Heatmap Encode's 'entities'")

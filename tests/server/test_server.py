@@ -136,7 +136,7 @@ def _get(comfy_server, path):
 def test_families_route_lists_the_registry(comfy_server):
     listed = {f["id"]: f for f in _get(comfy_server, "/leakless/families")}
     assert list(listed) == ["flux", "sdxl", "sd15", "chroma", "sd3", "qwen_image", "z_image", "flux2", "flux2_klein",
-                            "krea2", "hidream"]
+                            "krea2", "hidream", "hunyuan_image", "lumina2"]
     assert listed["qwen_image"]["available"] and not listed["qwen_image"]["weights"]
     assert ["CLIPLoader", "lumina2"] in listed["z_image"]["loaders"]
     assert not listed["flux2"]["available"] and "text encoder file" in listed["flux2"]["reason"]
@@ -213,7 +213,7 @@ def test_every_example_workflow_is_a_template_with_its_thumbnail(comfy_server):
     and .jpg (app/custom_node_manager.py): every workflow of examples_workflows/ is there, byte for byte."""
     import urllib.request
 
-    from conftest import REPO
+    from pack import REPO
 
     workflows = sorted((REPO / "examples_workflows").glob("*.json"))
     assert sorted(comfy_server.get("/workflow_templates")["leakless"]) == [p.stem for p in workflows]

@@ -7,10 +7,7 @@ import sys
 
 import pytest
 
-from pack import import_pack_as
-
-COMFYUI_MODULES = ("comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "nodes", "execution",
-                   "server", "node_helpers", "latent_preview", "comfyui_version")
+from pack import COMFYUI_MODULES, import_pack_as
 
 
 class _NoComfyUI(importlib.abc.MetaPathFinder):
@@ -20,7 +17,7 @@ class _NoComfyUI(importlib.abc.MetaPathFinder):
         return None
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)  # per module: tests run after this tier keep ComfyUI
 def without_comfyui():
     """Blocks ComfyUI's modules for the unit tests when this process has not imported ComfyUI (when it has, the
     folder rule in test_layers.py still proves the pure folders never need it)."""

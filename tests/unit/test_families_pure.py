@@ -22,8 +22,14 @@ def test_most_derived_class_with_the_same_encoders_wins(families):
     assert families.family_of_tokenizer(_tokenizer("QwenImageTokenizer", "SD1Tokenizer"), ["qwen25_7b"]).id == \
         "qwen_image"
     assert families.family_of_tokenizer(_tokenizer("MyPackTokenizer", "SDXLTokenizer"), ["l", "g"]).id == "sdxl"
-    # an LLM tokenizer built on SD1Tokenizer that Leakless does not know (Lumina 2's Gemma) is not SD1.5
-    assert families.family_of_tokenizer(_tokenizer("LuminaTokenizer", "SD1Tokenizer"), ["gemma2_2b"]) is None
+    # an LLM tokenizer built on SD1Tokenizer that Leakless does not know is not SD1.5
+    assert families.family_of_tokenizer(_tokenizer("Gemma3Tokenizer", "SD1Tokenizer"), ["gemma3_4b"]) is None
+    assert families.family_of_tokenizer(_tokenizer("LuminaTokenizer", "SD1Tokenizer"), ["gemma2_2b"]).id == "lumina2"
+    # HunyuanImage adds its ByT5 glyph encoder for quoted text only: both key sets are HunyuanImage, neither Qwen-Image
+    hunyuan = _tokenizer("HunyuanImageTokenizer", "QwenImageTokenizer", "SD1Tokenizer")
+    assert families.family_of_tokenizer(hunyuan, ["qwen25_7b"]).id == "hunyuan_image"
+    assert families.family_of_tokenizer(hunyuan, ["qwen25_7b", "byt5"]).id == "hunyuan_image"
+    assert families.family_of_tokenizer(hunyuan, ["byt5"]) is None
     # Z-Image and Klein share the Qwen3 key: the tokenizer class tells them apart
     assert families.family_of_tokenizer(_tokenizer("KleinTokenizer", "SD1Tokenizer"), ["qwen3_4b"]).id == \
         "flux2_klein"

@@ -146,3 +146,14 @@ def test_classifier_width_and_file_checks(red, tmp_path):
         red.load(str(tmp_path / "other.safetensors"))
 
 
+def test_a_batch_of_edits_equals_each_edit(flow):
+    g = torch.Generator().manual_seed(0)
+    steps = []
+    for shape in ((2, 77, 48), (1, 3, 20, 8)):  # CLIP rows; HiDream's Llama rows [B, layers, L, D]
+        cond, empty = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+        c0 = cond.clone()
+        variants = [[], [0, 5], list(range(shape[-2]))]
+        out = flow.replace_rows_batch(cond, empty, variants, on_variant=lambda: steps.append(1))
+        assert torch.equal(out, torch.cat([flow.replace_rows(cond, empty, v) for v in variants]))
+        assert torch.equal(cond, c0)
+    assert len(steps) == 6

@@ -61,3 +61,21 @@ def test_marks(g):
 def test_token_spellings(g):
     assert g.spelling("\u2581cat") == "cat" and g.spelling("cat</w>") == "cat"
     assert g.spelling("\u0120dog") == "dog" and g.spelling("\u010a") == "\\n"
+
+
+def test_a_number_with_a_thousands_comma_says_to_quote_it(g):
+    """Everywhere nothing is a position, '1,000' would read as the phrases '1' and '000': an error that says how to
+    write it; quoted, it is one phrase. Selections keep '3,5' as two positions."""
+    for text in ("1,000", "1,000 cows, horse", "horse; 2,5"):
+        with pytest.raises(g.SelectionError, match=r'write "[0-9]+,[0-9]+( cows)?" in double quotes'):
+            g.parse_phrases(text, "entities")
+    assert [str(r) for r in g.parse_phrases('"1,000", horse', "entities")] == ['"1,000"', "horse"]
+    assert [str(r) for r in g.parse_phrases("2, 3", "entities")] == ["2", "3"]
+    assert g.parse_refs("3,5") == [[g.PositionRef(3, 3), g.PositionRef(5, 5)]]
+
+
+def test_parts_count_what_the_parsers_read(g):
+    assert g.parts("cow; horse\n\n ;cat, dog", ";\n") == ["cow", "horse", "cat, dog"]
+    assert g.parts('"a;b"; c', ";\n") == ['"a;b"', "c"]
+    assert g.parts('"a;b', ";\n") == ['"a', "b"]  # an unclosed quote: counted as plain text
+    assert g.parts("", ";\n") == []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COMFYUI_MODULES
+from pack import COMFYUI_MODULES
 
 NODES = Path(__file__).resolve().parents[2] / "nodes"
 # each pure folder, and the folders of nodes/ it may import (errors.py: the user-facing error types, pure)

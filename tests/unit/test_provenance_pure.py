@@ -46,7 +46,7 @@ def test_tag_identifies_tokens_and_encoder_only(prov):
     assert a != tag(prov, clip=Clip(OtherEncoder()))
     assert len({a, tag(prov, text="other text")}) == 1  # hashable, text is not part of the identity
     assert str(a) == "'A cow' (encoded by Leakless DeLeaker Encode)"
-    assert tag(prov, text="x" * 80).quoted == "'" + "x" * 57 + "...'"
+    assert tag(prov, text="x" * 80).quoted == "'" + "x" * 59 + "\u2026' (80 characters)"
 
 
 def test_tag_reads_embedding_tensors(prov):

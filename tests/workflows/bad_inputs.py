@@ -124,6 +124,21 @@ def deleaker_run(schema, mask_threshold=1.0, **masks_values):
     return g
 
 
+def other_encoder_run(schema, **values):
+    """A FLUX sampling through Leakless DeLeaker (`schema`, node "x") with DeLeaker Encode's entities from FLUX's
+    CLIP, and as the positive prompt the same text encoded by Chroma's text encoder (T5 alone), which the FLUX
+    adapter also reads."""
+    g = graph("LeaklessDeLeaker", schema, entities=["enc", 1], **values)
+    g["chroma"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": "t5xxl_fp16.safetensors", "type": "chroma"}}
+    g["enc2"] = {"class_type": "LeaklessDeLeakerEncode", "inputs": {"clip": ["chroma", 0], "text": COW,
+                                                                    "entities": ""}}
+    g["ks"] = {"class_type": "KSampler", "inputs": {
+        "model": ["x", 0], "seed": 7, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+        "positive": ["enc2", 0], "negative": ["enc2", 0], "latent_image": ["lat", 0], "denoise": 1.0}}
+    g["out"]["inputs"]["source"] = ["ks", 0]
+    return g
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The explicit table: one row per class of bad or edge input
 
@@ -141,8 +156,9 @@ NAMES = {"LeaklessTokenInspector": "Leakless Token Inspector", "LeaklessTokenTra
 @dataclass(frozen=True)
 class Row:
     """`node` given `values` (a route row: the JSON body, or bytes sent as they are) either is refused with an
-    error naming the node and `refuses` (an input) and holding every fragment of `expect`, or (refuses "") runs,
-    and the text its PreviewAny shows (route: the answer) holds every fragment of `expect` and none of `absent`."""
+    error naming the node and `refuses` (an input), holding every fragment of `expect` and none of `absent`, or
+    (refuses "") runs, and the text its PreviewAny shows (route: the answer) holds every fragment of `expect` and
+    none of `absent`."""
 
     kind: str  # the class of input, e.g. "numeric word"
     node: str
@@ -152,7 +168,7 @@ class Row:
     absent: tuple[str, ...] = ()
     preview: int = 0  # the output "out" shows
     upstream: dict = field(default_factory=dict)
-    run: str = "node"  # "node": graph(); "deleaker run": deleaker_run()
+    run: str = "node"  # "node": graph(); "deleaker run": deleaker_run(); "other encoder": other_encoder_run()
 
     @property
     def shows(self) -> str:
@@ -166,6 +182,8 @@ class Row:
     def graph(self, schema) -> dict:
         if self.run == "deleaker run":
             return deleaker_run(schema, **self.values)
+        if self.run == "other encoder":
+            return other_encoder_run(schema, **self.values)
         return graph(self.node, schema, self.preview, self.upstream, **self.values)
 
     def body(self) -> bytes:
@@ -175,7 +193,8 @@ class Row:
         """What is wrong with an outcome (`message`: the refusal, None if it ran; `shown`: the output text)."""
         if self.refuses:
             want = [f"{NAMES.get(self.node, '')}: input '{self.refuses}': " if self.node != ROUTE else "", *self.expect]
-            return [f"refusal lacks {w!r}" for w in want if w not in (message or "")] + (
+            return [f"refusal lacks {w!r}" for w in want if w not in (message or "")] + [
+                f"refusal holds {w[:40]!r}..." for w in self.absent if w in (message or "")] + (
                 [] if message is not None else ["it ran"])
         if message is not None:
             return [f"refused: {message}"]
@@ -194,6 +213,8 @@ IN, T, G, R, P, E, D, M, TE, TS = ("LeaklessTokenInspector", "LeaklessTokenTrace
                                   "LeaklessToMeSemanticBinding")
 SELECT = {"mode": "selection", "include_full_prompt": False}
 HE, H, HS = "LeaklessHeatmapEncode", "LeaklessAttentionHeatmap", "LeaklessHeatmapShow"
+TINY_IMAGES = {"width": 16, "height": 16}  # Trace Grid rows: their images come from "img"
+LONG_PROMPT = " ".join(f"w{i}" for i in range(5000))  # 5,000 different words
 
 ROWS = [
     # the token picker route
@@ -221,6 +242,9 @@ ROWS = [
     Row("empty text", IN, {"text": ""}, "", ("<|startoftext|>", "<|endoftext|>")),
     Row("word glued to embedding", IN, {"text": "a (cat)embedding:missing dog"}, "", (" cat ", " dog\n"),
         ("catembedding",)),
+    Row("long family", ROUTE, {"text": "a cat", "family": "f" * 10_000}, "family", ("one of flux",
+                                                                                   "(10,000 characters)"),
+        absent=("f" * 100,)),
     # Token Trace
     Row("numeric word read as a position", T, {"text": SDXL_TEXT, "selection": "3", **SELECT}, "selection",
         ("read as token position(s) 3", 'write "3" for the word', "@3 for the position")),
@@ -247,10 +271,24 @@ ROWS = [
         ("red: red", "cat: cat"), ("redcat",), preview=1),
     Row("all but selection", T, {"text": "a cat", "selection": "cat", "mode": "all but selection",
                                  "include_full_prompt": False}, "", ("without cat",), ("<pad",), preview=1),
+    Row("selection over the subset cap", T, {"selection": "\n".join(["cat"] * 10_000), **SELECT}, "selection",
+        ("10,000 subsets", "at most 256", "Trace Grid")),
+    Row("each token over the subset cap", T, {"text": "cat " * 600, "mode": "each token"}, "mode",
+        ("600 subsets", "at most 256", "'selection'")),
+    Row("selection over the phrase cap", T, {"selection": ", ".join(["cat"] * 1025), **SELECT}, "selection",
+        ("1,025 phrases", "at most 1,024")),
+    Row("long unclosed quote", T, {"selection": '"' + "x" * 10_000, **SELECT}, "selection",
+        ("unclosed", "(10,001 characters)"), absent=("x" * 100,)),
     # Trace Grid
     Row("labels for other images", G, {}, "images", ("Token Trace's 'count'",)),
     Row("no labels", G, {"labels": ["blank", 0]}, "labels", ("no labels were given",),
         upstream={"trace": {"text": "a cat"}}),
+    Row("100,000-character label", G, {"labels": ["blank", 0]}, "", (),
+        upstream={"blank": {"value": "x" * 100_000}, "img": TINY_IMAGES}),
+    Row("over the label cap", G, {"labels": ["blank", 0]}, "labels", ("257 labels", "at most 256"),
+        upstream={"blank": {"value": "\n".join(["x"] * 257)}, "img": {**TINY_IMAGES, "batch_size": 257}}),
+    Row("over the image cap", G, {"labels": ["blank", 0]}, "images", ("1,025 images", "at most 1,024"),
+        upstream={"blank": {"value": "x"}, "img": {"width": 1, "height": 1, "batch_size": 1025}}),
     # Redundant Token Mask
     Row("numeric word item", R, {"text": SDXL_TEXT, "items": "1984"}, "", ("1984",), preview=1),
     Row("ambiguous token index", R, {"text": SDXL_TEXT, "mode": "manual", "items": "1984: 1"}, "items",
@@ -261,6 +299,7 @@ ROWS = [
     Row("position as an item", R, {"text": "a cat", "items": "@1"}, "items", ("not token positions",)),
     Row("classifier mode without a file", R, {"mode": "classifier"}, "classifier", ("none is selected",)),
     Row("manual without tokens", R, {"mode": "manual", "items": "cat"}, "items", ("which tokens to keep",)),
+    Row("over the item cap", R, {"items": "\n".join(["cat"] * 257)}, "items", ("257 items", "at most 256")),
     # Leak Patch
     Row("no items", P, {"items": " "}, "items", ("no item was given",)),
     Row("numeric word item", P, {"text": SDXL_TEXT, "items": "1984"}, "", ("1984: pasted",), preview=1),
@@ -270,6 +309,11 @@ ROWS = [
     Row("word glued to embedding", P, {"text": "a (cat)embedding:missing dog", "items": "cat"}, "",
         ("cat: pasted",), preview=1),
     Row("lone surrogate", P, {"items": SURROGATE}, "items", ("lone surrogate",)),
+    Row("over the item cap", P, {"items": "\n".join(["cat"] * 65)}, "items", ("65 items", "at most 64")),
+    Row("phrase over the length cap", P, {"items": "cat" + " cat" * 100}, "items",
+        ("403 characters", "at most 200")),
+    Row("unknown item in a long prompt", P, {"text": LONG_PROMPT, "items": "horse"}, "items",
+        ("'horse' is not in the prompt", "'w0'", "more"), absent=("w4999",)),
     # DeLeaker Encode
     Row("one entity", E, {"text": "a cow", "entities": "cow"}, "entities", ("1 entity given",)),
     Row("same entity twice", E, {"text": "a cow and a horse", "entities": "cow, cow"}, "entities", ("cow",)),
@@ -287,6 +331,12 @@ ROWS = [
         ("names=('cat', 'cat#2')",), preview=1),
     Row("lone surrogate", E, {"text": SURROGATE}, "text", ("lone surrogate",)),
     Row("over the text cap", E, {"entities": LONG}, "entities", ("at most 100,000",)),
+    Row("over the entity cap", E, {"text": "a cow", "entities": ", ".join(f"cow#{i}" for i in range(1, 18))},
+        "entities", ("17 entities", "at most 16")),
+    Row("over the entity cap in marks", E, {"text": " ".join(["a **cow**"] * 17)}, "text",
+        ("17 entities", "at most 16")),
+    Row("number with a thousands comma", E, {"text": "1,000 cows and a horse", "entities": "1,000 cows, horse"},
+        "entities", ('"1,000 cows"', "double quotes")),
     # DeLeaker
     Row("not a joint-attention model", D, {"model": ["ckpt", 0]}, "model",
         ("which this model (SD", "connect a model of")),
@@ -294,25 +344,35 @@ ROWS = [
     Row("every edit off", D, {"entities": ["enc", 1], "cross_text": False, "self_text": False,
                               "image_image": False}, "", ("ModelPatcher",)),
     Row("entities connected", D, {"entities": ["enc", 1]}, "", ("ModelPatcher",)),
+    Row("text as entities", D, {"entities": "cow, horse"}, "entities",
+        ("'cow, horse' (str)", "Leakless DeLeaker Encode", "Leakless Heatmap Encode")),
+    Row("same text from another text encoder", D, {}, "entities",
+        ("the same text", "Chroma", "FLUX.1 / Kontext / Krea", "T5-XXL"), run="other encoder"),
     # DeLeaker Masks
     Row("no sampling ran", M, {}, "samples", ("no sampling with this Leakless DeLeaker model ran",)),
     Row("latent of no run", M, {"samples": ["lat", 0]}, "samples", ("these latents were not made",)),
     Row("every mask empty", M, {"mask_threshold": 5.0}, "", ("found none of the entities", "mask_threshold"),
         run="deleaker run"),
+    Row("text as masks", M, {"masks": "cow"}, "masks", ("'cow' (str)", "Leakless DeLeaker's 'masks'")),
     # Heatmap Encode
     Row("no words", HE, {"text": "a cow and a horse", "words": ""}, "words", ("no words given",)),
     Row("unknown word", HE, {"text": "a cow", "words": "dog"}, "words", ("'dog' is not in the prompt",)),
     Row("one marked word", HE, {"text": "a **cow** in a farm", "words": ""}, "", ("names=('cow',)",), preview=1),
     Row("SDXL CLIP", HE, {"clip": ["ckpt", 1], "text": "a cow", "words": "cow"}, "", ("family='sdxl'",), preview=1),
+    Row("over the word cap", HE, {"words": ", ".join(["cow"] * 33)}, "words", ("33 words", "at most 32")),
+    Row("number with a thousands comma", HE, {"text": "1,000 cows", "words": "1,000"}, "words",
+        ('"1,000"', "double quotes")),
     # Attention Heatmap
     Row("words of another model", H, {"model": ["ckpt", 0]}, "entities",
         ("they come from a FLUX.1 / Kontext / Krea prompt, and the model is SDXL",)),
     Row("window ends before it starts", H, {"start_percent": 0.8, "end_percent": 0.2}, "end_percent",
         ("0.2 is below start_percent",)),
     Row("entities connected", H, {}, "", ("ModelPatcher",)),
+    Row("number as entities", H, {"entities": 5}, "entities", ("5 (int)", "Leakless Heatmap Encode")),
     # Heatmap Show
     Row("no sampling ran", HS, {}, "samples", ("no sampling with this Leakless Attention Heatmap model ran",)),
     Row("latent of no run", HS, {"samples": ["lat", 0]}, "samples", ("these latents were not made",)),
+    Row("number as heatmaps", HS, {"heatmaps": 1.5}, "heatmaps", ("1.5 (float)", "Leakless Attention Heatmap")),
     # ToMe Encode
     Row("attribute before its noun", TE, {"text": WHITE, "groups": "cat: black, white"}, "",
         ("noun=(5,), attributes=(2, 4)",), preview=1),
@@ -341,11 +401,19 @@ ROWS = [
                                                               "CLIP for FLUX.1")),
     Row("lone surrogate", TE, {"clean_prompt": SURROGATE}, "clean_prompt", ("lone surrogate",)),
     Row("over the text cap", TE, {"groups": LONG}, "groups", ("at most 100,000",)),
+    Row("over the group cap", TE, {"groups": "\n".join(["cat: wearing"] * 17)}, "groups",
+        ("17 groups", "at most 16")),
+    Row("text over the ToMe cap", TE, {"text": "cat " * 600, "groups": "cat: cat#2"}, "text",
+        ("2,400 characters", "at most 2,000")),
+    Row("clean prompt over the ToMe cap", TE, {"clean_prompt": "cat " * 600}, "clean_prompt",
+        ("2,400 characters", "at most 2,000")),
     # ToMe Semantic Binding
-    Row("not an SDXL model", TS, {"model": ["flux", 0]}, "model", ("ToMe Semantic Binding reads SDXL",)),
+    Row("not an SDXL model", TS, {"model": ["flux", 0]}, "model", ("it reads SDXL's cross-attention",)),
     Row("pose prior with one group", TS, {"pose_prior": True}, "pose_prior", ("there are 1 groups",),
         upstream={"tome": {"groups": "cat: wearing sunglasses"}}),
     Row("every update off", TS, {"entropy_iterations": 0, "semantic_iterations": 0}, "", ("ModelPatcher",)),
+    Row("object as binding", TS, {"binding": {"groups": "cat: red"}}, "binding",
+        ("(dict)", "Leakless ToMe Encode's 'binding'")),
 ]
 
 

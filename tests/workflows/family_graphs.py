@@ -12,7 +12,7 @@ _FLUX_CLIP = ("DualCLIPLoader", {"clip_name1": "t5xxl_fp16.safetensors", "clip_n
                                  "type": "flux"})
 CHECKPOINTS = {"sdxl": "sd_xl_base_1.0.safetensors", "sd15": "v1-5-pruned-emaonly.safetensors"}
 UNETS = {"flux": ("flux1-dev.safetensors", "EmptySD3LatentImage")}
-CAUSAL = {"sdxl", "sd15", "qwen_image", "z_image", "flux2", "flux2_klein", "krea2"}  # families.py: causal=True
+CAUSAL = {"sdxl", "sd15", "qwen_image", "z_image", "flux2", "flux2_klein", "krea2", "hunyuan_image", "lumina2"}
 
 
 def _loaders(family):
@@ -86,7 +86,7 @@ def graph(family, method):
 
 
 METHODS = ("deleaker", "heatmap", "token_trace", "redundant", "leak_patch", "tome")
-JOINT = ("flux", "sd3", "qwen_image", "z_image", "flux2", "flux2_klein", "krea2", "hidream")
+JOINT = ("flux", "sd3", "qwen_image", "z_image", "flux2", "flux2_klein", "krea2", "hidream", "hunyuan_image", "lumina2")
 FAMILIES = ("sdxl", "sd15", *JOINT)
 
 

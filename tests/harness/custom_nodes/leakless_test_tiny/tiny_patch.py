@@ -5,6 +5,7 @@ import functools
 import json
 
 TINY_KEY = "leakless.tiny"
+WRAPPER_MARK = "leakless_tiny_wrapper"  # an attribute of this shim's own wrappers, so they are never stacked
 _TE_MODEL = contextvars.ContextVar("leakless_tiny_te_model", default=None)  # set while one tiny file loads
 
 
@@ -30,9 +31,8 @@ def install():
     import comfy.supported_models
     import comfy.text_encoders.long_clipl
 
-    if getattr(comfy.sd, "_leakless_tiny_installed", False):
+    if getattr(comfy.sd.load_clip, WRAPPER_MARK, False):  # installed already (the shim imported twice)
         return
-    comfy.sd._leakless_tiny_installed = True
 
     orig_config_from_unet = comfy.model_detection.model_config_from_unet
 
@@ -68,6 +68,7 @@ def install():
         finally:
             _TE_MODEL.reset(token)
 
+    setattr(load_clip, WRAPPER_MARK, True)
     comfy.sd.load_clip = load_clip
 
     orig_detect = comfy.sd.detect_te_model
