@@ -167,13 +167,16 @@ def test_a_checkout_is_safe_under_comfy_import_guard(tmp_path):
     import os
     import shutil
 
-    beside = Path(sys.executable).with_name("comfy-import-guard")  # the test environment's (requirements.txt)
-    guard = os.environ.get("LEAKLESS_IMPORT_GUARD") or (str(beside) if beside.exists() else None) or \
+    import comfy_env
+
+    # the test environment's (requirements.txt): beside this Python, or in the base venv the 0.33.0 venv layers on
+    installed = [p for p in (Path(sys.executable).with_name("comfy-import-guard"),
+                             comfy_env.CACHE / "venv" / "bin" / "comfy-import-guard") if p.exists()]
+    guard = os.environ.get("LEAKLESS_IMPORT_GUARD") or (str(installed[0]) if installed else None) or \
         shutil.which("comfy-import-guard")
     if not guard:
         pytest.skip("comfy-import-guard not found (pip install comfy-import-guard in any venv, then "
                     "LEAKLESS_IMPORT_GUARD=/that/venv/bin/comfy-import-guard)")
-    import comfy_env
 
     clone = tmp_path / "cache" / "ComfyUI"
     git = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t"]
