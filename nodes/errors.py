@@ -6,12 +6,17 @@ LISTED = 20  # items an error lists (words of the prompt, options)
 MAX_PROBLEM = 1_000  # characters of a problem's text: the last resort when a message repeats more than it should
 
 
+def cut(text: str, most: int) -> str:
+    """`text`, or its first `most` - 1 characters and '…' when longer."""
+    return text if len(text) <= most else text[:most - 1] + "\u2026"
+
+
 def quoted(text) -> str:
     """`text` in single quotes for a message; a longer one cut to QUOTED_CHARS with '…' and its length."""
     text = str(text)
     if len(text) <= QUOTED_CHARS:
         return f"'{text}'"
-    return f"'{text[:QUOTED_CHARS - 1]}\u2026' ({len(text):,} characters)"
+    return f"'{cut(text, QUOTED_CHARS)}' ({len(text):,} characters)"
 
 
 def listed(items, most: int = LISTED) -> str:
@@ -33,9 +38,7 @@ def size(n: int) -> str:
 class LeaklessInputError(ValueError):
     def __init__(self, node: str, input_name: str, problem: str, fix: str = ""):
         self.node, self.input_name, self.problem, self.fix = node, input_name, problem, fix
-        problem = problem.rstrip()
-        if len(problem) > MAX_PROBLEM:
-            problem = problem[:MAX_PROBLEM - 1] + "\u2026"
+        problem = cut(problem.rstrip(), MAX_PROBLEM)
         message = f"{node}: input '{input_name}': {problem}" + ("" if problem.endswith((".", "!", "?")) else ".")
         if fix:
             message += f" Fix: {fix}"

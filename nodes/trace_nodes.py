@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from .driver.clip import check_interrupt
+from .driver.clip import check_interrupt, progress
 from .driver.prompts import EncodedPrompt
 from .driver.schema import clip_input, inputs, text_input
 from .driver.validation import MAX_SUBSETS, check_inputs
@@ -15,7 +15,7 @@ from .methods.grid import COLUMNS, FONT_SIZE, grid_size, labelled_grid, labels_f
 from .text import grammar
 from .text.alignment import PhraseNotFoundError
 
-SELECTION_MODES = ("selection", "all but selection")
+SELECTION_MODES = flow.TRACE_MODES[2:]  # the modes that read 'selection'
 MAX_TRACE_BYTES = 4 * 2**30  # Token Trace's batched conditioning: 256 subsets of FLUX's T5 rows at 1,024 tokens
 MAX_GRID_IMAGES = 4 * MAX_SUBSETS  # Trace Grid: images (a batch of count, or up to 4 times it)
 MAX_GRID_PIXELS = 2**29  # Trace Grid's output: 256 images of 1024 x 1024 with their labels fit
@@ -73,14 +73,7 @@ class TokenTrace(io.ComfyNode):
                 f"{enc.encoder.length} token rows), and Token Trace builds at most {size(MAX_TRACE_BYTES)}.",
                 "trace fewer subsets in one run (mode 'selection', split over several runs), or a shorter prompt.")
 
-        import comfy.utils
-
-        bar = comfy.utils.ProgressBar(len(subsets) * len(enc.conds))  # ComfyUI's progress bar, one tick per subset
-
-        def step():
-            check_interrupt()
-            bar.update(1)
-
+        step = progress(len(subsets) * len(enc.conds))  # one tick per subset
         out = enc.conditioning(variants, pooled_output, on_variant=step)
         labels = "\n".join(label for label, _ in subsets)
         return io.NodeOutput(out, labels, len(subsets))
@@ -172,12 +165,4 @@ class TraceGrid(io.ComfyNode):
             raise input_error(cls.NAME, "images", e, "set the latent batch size to Token Trace's 'count' (or a "
                               "multiple of it).") from None
 
-        import comfy.utils
-
-        bar = comfy.utils.ProgressBar(n)  # one tick per image laid out
-
-        def step():
-            check_interrupt()
-            bar.update(1)
-
-        return io.NodeOutput(labelled_grid(images, expanded, columns, font_size, on_image=step))
+        return io.NodeOutput(labelled_grid(images, expanded, columns, font_size, on_image=progress(n)))

@@ -66,7 +66,6 @@ class ComfyAttention:
         if not bound.pop("skip_reshape", False):
             q, k, v = (t.reshape(t.shape[0], t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
         self.q, self.k, self.v, self._rest = q, k, v, bound
-        self.own = (q, k, v, self.mask)  # as the model passed them (a patch's view may reorder self.q, ...)
         self._plain = self._fused = self._reordered = None
 
     @property
@@ -90,7 +89,7 @@ class ComfyAttention:
         """(out [B, L, H*D], lse [B, H, L]) of kernels.fused_attention on the call as the model passed it; with
         `index` (a patch's token order), its rows in that order (a copy: the same bits)."""
         if self._fused is None:
-            q, k, v, mask = self.own
+            q, k, v, mask = self.q, self.k, self.v, self.mask
             self._fused = kernels.fused_attention(q, k, v, kernels.comfy_mask(mask))
         out, lse = self._fused
         if index is None:
@@ -108,7 +107,7 @@ class ComfyAttention:
 
     def verdict_key(self) -> tuple:
         """What a verdict holds for: dtype, device, mask kind and the call's shape."""
-        q, k, _, mask = self.own
+        q, k, mask = self.q, self.k, self.mask
         kind = None if mask is None else (str(mask.dtype), mask.ndim, mask.shape[-2] == 1)
         return str(q.dtype), str(q.device), kind, tuple(q.shape[1:]), k.shape[2]
 

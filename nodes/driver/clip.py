@@ -26,6 +26,20 @@ def check_interrupt() -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
 
 
+def progress(total: int):
+    """ComfyUI's progress bar over `total` steps of a prompt node's long loop: a step() that stops here when the
+    user cancelled (check_interrupt), then ticks the bar once."""
+    import comfy.utils
+
+    bar = comfy.utils.ProgressBar(total)
+
+    def step():
+        check_interrupt()
+        bar.update(1)
+
+    return step
+
+
 def check_clip(node: str, clip, input_name: str = "clip"):
     if clip is None:
         raise LeaklessInputError(node, input_name, "no CLIP was given (the checkpoint has no text encoder).",

@@ -9,6 +9,7 @@ import torch
 
 from ..methods.contract import MethodError
 from .calls import APPLY_MODEL_ARGS, apply_model_args
+from .clip import check_interrupt
 
 
 class _EnoughMaps(Exception):
@@ -99,9 +100,7 @@ class Runner:
             return None
 
     def check_interrupt(self) -> None:
-        import comfy.model_management
-
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        check_interrupt()
 
     def progress(self, total: int):
         import comfy.utils

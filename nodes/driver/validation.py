@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Integral, Real
 
-from ..errors import QUOTED_CHARS, LeaklessInputError, listed, quoted
+from ..errors import QUOTED_CHARS, LeaklessInputError, cut, listed, quoted
 from ..text.grammar import MARK, parts
 
 MAX_STRING = 100_000  # characters in any text input (prompts, selections, groups)
@@ -75,18 +75,21 @@ MAX_PHRASE = 200  # characters in one phrase: finding it costs the prompt's leng
 SPLIT = "split it over several runs"
 PHRASE = Limit(MAX_PHRASE, "characters in one phrase", _longest(";\n,:"), "name a phrase by a few of its words.")
 TOME_TEXT = Limit(2_000, "characters", _characters, "ToMe works on one CLIP chunk (75 tokens): shorten it.")
-SUBSETS = Limit(MAX_SUBSETS, "subsets (lines or ';')", _count(";\n"), "trace at most 256 subsets in one run (each is "
-                "one image of the batch): split the selection over several runs, each with its Leakless Trace Grid.")
+SUBSETS = Limit(MAX_SUBSETS, "subsets (lines or ';')", _count(";\n"), f"trace at most {MAX_SUBSETS} subsets in one run "
+                "(each is one image of the batch): split the selection over several runs, each with its Leakless "
+                "Trace Grid.")
 LABELS = Limit(MAX_SUBSETS, "labels (lines)", _lines, "connect Leakless Token Trace's 'labels' (one per subset).")
 
 
 def _phrases(most: int, what: str, fix: str, separators: str = ";\n,") -> Limit:
-    return Limit(most, what, _count(separators), fix)
+    """At most `most` phrases in an input; `{most}` in `fix` states the limit."""
+    return Limit(most, what, _count(separators), fix.format(most=most))
 
 
 def _entities(most: int, what: str, fix: str) -> dict[str, tuple[Limit, ...]]:
     """The limits of an encode node that takes phrases listed in input `what` or marked in its text."""
-    return {what: (_phrases(most, what, fix), PHRASE), "text": (Limit(most, f"{what} (** marks)", _marks, fix),)}
+    return {what: (_phrases(most, what, fix), PHRASE),
+            "text": (Limit(most, f"{what} (** marks)", _marks, fix.format(most=most)),)}
 
 
 LIMITS: dict[str, dict[str, tuple[Limit, ...]]] = {
@@ -95,14 +98,14 @@ LIMITS: dict[str, dict[str, tuple[Limit, ...]]] = {
     "LeaklessRedundantTokenMask": {"items": (
         _phrases(256, "items (lines or ';')", SPLIT + ", or leave it empty for every word.", ";\n"),
         _phrases(1_024, "phrases and tokens", SPLIT + "."), PHRASE)},
-    "LeaklessLeakPatch": {"items": (_phrases(64, "items", "patch at most 64 items in one node (each is encoded "
+    "LeaklessLeakPatch": {"items": (_phrases(64, "items", "patch at most {most} items in one node (each is encoded "
                                              "alone): chain two Leak Patch nodes through 'conditioning'."), PHRASE)},
-    "LeaklessDeLeakerEncode": _entities(16, "entities", "separate at most 16 entities (DeLeaker's cost grows with "
+    "LeaklessDeLeakerEncode": _entities(16, "entities", "separate at most {most} entities (DeLeaker's cost grows with "
                                         "their pairs)."),
-    "LeaklessHeatmapEncode": _entities(32, "words", "record at most 32 words in one run."),
+    "LeaklessHeatmapEncode": _entities(32, "words", "record at most {most} words in one run."),
     "LeaklessToMeEncode": {
-        "groups": (_phrases(16, "groups (lines or ';')", "bind at most 16 groups (each is a gradient pass per step).",
-                            ";\n"), _phrases(256, "phrases", "name fewer attributes.", ";\n,:"), PHRASE),
+        "groups": (_phrases(16, "groups (lines or ';')", "bind at most {most} groups (each is a gradient pass per "
+                            "step).", ";\n"), _phrases(256, "phrases", "name fewer attributes.", ";\n,:"), PHRASE),
         "text": (TOME_TEXT,), "clean_prompt": (TOME_TEXT,)},
 }
 
@@ -142,8 +145,7 @@ def _shown(value) -> str:
     """A value as a message repeats it: text quoted, anything else as its repr, both cut short."""
     if isinstance(value, str):
         return quoted(value)
-    text = repr(value)
-    return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS - 1] + "\u2026"
+    return cut(repr(value), QUOTED_CHARS)
 
 
 def _text(node: str, spec, value) -> None:

@@ -41,7 +41,6 @@ negative and its cut reaches every image row's image keys, which the pack reads 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -52,7 +51,7 @@ from ..registry.layout import Layout
 from . import kernels
 from .settings import Setting
 
-CHUNK_ELEMENTS = 1 << 25  # fp32 logits per chunk (128 MiB): bounds every per-chunk temporary of this module
+CHUNK_ELEMENTS = kernels.CHUNK_ELEMENTS  # fp32 logits per chunk (128 MiB): bounds every temporary here
 GUARD = {torch.float32: 0.25, torch.float64: 0.25}  # a row's edited normaliser must keep this share of its bulk
 GUARD_LOW_PRECISION = 0.5  # the same for 16-bit inputs (a rounded bulk output is amplified by at most 1 / GUARD)
 
@@ -155,20 +154,13 @@ def batch_rows(t: torch.Tensor | None, rows: list[int]):
     return t[rows]
 
 
-def _mask_rows(mask, rows):
-    """A [B or 1, H or 1, L or 1, Lk] mask's rows `rows` (a slice); a mask with one row for all queries as it is."""
-    if mask is None or mask.shape[-2] == 1:
-        return mask
-    return mask[..., rows, :]
-
-
 def _entity_logits(q_img, k, layout: Layout, mask_img) -> torch.Tensor:
     """[B, H, n, E] fp32: the logits of the given image rows on every entity token, the model's mask added."""
     cols, _ = entity_columns(layout, q_img.device)
     logits = torch.matmul(q_img.float(), k.index_select(2, cols).float().transpose(-1, -2))
-    logits.mul_(1.0 / math.sqrt(q_img.shape[-1]))
+    logits.mul_(kernels.scale_of(q_img))
     if mask_img is not None:
-        _add_mask(logits, mask_img.index_select(-1, cols))
+        kernels.add_mask_(logits, mask_img.index_select(-1, cols))
     return logits
 
 
@@ -183,7 +175,7 @@ def scores_from_lse(q, k, lse, layout: Layout, mask=None) -> torch.Tensor:
     """entity_scores from the row log-sum-exp a fused attention call returned with its output ([B, H, L] over the
     queries, the call's own normaliser, mask included): only the image rows' logits on the entity tokens are made."""
     img = layout.image
-    return _entity_probs(_entity_logits(q[:, :, img], k, layout, _mask_rows(mask, img)), lse[:, :, img], layout)
+    return _entity_probs(_entity_logits(q[:, :, img], k, layout, kernels.rows_of(mask, img)), lse[:, :, img], layout)
 
 
 def entity_scores(q: torch.Tensor, k: torch.Tensor, layout: Layout, mask=None, fused: bool | None = None, v=None):
@@ -198,7 +190,7 @@ def entity_scores(q: torch.Tensor, k: torch.Tensor, layout: Layout, mask=None, f
     """
     if v is not None:
         img = layout.image
-        mask_img = _mask_rows(mask, img)
+        mask_img = kernels.rows_of(mask, img)
         lse = kernels.attention(q[:, :, img], k, v, mask_img)[1]
         return _entity_probs(_entity_logits(q[:, :, img], k, layout, mask_img), lse, layout)
     if fused is None:
@@ -216,7 +208,7 @@ def _fused_scores(q, k, layout: Layout, mask):
     out = torch.empty(b, n_ent, layout.n_img, device=q.device)
     for start, end in _chunks(layout.n_img, _rows_per_chunk(h, keys)):
         rows = slice(layout.image.start + start, layout.image.start + end)
-        sub = _mask_rows(mask, rows)
+        sub = kernels.rows_of(mask, rows)
         mass = F.scaled_dot_product_attention(q[:, :, rows].float(), kf, values, attn_mask=sub)[..., :n_ent]
         if sub is not None:  # a row with no key left is NaN, as its softmax is (the fused kernels give 0)
             dead = ~sub.any(-1) if sub.dtype == torch.bool else torch.isneginf(sub).all(-1)
@@ -227,14 +219,14 @@ def _fused_scores(q, k, layout: Layout, mask):
 
 def _chunked_scores(q, k, layout: Layout, mask):
     b, h, length, d = q.shape
-    scale = 1.0 / math.sqrt(d)
+    scale = kernels.scale_of(q)
     cols = [entity_index(layout, e, q.device) for e in range(len(layout.entities))]
     kf = k.float()
     out = torch.empty(b, len(cols), layout.n_img, device=q.device, dtype=torch.float32)
     for start, end in _chunks(layout.n_img, _rows_per_chunk(h, k.shape[2])):
         rows = slice(layout.image.start + start, layout.image.start + end)
         logits = torch.matmul(q[:, :, rows].float() * scale, kf.transpose(-1, -2))
-        _add_mask(logits, _mask_rows(mask, rows))
+        kernels.add_mask_(logits, kernels.rows_of(mask, rows))
         weights, norm = _softmax_parts_(logits)
         for e, c in enumerate(cols):
             out[:, e, start:end] = (weights[..., c] * norm).mean(dim=(-1, 1))
@@ -332,12 +324,6 @@ def _sub_mask(mask: torch.Tensor | None, rows: torch.Tensor, keys: torch.Tensor 
 
 def _batch_of_one(mask):
     return None if mask is None else mask[None]
-
-
-def _add_mask(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is None:
-        return logits
-    return logits.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else logits.add_(mask.float())
 
 
 def _chunks(count: int, step: int):
@@ -566,7 +552,7 @@ class _Edit:
 
     def __init__(self, q, k, v, plan: MaskPlan, layout: Layout, settings: Settings, mask):
         self.q, self.k, self.v, self.plan, self.layout, self.settings, self.mask = q, k, v, plan, layout, settings, mask
-        self.scale = 1.0 / math.sqrt(q.shape[-1])
+        self.scale = kernels.scale_of(q)
         self.budget = _budget(q)
         self.kept_budget = 2 * self.budget  # cut-key weights kept between passes, in all (q's size)
         self.guard = GUARD.get(q.dtype, GUARD_LOW_PRECISION)
@@ -599,7 +585,7 @@ class _Edit:
         ent = torch.matmul(q, rs.k_ent)
         cut = torch.matmul(q, rs.k_cut)
         if self.mask is not None and cut.shape[-1]:
-            _add_mask(cut, _sub_mask(self.mask, rs.pos[c0:c1], rs.cols[rs.n_ent:]))
+            kernels.add_mask_(cut, _sub_mask(self.mask, rs.pos[c0:c1], rs.cols[rs.n_ent:]))
         m0 = rs.lse[:, c0:c1]
         if cut.shape[-1] and (rs.incl is None or not bool(rs.incl[c0:c1].all())):
             m0 = torch.maximum(m0, cut.amax(dim=-1))
@@ -628,9 +614,9 @@ class _Edit:
         incl = None if rs.incl is None else rs.incl[c0:c1]
         if self.mask is not None:
             bias = _sub_mask(self.mask, rs.pos[c0:c1], rs.cols[:n_ent])
-            _add_mask(ent, bias)
+            kernels.add_mask_(ent, bias)
             if incl is not None:
-                raw = _add_mask(raw.clone(), bias)
+                raw = kernels.add_mask_(raw.clone(), bias)
         top = torch.maximum(ent.amax(dim=-1), m0)
         ent = ent.sub_(top[..., None]).exp_()
         if incl is not None:  # their bulk holds the original entity tokens: take them out

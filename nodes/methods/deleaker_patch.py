@@ -175,9 +175,10 @@ class DeLeakerPatch:
             history.reset()
         if history.mean is not None and history.mean.device != q.device:  # the multi-GPU split moved these rows
             history.mean, track.masks_key = history.mean.to(q.device), None
-        prompt_mask = deleaker.attention_mask_4d(mask, rows)
-        qp, kp = deleaker.batch_rows(q, rows), deleaker.batch_rows(k, rows)
         need_scores = in_history or history.mean is None or b <= schedule.history_start
+        if need_scores:
+            prompt_mask = deleaker.attention_mask_4d(mask, rows)
+            qp, kp = deleaker.batch_rows(q, rows), deleaker.batch_rows(k, rows)
         whole = scores = None
         if a.fused_is_model:  # the call's own fused attention: its output is the model's, its lse free
             whole = a.fused_call(model_order=True)

@@ -42,15 +42,7 @@ EMPTY_PROMPT_ENCODING = Setting("empty_prompt", "choice", EMPTY_PROMPT_MODES[0],
 def replace_rows(cond: torch.Tensor, empty: torch.Tensor, positions) -> torch.Tensor:
     """`cond` with the rows (dim -2: [B, L, D], or HiDream's Llama [B, layers, L, D]) at `positions` taken from
     `empty` (same shape). Returns a new tensor."""
-    if cond.shape != empty.shape:
-        raise ValueError(f"prompt and empty-prompt encodings differ in shape: {tuple(cond.shape)} vs "
-                         f"{tuple(empty.shape)}")
-    out = cond.clone()
-    rows = sorted(set(positions))
-    if rows:
-        index = torch.tensor(rows, device=cond.device)
-        out[..., index, :] = empty[..., index, :].to(device=out.device, dtype=out.dtype)
-    return out
+    return replace_rows_batch(cond, empty, [positions])
 
 
 def replace_rows_batch(cond: torch.Tensor, empty: torch.Tensor, variants, on_variant=None) -> torch.Tensor:

@@ -84,8 +84,12 @@ def _layout(n: int, columns: int) -> tuple[int, int]:
     return cols, math.ceil(n / cols)
 
 
+def _line_height(font_size: int) -> int:
+    return font_size + 4
+
+
 def _label_height(font_size: int, lines: int) -> int:
-    return (font_size + 4) * max(1, lines) + 8
+    return _line_height(font_size) * max(1, lines) + 8
 
 
 def grid_size(n: int, h: int, w: int, columns: int = COLUMNS.default, font_size: int = FONT_SIZE.default,
@@ -102,7 +106,7 @@ def labelled_grid(images: torch.Tensor, labels: list[str], columns: int = COLUMN
     most `max_lines` lines of the image's width (see label_lines); at most N columns. ``on_image()`` is called
     after each image is laid out (progress; it may raise to stop)."""
     n, h, w, c = images.shape
-    cols, rows = _layout(n, columns)
+    cols, _ = _layout(n, columns)
     font = _font(font_size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     laid_out: dict[str, list[str]] = {}  # a label repeated over the batch is laid out once
@@ -111,9 +115,10 @@ def labelled_grid(images: torch.Tensor, labels: list[str], columns: int = COLUMN
         if label not in laid_out:
             laid_out[label] = label_lines(probe, label, font, w - 8, max_lines)
         wrapped.append(laid_out[label])
-    line_h = font_size + 4
-    label_h = _label_height(font_size, max((len(x) for x in wrapped), default=1))
-    grid = Image.new("RGB", (cols * w + (cols - 1) * gap, rows * (h + label_h) + (rows - 1) * gap), (24, 24, 24))
+    line_h = _line_height(font_size)
+    lines = max((len(x) for x in wrapped), default=1)
+    label_h = _label_height(font_size, lines)
+    grid = Image.new("RGB", grid_size(n, h, w, columns, font_size, gap, lines), (24, 24, 24))
     draw = ImageDraw.Draw(grid)
     pixels = (images[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     for i in range(n):

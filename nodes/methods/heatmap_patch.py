@@ -13,7 +13,7 @@ grid, brought to the latent's grid.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -60,6 +60,7 @@ class _Call:
     layout: object  # the words placed (None: another prompt)
     blocks: range  # the main blocks (UNet: cross-attention calls) to score
     total: heatmap.HeatmapSum
+    cross: dict = field(default_factory=dict)  # a UNet level's grid -> its cross-attention layout (made once)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,9 @@ class HeatmapPatch:
             mask = deleaker.attention_mask_4d(given, rows)
         else:  # a UNet's cross-attention: the keys are the context's rows
             q, k, v, given = a.q, a.k, a.v, a.mask
-            layout = cross_layout(a.grid, state.layout.entities)
+            if a.grid not in state.cross:
+                state.cross[a.grid] = cross_layout(a.grid, state.layout.entities)
+            layout = state.cross[a.grid]
             mask = heatmap.cross_attention_mask(given, q.shape[2])
             if mask is not None and mask.shape[0] > 1:
                 mask = mask[rows]

@@ -65,17 +65,18 @@ def attention(q, k, v, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
     if q.ndim == 3:
         out, lse = attention(q[None], k[None], v[None], None if mask is None or mask.ndim < 3 else mask[None])
         return out[0], lse[0]
-    choice = backend(q, k, v, mask)
+    additive = sdpa_mask(mask, q.dtype)  # made once: the choice and the kernel read the same mask
+    choice = backend(q, k, v, additive)
     try:
         if q.device.type == "cpu" and choice == FLASH:
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q, k, v, 0.0, False, attn_mask=sdpa_mask(mask, q.dtype))[:2]
+                q, k, v, 0.0, False, attn_mask=additive)[:2]
         elif q.device.type == "cuda" and choice == FLASH and mask is None:
             out, lse = _cuda_flash(q, k, v)
         elif q.device.type == "cuda" and choice == EFFICIENT:
-            out, lse = _cuda_efficient(q, k, v, mask)
+            out, lse = _cuda_efficient(q, k, v, additive)
         elif q.device.type == "cuda" and choice == CUDNN:
-            out, lse = _cuda_cudnn(q, k, v, mask)
+            out, lse = _cuda_cudnn(q, k, v, additive)
         else:
             return chunked(q, k, v, mask)
     except (RuntimeError, NotImplementedError, TypeError, AttributeError):
@@ -133,7 +134,8 @@ def _dead_rows(out, lse, mask):
     return out, lse
 
 
-def _add_mask_(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def add_mask_(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`logits` with a mask applied in place: bool (True = may attend) as -inf where False, float added."""
     if mask is None:
         return logits
     if mask.dtype == torch.bool:
@@ -141,11 +143,11 @@ def _add_mask_(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return logits.add_(mask.float())
 
 
-def _rows_of(mask, start, end):
-    """A broadcastable mask's rows start..end (dim -2), itself where it has one row for all."""
+def rows_of(mask, rows: slice):
+    """A broadcastable mask's query rows `rows` (dim -2), itself where it has one row for all."""
     if mask is None or mask.shape[-2] == 1:
         return mask
-    return mask[..., start:end, :]
+    return mask[..., rows, :]
 
 
 def chunked(q, k, v, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +161,7 @@ def chunked(q, k, v, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
     step = max(1, CHUNK_ELEMENTS // max(1, b * h * lk))
     for s in range(0, lq, step):
         e = min(lq, s + step)
-        logits = _add_mask_(torch.matmul(q[:, :, s:e].float() * scale, kf.transpose(-1, -2)), _rows_of(mask, s, e))
+        logits = add_mask_(torch.matmul(q[:, :, s:e].float() * scale, kf.transpose(-1, -2)), rows_of(mask, slice(s, e)))
         top = logits.amax(dim=-1, keepdim=True)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         weights = logits.sub_(top).exp_()
